@@ -1,0 +1,109 @@
+"""``mri-translate``: thin argument parsing onto the package's public functions.
+
+Each command ``X`` is ``X_entry(args)`` calling one public function, so the CLI and the Python API are the
+same thing. Heavy imports (torch, monai) happen inside the commands, so ``--help`` is instant. Errors that
+are the user's input print one line on stderr and exit with their status (see README "Errors and exit
+codes"); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def info_entry(args) -> int:
+    """Print shape, spacing, orientation, dtype and range of a scan."""
+    from .io import describe
+
+    facts = describe(args.path, series_uid=args.series)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for key, value in facts.items():
+            print(f"{key:>18}: {value}")
+    return EXIT_OK
+
+
+def train_entry(args) -> int:
+    """Train a CycleGAN on unpaired T1w and T2w sources; the run directory becomes a MONAI bundle."""
+    from .train import train
+
+    overrides = {"train": {"iterations": args.iterations, "device": args.device, "seed": args.seed}}
+    if args.epochs is not None:
+        overrides["train"]["epochs"] = args.epochs
+    run_dir = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, resume=args.resume,
+                    overwrite=args.overwrite, progress_bar=not args.no_progress)
+    print(f"run bundle: {run_dir}")
+    return EXIT_OK
+
+
+def demo_entry(args) -> int:
+    """Synthetic data -> a short CPU training -> translated volume and pictures, all under ``--out``."""
+    from .demo import run_demo
+
+    for line in run_demo(args.out, iterations=args.iterations, overwrite=args.overwrite):
+        print(line)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mri-translate", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mri-translate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("info", help="describe a scan (shape, spacing, orientation, range)")
+    p.add_argument("path", help="NIfTI file, DICOM series folder or file, or 2D image")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(entry=info_entry)
+
+    p = commands.add_parser("train", help="train a CycleGAN on unpaired T1w/T2w sources")
+    p.add_argument("--t1", nargs="+", required=True, help="T1w volumes, DICOM folders or folders of 2D images")
+    p.add_argument("--t2", nargs="+", required=True, help="T2w volumes, DICOM folders or folders of 2D images")
+    p.add_argument("--out", required=True, help="run directory (becomes a MONAI bundle)")
+    p.add_argument("--config", help="YAML preset, e.g. configs/cpu-quick.yaml")
+    p.add_argument("--iterations", type=int, help="optimisation steps (overrides the preset)")
+    p.add_argument("--epochs", type=int, help="epochs of train.epoch_length iterations (instead of --iterations)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, help="random seed (runs on CPU are reproducible)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(entry=train_entry)
+
+    p = commands.add_parser("demo", help="synthetic data -> short training -> translated volume and GIFs")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--iterations", type=int, default=300, help="training iterations (default 300)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    p.set_defaults(entry=demo_entry)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Console entry point: parse, run one command, turn known errors into one line and an exit status."""
+    from .errors import MriTranslateError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.entry(args)
+    except MriTranslateError as err:
+        if args.debug:
+            raise
+        print(f"mri-translate {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"mri-translate {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

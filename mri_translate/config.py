@@ -1,0 +1,146 @@
+"""Configuration: one dataclass per area, read from ``configs/*.yaml`` presets and saved beside every
+checkpoint, so a model rebuilds from its run directory alone. The CLI and the MONAI bundle both build a
+:class:`RunConfig` with :func:`load_config` and hand it to the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+
+@dataclass
+class ModelConfig:
+    """Generators (2.5D modified U-Net) and discriminators (PatchGAN).
+
+    ``k``: neighbouring slices in and out (odd); ``channels``: U-Net widths per level (one stride-2 step
+    between levels); ``res_units``: residual units per block; ``disc_channels``/``disc_layers``: PatchGAN width
+    and depth (3 layers = the 70x70 receptive field).
+    """
+
+    k: int = 3
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    res_units: int = 2
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+
+@dataclass
+class LossConfig:
+    """CycleGAN objective weights: cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, and the
+    size of the history pool of fakes shown to each discriminator."""
+
+    lambda_cycle: float = 10.0
+    identity: float = 0.5
+    pool_size: int = 50
+
+
+@dataclass
+class OptimConfig:
+    """Adam for all four networks; learning rate constant for the first ``1 - decay_fraction`` of the
+    iterations, then linearly to zero."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_fraction: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    """Slab sampling: in-plane ``crop`` (pixels, a multiple of 16; smaller slices are padded), slices whose
+    foreground covers less than ``min_foreground`` of the slice are skipped, random left-right ``flip``."""
+
+    crop: int = 128
+    batch_size: int = 1
+    min_foreground: float = 0.05
+    flip: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Length and bookkeeping of a run: ``iterations`` optimisation steps (``epoch_length`` per epoch),
+    checkpoint and progress-montage intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``."""
+
+    iterations: int = 2000
+    epoch_length: int = 100
+    checkpoint_every: int = 200
+    progress_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs, grouped by area."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), ready for JSON/YAML."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict | None, source: str = "configuration") -> RunConfig:
+        """Build from a nested dict of overrides; unknown sections or keys raise :class:`InputError`."""
+        config = cls()
+        for section, entries in (values or {}).items():
+            if section not in {f.name for f in dataclasses.fields(cls)}:
+                raise InputError(source, f"unknown section '{section}' (expected model, loss, optim, data, train)")
+            part = getattr(config, section)
+            known = {f.name: f for f in dataclasses.fields(part)}
+            for key, value in (entries or {}).items():
+                if key not in known:
+                    raise InputError(source, f"unknown key '{section}.{key}' (expected one of {', '.join(known)})")
+                setattr(part, key, tuple(value) if isinstance(value, list) else value)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "configuration") -> None:
+        """Raise :class:`InputError` for values that cannot work."""
+        if self.model.k < 1 or self.model.k % 2 == 0:
+            raise InputError(source, f"model.k must be a positive odd number, got {self.model.k}")
+        if self.data.crop % 16 or self.data.crop < 32:
+            raise InputError(source, f"data.crop must be a multiple of 16 and >= 32, got {self.data.crop}")
+        if 2 ** (len(self.model.channels) - 1) > 16:
+            raise InputError(source, f"model.channels allows at most 5 levels (crop multiple of 16), got "
+                                     f"{len(self.model.channels)}")
+        if self.train.iterations < 1 or self.train.epoch_length < 1:
+            raise InputError(source, "train.iterations and train.epoch_length must be >= 1")
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path=None, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML preset (sections as in :class:`RunConfig`) and apply nested ``overrides`` on top."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise InputError(path, f"cannot read configuration ({err.strerror})") from err
+        except yaml.YAMLError as err:
+            raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(values, dict):
+            raise InputError(path, "configuration must be a mapping of sections")
+    for section, entries in (overrides or {}).items():
+        values.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
+    return RunConfig.from_dict(values, source=str(path or "configuration"))

@@ -1,0 +1,135 @@
+"""The CycleGAN objective and one optimisation step, in plain torch (no I/O, no hidden state).
+
+Symbols as in Zhu et al. 2017: ``G_AB`` = G (A -> B), ``G_BA`` = F (B -> A), ``D_A`` = D_X, ``D_B`` = D_Y.
+Least-squares adversarial loss (LSGAN), cycle L1 weighted by lambda, identity L1 weighted by
+``identity * lambda``, and a history pool of past fakes for the discriminators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import torch
+from monai.losses import PatchAdversarialLoss
+from torch import nn
+
+
+class ImagePool:
+    """History of generated images (Shrivastava et al. 2017): with probability 0.5 a discriminator sees an
+    older fake instead of the newest one. Local to a process; not checkpointed."""
+
+    def __init__(self, size: int = 50, rng: random.Random | None = None):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.rng = rng or random.Random(0)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images ``(B, k, H, W)`` (detached). Returns: a batch of the same shape."""
+        if self.size == 0:
+            return images
+        out = []
+        for image in images:
+            image = image[None]
+            if len(self.images) < self.size:
+                self.images.append(image)
+                out.append(image)
+            elif self.rng.random() < 0.5:
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i])
+                self.images[i] = image
+            else:
+                out.append(image)
+        return torch.cat(out)
+
+
+class CycleGANLoss:
+    """Loss terms of the CycleGAN; weights come from a :class:`~mri_translate.config.LossConfig`."""
+
+    def __init__(self, lambda_cycle: float = 10.0, identity: float = 0.5):
+        self.lambda_cycle = lambda_cycle
+        self.lambda_identity = identity * lambda_cycle
+        # LSGAN: MSE against 1/0 on raw scores; MONAI would otherwise put a LeakyReLU in front.
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+        self.l1 = nn.L1Loss()
+
+    def generator(self, score_fake: torch.Tensor) -> torch.Tensor:
+        """(D(G(x)) - 1)^2: the generator wants its fakes judged real."""
+        return self.adversarial(score_fake, target_is_real=True, for_discriminator=False)
+
+    def discriminator(self, score_real: torch.Tensor, score_fake: torch.Tensor) -> torch.Tensor:
+        """0.5 * [(D(y) - 1)^2 + D(G(x))^2], halved to slow D relative to G as in the reference code."""
+        real = self.adversarial(score_real, target_is_real=True, for_discriminator=True)
+        fake = self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
+        return 0.5 * (real + fake)
+
+
+def set_requires_grad(networks, flag: bool) -> None:
+    """Freeze or unfreeze the parameters of ``networks``."""
+    for net in networks:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                  real_a: torch.Tensor, real_b: torch.Tensor, loss: CycleGANLoss,
+                  pools: dict[str, ImagePool], autocast=None, scaler=None) -> dict[str, float]:
+    """One CycleGAN iteration: update both generators, then both discriminators.
+
+    Args:
+        nets: ``G_AB``, ``G_BA``, ``D_A``, ``D_B`` (see :func:`~mri_translate.networks.build_networks`).
+        optimizers: ``G`` (both generators) and ``D`` (both discriminators).
+        real_a, real_b: unpaired batches ``(B, k, H, W)`` in [-1, 1] from domains A (T1w) and B (T2w).
+        loss: the objective.
+        pools: history pools ``A`` and ``B`` of fakes.
+        autocast: a context-manager factory for mixed precision (``None`` = full precision).
+        scaler: a ``torch.amp.GradScaler`` for fp16, or ``None``.
+
+    Returns:
+        Loss values as floats: ``G`` (total), ``G_adv_AB``, ``G_adv_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``,
+        ``idt_B``, ``D_A``, ``D_B``.
+    """
+    autocast = autocast or contextlib.nullcontext
+    g_ab, g_ba, d_a, d_b = nets["G_AB"], nets["G_BA"], nets["D_A"], nets["D_B"]
+
+    # Generators: adversarial + cycle + identity, discriminators frozen.
+    set_requires_grad((d_a, d_b), False)
+    optimizers["G"].zero_grad(set_to_none=True)
+    with autocast():
+        fake_b = g_ab(real_a)                                   # G(x)
+        fake_a = g_ba(real_b)                                   # F(y)
+        adv_ab = loss.generator(d_b(fake_b))                    # L_GAN(G, D_Y)
+        adv_ba = loss.generator(d_a(fake_a))                    # L_GAN(F, D_X)
+        cycle_a = loss.l1(g_ba(fake_b), real_a) * loss.lambda_cycle  # ||F(G(x)) - x||_1
+        cycle_b = loss.l1(g_ab(fake_a), real_b) * loss.lambda_cycle  # ||G(F(y)) - y||_1
+        idt_a = idt_b = torch.zeros((), device=real_a.device)
+        if loss.lambda_identity > 0:
+            idt_a = loss.l1(g_ba(real_a), real_a) * loss.lambda_identity  # ||F(x) - x||_1
+            idt_b = loss.l1(g_ab(real_b), real_b) * loss.lambda_identity  # ||G(y) - y||_1
+        total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b
+    _backward_step(total_g, optimizers["G"], scaler)
+
+    # Discriminators: real vs (pooled) fake, each domain on its own.
+    set_requires_grad((d_a, d_b), True)
+    optimizers["D"].zero_grad(set_to_none=True)
+    pooled_b = pools["B"].query(fake_b.detach())
+    pooled_a = pools["A"].query(fake_a.detach())
+    with autocast():
+        loss_d_b = loss.discriminator(d_b(real_b), d_b(pooled_b))
+        loss_d_a = loss.discriminator(d_a(real_a), d_a(pooled_a))
+    _backward_step(loss_d_a + loss_d_b, optimizers["D"], scaler)
+    if scaler is not None:
+        scaler.update()
+
+    values = {"G": total_g, "G_adv_AB": adv_ab, "G_adv_BA": adv_ba, "cycle_A": cycle_a, "cycle_B": cycle_b,
+              "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
+    return {name: float(value.detach()) for name, value in values.items()}
+
+
+def _backward_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    if scaler is None:
+        total.backward()
+        optimizer.step()
+    else:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)

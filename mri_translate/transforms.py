@@ -1,0 +1,117 @@
+"""MONAI transforms of the pipeline: canonical (RAS) orientation and its exact inverse, robust intensity
+normalisation to [-1, 1] and its inverse.
+
+Each operation is an array transform working on a ``MetaTensor`` ``(1, X, Y, Z)``; the dictionary versions
+(``...d``) are thin wrappers, as in MONAI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Orientation, Transform
+
+from .errors import InputError
+
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+#: Meta key holding the ``(low, high)`` intensities that were mapped to -1 and +1.
+RANGE_KEY = "intensity_range"
+
+
+def to_canonical(volume: MetaTensor) -> MetaTensor:
+    """Reorient ``(1, X, Y, Z)`` to RAS (flips and axis swaps only, so it is exact and invertible)."""
+    return Orientation(axcodes="RAS", labels=RAS_LABELS)(volume)
+
+
+def from_canonical(volume: MetaTensor, axcodes: str, affine=None) -> MetaTensor:
+    """Undo :func:`to_canonical`: reorient to ``axcodes`` and, when given, restore the original ``affine``.
+
+    Raises:
+        ValueError: the reoriented affine differs from ``affine`` by more than 1e-4 (a geometry bug).
+    """
+    restored = Orientation(axcodes=axcodes, labels=RAS_LABELS)(volume)
+    if affine is not None:
+        affine = torch.as_tensor(np.asarray(affine), dtype=torch.float64)
+        if not torch.allclose(restored.affine.to(torch.float64), affine, atol=1e-4):
+            raise ValueError(f"restored affine {restored.affine.tolist()} differs from the original {affine.tolist()}")
+        restored.affine = affine
+    return restored
+
+
+def foreground_mask(image: torch.Tensor) -> torch.Tensor:
+    """Voxels brighter than 10 % of the 99th percentile: the head/brain, not the background."""
+    flat = image.detach().reshape(-1).float()
+    threshold = 0.1 * torch.quantile(_sample(flat), 0.99)
+    return image > threshold
+
+
+def _sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
+    """A deterministic strided subsample (torch.quantile refuses more than 16 M elements)."""
+    return flat if flat.numel() <= limit else flat[:: flat.numel() // limit + 1]
+
+
+class RobustNormalize(Transform):
+    """Map intensities to [-1, 1]: the ``lower`` percentile of the whole image to -1 (background) and the
+    ``upper`` percentile inside the foreground to +1, values outside clipped.
+
+    The whole-image lower bound keeps dark tissue (CSF in T1w) above the background; int16 data with negative
+    values and uint8 PNGs are handled alike. The ``(low, high)`` pair is stored in ``meta["intensity_range"]``
+    so :func:`denormalize` can map outputs back.
+    """
+
+    def __init__(self, lower: float = 0.5, upper: float = 99.5):
+        if not 0 <= lower < upper <= 100:
+            raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, image: torch.Tensor) -> MetaTensor:
+        """Args: image ``(C, ...)`` any real dtype. Returns: float32 ``MetaTensor`` in [-1, 1].
+
+        Raises:
+            InputError: the image is constant (all zero included): there is no contrast to normalise.
+        """
+        image = image if isinstance(image, MetaTensor) else MetaTensor(image)
+        data = image.as_tensor().float()
+        flat = data.reshape(-1)
+        low = float(torch.quantile(_sample(flat), self.lower / 100))
+        foreground = data[foreground_mask(data)]
+        high = float(torch.quantile(_sample(foreground), self.upper / 100)) if foreground.numel() else low
+        if not high > low:
+            value = float(flat[0]) if flat.numel() else float("nan")
+            name = image.meta.get("filename_or_obj", "image")
+            raise InputError(name, f"image is constant (every voxel is {value:g}); nothing to normalise")
+        out = MetaTensor(((data - low) / (high - low)).clamp(0, 1) * 2 - 1, meta=dict(image.meta))
+        out.meta[RANGE_KEY] = (low, high)
+        return out
+
+
+def denormalize(image: torch.Tensor, intensity_range) -> torch.Tensor:
+    """Inverse of :class:`RobustNormalize` for values in [-1, 1]: -1 -> low, +1 -> high."""
+    low, high = intensity_range
+    return (image.clamp(-1, 1) + 1) / 2 * (high - low) + low
+
+
+class RobustNormalized(MapTransform):
+    """Dictionary wrapper of :class:`RobustNormalize`."""
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.normalize = RobustNormalize(lower, upper)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalize(d[key])
+        return d
+
+
+class Canonicald(MapTransform):
+    """Dictionary wrapper of :func:`to_canonical`."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = to_canonical(d[key])
+        return d
