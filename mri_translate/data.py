@@ -13,16 +13,22 @@ from torch.utils.data import Dataset
 from .errors import InputError
 from .io import list_images_2d, load_volume
 from .slabs import through_plane_axis, volume_to_slabs
-from .transforms import RobustNormalize, foreground_mask, to_canonical
+from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, to_canonical
 
 
 @dataclass
 class Slices:
-    """The usable slices of one source, normalised: ``slabs`` ``(N, k, H, W)`` in [-1, 1] and where they
-    came from (``names``, for messages)."""
+    """The usable slices of one domain, normalised: ``slabs`` ``(N, k, H, W)`` in [-1, 1], where they came
+    from (``names``, for messages) and the ``(low, high)`` intensity range of every source."""
 
     slabs: torch.Tensor
     names: list[str]
+    ranges: list[tuple[float, float]]
+
+    def typical_range(self) -> tuple[float, float]:
+        """Median ``(low, high)`` over the sources: the range outputs in this domain are mapped back to."""
+        low, high = np.median(np.asarray(self.ranges), axis=0)
+        return float(low), float(high)
 
 
 def prepare_volume(volume, k: int, normalize: RobustNormalize):
@@ -59,10 +65,11 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05) -> Slices:
         InputError: a source cannot be loaded, or no source yields a usable slice.
     """
     normalize = RobustNormalize()
-    kept, names = [], []
+    kept, names, ranges = [], [], []
     files = expand_sources(paths)
     for file in files:
-        slabs, _, _ = prepare_volume(load_volume(file), k, normalize)
+        slabs, _, canonical = prepare_volume(load_volume(file), k, normalize)
+        ranges.append(canonical.meta[RANGE_KEY])
         centre = slabs[:, k // 2]
         fraction = foreground_mask(centre + 1).flatten(1).float().mean(1)
         keep = fraction >= min_foreground
@@ -71,7 +78,7 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05) -> Slices:
     if not names:
         where = ", ".join(str(p) for p in paths) or "(no paths)"
         raise InputError(where, f"no usable slices (foreground >= {min_foreground:.0%}) in {len(files)} source(s)")
-    return Slices(_to_common_size(kept), names)
+    return Slices(_to_common_size(kept), names, ranges)
 
 
 def _to_common_size(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -86,7 +93,7 @@ def _to_common_size(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 class UnpairedSlabDataset(Dataset):
-    """Item ``i`` = ``{"A": slab, "B": slab}``: slab ``i`` of domain A and an independent random slab of B,
+    """Item ``i`` = ``{"A": slab, "B": slab}``: a random slab of domain A and an independent one of B,
     each randomly cropped (padded first when smaller) to ``crop`` x ``crop`` and left-right flipped.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number

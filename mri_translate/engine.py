@@ -118,7 +118,7 @@ class CycleGANTrainer(Trainer):
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (``weights_only=True``: nothing executes)."""
-        state = read_checkpoint(path, self.device)
+        state = read_checkpoint(path, self.state.device)
         saved_k = state.get("config", {}).get("model", {}).get("k")
         if saved_k != self.config.model.k:
             raise ModelError(f"{path}: checkpoint has k={saved_k} but the configuration asks for k="
@@ -130,6 +130,8 @@ class CycleGANTrainer(Trainer):
             raise ModelError(f"{path}: checkpoint does not fit this model ({type(err).__name__}: "
                              f"{str(err).splitlines()[0]})") from err
         self.state.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
+        train = self.config.train
+        self.state.max_epochs = max(self.state.epoch, math.ceil(train.iterations / train.epoch_length))
 
 
 def read_checkpoint(path, device="cpu") -> dict:
@@ -183,6 +185,11 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
         visualize.write_png(montages[-1], run_dir / "progress.png")
         visualize.plot_losses(engine.state.history, run_dir / "losses.png")
 
+    def stop_at_budget(engine):
+        if engine.state.iteration >= train.iterations:
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_budget)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.checkpoint_every), checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.progress_every), montage)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, train.epoch_length // 4)), log_stats)

@@ -263,10 +263,8 @@ def interslice_consistency(output, input, mask, slice_axis: int = 2) -> float:
     the result is 1.0 when the output has none either, else infinity.
 
     Args:
-        output: translated volume (X, Y, Z).
-        input: the source volume it was translated from, same shape.
-        mask: foreground mask, same shape.
-        slice_axis: axis along which slices are taken.
+        output: translated volume (X, Y, Z); input: the source it was translated from; mask: foreground
+            mask; all of one shape. slice_axis: axis along which slices are taken.
     """
     out, inp = _as_volume(output, "output"), _as_volume(input, "input")
     _check_same_shape(out, "output", inp, "input")
@@ -283,8 +281,10 @@ def histogram_distance(output, target_reference, mask_out, mask_ref, bins: int =
 
     Each image is scaled with :func:`scale_for_comparison` using its own mask, its in-mask values are
     binned into ``bins`` equal bins on [0, 1], and ``scipy.stats.wasserstein_distance`` is taken between
-    the two histograms (bin centres weighted by counts). Units: fraction of the data range (0 = same
-    distribution; resolution 1 / bins). The images may have different shapes.
+    the two histograms (bin centres weighted by counts). The images may have different shapes.
+
+    Returns:
+        Distance in units of the data range (0 = same distribution; resolution 1 / bins).
     """
     hists = []
     for image, mask, name in ((output, mask_out, "output"), (target_reference, mask_ref, "target_reference")):
@@ -305,18 +305,12 @@ def baseline_identity(source) -> np.ndarray:
 def baseline_inverted_histogram_matched(source, source_mask, target_example, target_mask) -> np.ndarray:
     """No-learning baseline: invert the source's contrast, then match its histogram to a target example.
 
-    Inside ``source_mask`` the source is inverted (max - x), then its in-mask values are mapped by quantile
-    (numpy interp of the empirical CDFs) onto the in-mask intensities of ``target_example`` (e.g. any T2w
-    volume, unpaired). Voxels outside ``source_mask`` are 0.
-
-    Args:
-        source: source volume (X, Y, Z) or slice (H, W), e.g. a T1w image.
-        source_mask: foreground mask of ``source``.
-        target_example: an image of the target contrast (any shape), e.g. a T2w image.
-        target_mask: foreground mask of ``target_example``.
+    Inside ``source_mask`` the source (X, Y, Z) or (H, W), e.g. T1w, is inverted (max - x); its in-mask
+    values are then mapped by quantile (numpy interp of the empirical CDFs) onto the in-mask intensities
+    of ``target_example`` (an image of the target contrast, any shape, e.g. an unpaired T2w volume).
 
     Returns:
-        float32 array with the shape of ``source``, in the target example's intensity units.
+        float32 array with the shape of ``source``, in the target example's units; 0 outside ``source_mask``.
 
     Raises:
         ValueError: a mask does not match its image's shape or is empty.
@@ -326,7 +320,7 @@ def baseline_inverted_histogram_matched(source, source_mask, target_example, tar
     if not sm.any() or not tm.any():
         raise ValueError("source_mask and target_mask must each contain at least one voxel")
     inverted = src[sm].max() - src[sm]
-    src_values, src_index, src_counts = np.unique(inverted, return_inverse=True, return_counts=True)
+    _, src_index, src_counts = np.unique(inverted, return_inverse=True, return_counts=True)
     tgt_values, tgt_counts = np.unique(tgt[tm], return_counts=True)
     src_quantiles = np.cumsum(src_counts) / inverted.size
     tgt_quantiles = np.cumsum(tgt_counts) / tgt_counts.sum()

@@ -1,0 +1,110 @@
+"""A run directory is a MONAI bundle: this module writes it (configs, docs, ``models/model.pt``) from the
+template in ``bundles/mri_cyclegan/`` and finds the two domains in a bundle ``dataset_dir``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import RunConfig
+from .errors import InputError
+from .io import NIFTI_SUFFIXES, atomic_path, list_images_2d, suffix
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "bundles" / "mri_cyclegan"
+MODEL_FORMAT = "mri-translate-generators/1"
+#: Which generator translates in which direction (A = T1w, B = T2w).
+DIRECTIONS = {"t1-to-t2": "G_AB", "t2-to-t1": "G_BA"}
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalization: dict) -> None:
+    """Write ``configs/`` (metadata, train, inference, logging) and ``docs/README.md`` of a run.
+
+    ``configs/train.json`` is the template's with this run's resolved configuration and sources filled in,
+    so the bundle reproduces the run; ``metadata.json`` states the 2.5D input/output format.
+    """
+    configs = run_dir / "configs"
+    metadata = json.loads((TEMPLATE / "configs" / "metadata.json").read_text())
+    k, crop = config.model.k, config.data.crop
+    for part in ("inputs", "outputs"):
+        entry = metadata["network_data_format"][part]["image"]
+        entry["num_channels"] = k
+        entry["spatial_shape"] = [crop, crop]
+    metadata["version"] = __version__
+    _write_text(configs / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    train_config = json.loads((TEMPLATE / "configs" / "train.json").read_text())
+    train_config["config"] = config.to_dict()
+    train_config["sources"] = sources
+    _write_text(configs / "train.json", json.dumps(train_config, indent=2) + "\n")
+    inference = json.loads((TEMPLATE / "configs" / "inference.json").read_text())
+    inference["network_def"]["k"] = k
+    inference["network_def"]["channels"] = list(config.model.channels)
+    inference["network_def"]["res_units"] = config.model.res_units
+    _write_text(configs / "inference.json", json.dumps(inference, indent=2) + "\n")
+    for name in ("logging.conf",):
+        _write_text(configs / name, (TEMPLATE / "configs" / name).read_text())
+    license_file = TEMPLATE / "docs" / "data_license.txt"
+    text = (TEMPLATE / "docs" / "README.md").read_text()
+    text += "\n## This run\n\n" + "\n".join([
+        f"- T1w sources (domain A): {', '.join(sources['t1'])}",
+        f"- T2w sources (domain B): {', '.join(sources['t2'])}",
+        f"- k = {k} slices per slab, crop {crop} px, {config.train.iterations} iterations",
+        f"- intensity ranges mapped to [-1, 1]: A {normalization['A']}, B {normalization['B']}",
+        "- configuration: `configs/train.json` (`config`); pictures: `progress.gif`, `losses.png`",
+    ]) + "\n"
+    _write_text(run_dir / "docs" / "README.md", text)
+    if license_file.exists():
+        shutil.copyfile(license_file, run_dir / "docs" / "data_license.txt")
+
+
+def export_model(trainer, run_dir: Path, normalization: dict) -> Path:
+    """Write ``models/model.pt``: both generators' weights, the model configuration, the normalisation
+    ranges of both domains and the iteration; plain tensors and numbers only (loads with
+    ``weights_only=True``)."""
+    state = {
+        "format": MODEL_FORMAT,
+        "G_AB": trainer.nets["G_AB"].state_dict(),
+        "G_BA": trainer.nets["G_BA"].state_dict(),
+        "config": trainer.config.to_dict(),
+        "normalization": {"lower": 0.5, "upper": 99.5, "A": list(normalization["A"]),
+                          "B": list(normalization["B"])},
+        "iteration": int(trainer.state.iteration),
+        "version": __version__,
+    }
+    path = run_dir / "models" / "model.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def find_domains(dataset_dir) -> tuple[list[Path], list[Path]]:
+    """T1w and T2w sources in a bundle ``dataset_dir``.
+
+    Accepted layouts: two sub-folders named like the case study (``TrainT1``/``TrainT2``, or ``T1``/``T2``),
+    or a BIDS-like tree with ``*_T1w.nii[.gz]`` and ``*_T2w.nii[.gz]`` files.
+
+    Raises:
+        InputError: the folder is missing or neither layout is found.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise InputError(root, "dataset_dir is not a folder")
+    for a, b in (("TrainT1", "TrainT2"), ("T1", "T2"), ("t1", "t2")):
+        if (root / a).is_dir() and (root / b).is_dir():
+            return [root / a], [root / b]
+    found = {}
+    for contrast in ("T1w", "T2w"):
+        found[contrast] = sorted(p for p in root.rglob(f"*_{contrast}.nii*") if suffix(p) in NIFTI_SUFFIXES)
+    if found["T1w"] and found["T2w"]:
+        return found["T1w"], found["T2w"]
+    if list_images_2d(root):
+        raise InputError(root, "holds 2D images directly; put T1w and T2w images in sub-folders TrainT1/ and TrainT2/")
+    raise InputError(root, "found neither TrainT1/ + TrainT2/ folders nor *_T1w.nii.gz + *_T2w.nii.gz files")

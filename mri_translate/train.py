@@ -1,0 +1,130 @@
+"""The ``train`` verb: unpaired T1w (domain A) and T2w (domain B) sources in, a run directory out that is
+a MONAI bundle (``configs/``, ``models/model.pt``, ``docs/``) plus ``checkpoint.pt``, ``progress.gif``,
+``progress.png`` and ``losses.png``. The CLI and the bundle's ``train.json`` both call :func:`train`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from ignite.engine import Events
+
+from . import bundle
+from .config import RunConfig, load_config
+from .data import load_slices
+from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, resolve_device
+from .errors import InputError
+
+log = logging.getLogger("mri_translate.train")
+RUN_OUTPUTS = ("configs", "models", "docs", "tensorboard", CHECKPOINT, "progress.gif", "progress.png",
+               "losses.png")
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+    checkpoint = out / CHECKPOINT
+    if resume:
+        if not checkpoint.is_file():
+            raise InputError(out, f"--resume given but there is no {CHECKPOINT} to resume from")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(out, "already holds files (another run?); use --resume to continue it or "
+                                  "--overwrite to replace it")
+        for name in RUN_OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: dict | None = None,
+          epochs: int | None = None, resume: bool = False, overwrite: bool = False,
+          progress_bar: bool = True) -> Path:
+    """Train a 2.5D CycleGAN T1w <-> T2w.
+
+    Args:
+        t1, t2: lists of sources of each domain: volumes, DICOM series folders, 2D images or folders of them.
+        out: run directory.
+        config: a :class:`RunConfig`, a YAML preset path, or ``None`` for the defaults.
+        overrides: nested ``{section: {key: value}}`` applied on top (``None`` values ignored).
+        epochs: if given, ``train.iterations = epochs * train.epoch_length``.
+        resume: continue from ``out/checkpoint.pt`` (iteration, optimisers and schedules restored).
+        overwrite: replace an earlier run in ``out``.
+        progress_bar: show a tqdm progress bar.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        InputError: unusable sources or output folder. ModelError: checkpoint does not fit.
+        TrainingError: losses became NaN (the last good checkpoint is kept).
+    """
+    if isinstance(config, RunConfig):
+        config = RunConfig.from_dict(_merge(config.to_dict(), overrides))
+    else:
+        config = load_config(config, overrides)
+    if epochs is not None:
+        config.train.iterations = epochs * config.train.epoch_length
+    out = Path(out)
+    _prepare_run_dir(out, resume, overwrite)
+    _log_to_console()
+
+    t1, t2 = [str(p) for p in t1], [str(p) for p in t2]
+    domain_a = load_slices(t1, config.model.k, config.data.min_foreground)
+    domain_b = load_slices(t2, config.model.k, config.data.min_foreground)
+    log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s)",
+             len(domain_a.names), len(t1), len(domain_b.names), len(t2))
+    device = resolve_device(config.train.device)
+    loader = make_loader(domain_a, domain_b, config)
+    trainer = CycleGANTrainer(config, loader, device)
+    if resume:
+        trainer.load_checkpoint(out / CHECKPOINT)
+        log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
+    normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range()}
+    bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loader.dataset.set_epoch(e.state.epoch))
+    attach_handlers(trainer, out, fixed_slabs(domain_a, domain_b, crop=config.data.crop),
+                    on_save=lambda e: bundle.export_model(trainer, out, normalization),
+                    progress_bar=progress_bar)
+    log.info("training %d iterations on %s (AMP: %s)", config.train.iterations, device,
+             "on" if trainer.autocast else "off")
+    if trainer.state.iteration < config.train.iterations:
+        trainer.run()
+    return out
+
+
+def train_bundle(dataset_dir=None, output_dir="runs/train", device: str = "auto", max_epochs=None,
+                 preset=None, config: dict | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+    """Entry of the bundle's ``train.json``: sources from ``dataset_dir`` (see :func:`bundle.find_domains`;
+    synthetic subjects generated into ``output_dir/synthetic`` when ``None``), then :func:`train`."""
+    output_dir = Path(output_dir)
+    if dataset_dir is None:
+        from .synthetic import write_dataset
+
+        dataset_dir = write_dataset(output_dir.parent / f"{output_dir.name}-synthetic-data", n_subjects=4)["root"]
+    t1, t2 = bundle.find_domains(dataset_dir)
+    overrides = _merge(config or {}, {"train": {"device": device}})
+    return train(t1, t2, output_dir, config=preset, overrides=overrides, epochs=max_epochs, resume=resume,
+                 overwrite=overwrite, progress_bar=sys.stderr.isatty())
+
+
+def _merge(base: dict, extra: dict | None) -> dict:
+    merged = {k: dict(v) for k, v in base.items()}
+    for section, entries in (extra or {}).items():
+        merged.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
+    return merged
+
+
+def _log_to_console() -> None:
+    """INFO messages of the package on stderr (once), unless the caller configured logging."""
+    logger = logging.getLogger("mri_translate")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
