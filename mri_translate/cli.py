@@ -42,6 +42,25 @@ def train_entry(args) -> int:
     return EXIT_OK
 
 
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2, "0": 0, "1": 1, "2": 2}
+
+
+def convert_entry(args) -> int:
+    """Translate a scan or a batch; exit 1 when any file of a batch failed."""
+    from .convert import convert
+
+    report = convert(args.input, args.output, model=args.model, direction=args.direction, device=args.device,
+                     batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
+                     overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress,
+                     dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
+                     series_uid=args.series)
+    for source, reason in report.failed:
+        print(f"failed: {reason}", file=sys.stderr)
+    print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
+          else f"wrote {report.done[0]}")
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
 def demo_entry(args) -> int:
     """Synthetic data -> a short CPU training -> translated volume and pictures, all under ``--out``."""
     from .demo import run_demo
@@ -79,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=train_entry)
+
+    p = commands.add_parser("convert", help="translate a scan, a folder, a glob or a BIDS dataset")
+    p.add_argument("input", help="NIfTI, DICOM series folder/file, 2D image; or a folder, glob or BIDS root")
+    p.add_argument("output", help="output .nii.gz/.nii (or .png for a 2D input); a folder for a batch")
+    p.add_argument("--model", help="run directory or model.pt (default: the model shipped with the package)")
+    p.add_argument("--direction", default="t1-to-t2", choices=["t1-to-t2", "t2-to-t1"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "int16"], help="NIfTI voxel type")
+    p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="bit depth of 2D image outputs")
+    p.add_argument("--axis", choices=sorted(AXES), help="slice along this RAS axis (default: through-plane)")
+    p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--gif", help="also write a GIF sweep: input | translated (| reference)")
+    p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")
+    p.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several")
+    p.add_argument("--shard", help="I/N: convert only this worker's share of a batch (SLURM arrays)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(entry=convert_entry)
 
     p = commands.add_parser("demo", help="synthetic data -> short training -> translated volume and GIFs")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")

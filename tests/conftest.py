@@ -49,3 +49,10 @@ def synthetic_nifti(tmp_path) -> Path:
     image.set_sform(SYNTHETIC_AFFINE, code=1)
     nib.save(image, str(path))
     return path
+
+
+def pytest_configure(config):
+    # MONAI announces on every DICOM read that its optional GPU codec is missing (io.py silences it, but pytest
+    # resets warning filters per test), and ITKReader warns when it picks one of several series we asked for.
+    config.addinivalue_line("filterwarnings", "ignore:NvImgCodecPydicomReader:UserWarning")
+    config.addinivalue_line("filterwarnings", "ignore:the directory.*contains more than one DICOM series")

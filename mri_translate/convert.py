@@ -1,0 +1,255 @@
+"""The ``convert`` verb: one scan, a folder, a glob or a BIDS dataset in; translated NIfTI (or 2D images)
+out, each with the input's geometry, a JSON sidecar and optionally a GIF sweep.
+
+Outputs are written atomically, the sidecar last, so a file counts as finished only when both exist: an
+interrupted batch restarted with the same command skips finished files and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, MriTranslateError
+from .inference import Translator, sha256
+from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, dicom_series, is_dicom_file, list_images_2d,
+                 load_volume, save_image_2d, save_volume, suffix)
+
+log = logging.getLogger("mri_translate.convert")
+CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
+
+
+def sidecar_path(output) -> Path:
+    """``x.nii.gz`` -> ``x.json`` (BIDS style)."""
+    output = Path(output)
+    return output.with_name(output.name[: -len(suffix(output))] + ".json")
+
+
+def _versions() -> dict:
+    import monai
+    import nibabel
+    import numpy
+    import torch
+
+    return {"mri-translate": __version__, "monai": monai.__version__, "torch": torch.__version__,
+            "numpy": numpy.__version__, "nibabel": nibabel.__version__, "python": platform.python_version()}
+
+
+def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
+                 reference=None, overwrite: bool = False, series_uid: str | None = None) -> dict:
+    """Translate one scan and write it with its sidecar (and GIF).
+
+    Args:
+        translator: the loaded model.
+        source: NIfTI, DICOM series folder, DICOM file or 2D image.
+        output: ``.nii``/``.nii.gz``, or a 2D image suffix for a 2D input (``bits`` 8 or 16).
+        dtype: stored NIfTI dtype (``float32`` or ``int16``).
+        gif: optional GIF path: input | translated (| reference) sweep.
+        reference: optional volume shown beside them in the GIF.
+        overwrite: replace an existing output.
+        series_uid: DICOM series to read when a folder holds several.
+
+    Returns:
+        The sidecar dictionary.
+
+    Raises:
+        InputError: bad input, output equal to input, output exists without ``overwrite``, unwritable output.
+    """
+    start = time.perf_counter()
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve():
+        raise InputError(output, "output path equals the input; refusing to overwrite an input")
+    if output.exists() and not overwrite:
+        raise InputError(output, "already exists (use --overwrite to replace it)")
+    kind = suffix(output)
+    if kind not in NIFTI_SUFFIXES + IMAGE_SUFFIXES:
+        raise InputError(output, f"unsupported output type '{kind}' (use .nii.gz, .nii or, for 2D input, .png)")
+    if dtype not in ("float32", "int16"):
+        raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
+    volume = load_volume(source, series_uid)
+    translated = translator(volume)
+    a, b = CONTRASTS[translator.direction]
+    if kind in IMAGE_SUFFIXES:
+        if volume.shape[-1] != 1:
+            raise InputError(output, f"a 2D image output needs a 2D input, but {source.name} has "
+                                     f"{volume.shape[-1]} slices; write .nii.gz instead")
+        save_image_2d(translated, output, bits)
+    else:
+        save_volume(translated, output, volume.meta["original_affine"], dtype,
+                    descrip=f"SYNTHETIC {b} from {a} by mri-translate {__version__}")
+    if gif is not None:
+        write_comparison_gif([volume, translated] + ([load_volume(reference)] if reference else []), gif,
+                             [f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
+    sidecar = {
+        "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
+        "Direction": translator.direction,
+        "Sources": [str(source)],
+        "InputSHA256": sha256(source),
+        "Model": str(translator.model_path) if translator.model_path else None,
+        "ModelSHA256": translator.model_sha256(),
+        "Parameters": {"k": translator.k, "axis": translator.axis if translator.axis is not None else "through-plane",
+                       "batch_size": translator.batch_size, "dtype": dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
+                       "input_intensity_range": list(translated.meta["intensity_range"]),
+                       "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
+        "Software": _versions(),
+        "ElapsedSeconds": round(time.perf_counter() - start, 3),
+    }
+    with atomic_path(sidecar_path(output)) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
+
+
+def write_comparison_gif(volumes, path, labels) -> Path:
+    """GIF sweep through same-shape volumes ``(1, X, Y, Z)`` side by side, in RAS radiological view."""
+    from . import visualize
+    from .transforms import to_canonical
+
+    arrays = [to_canonical(v)[0].numpy() for v in volumes]
+    visualize.write_gif(visualize.sweep_frames(arrays, labels=labels), path)
+    return Path(path)
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did: finished, skipped (already done) and failed ``(path, reason)``."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the console."""
+        return f"{len(self.done)} converted, {len(self.skipped)} skipped (already done), {len(self.failed)} failed"
+
+
+def plan_batch(inputs, output_dir, direction: str = "t1-to-t2") -> list[tuple[Path, Path]]:
+    """Pairs ``(input, output)`` for a folder, a glob or a BIDS dataset, sorted by input path.
+
+    BIDS (``sub-*`` folders): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` -> ``OUT/sub-*/.../*_desc-synthetic_T2w.nii.gz``.
+    Other folders: every NIfTI, DICOM file, 2D image and DICOM series sub-folder directly inside; NIfTI and
+    DICOM become ``.nii.gz``, 2D images keep their name and type.
+    """
+    a, b = CONTRASTS[direction]
+    output_dir = Path(output_dir)
+    text = str(inputs)
+    if any(ch in text for ch in "*?[") and not Path(text).exists():
+        root, files = None, [Path(p) for p in glob.glob(text, recursive=True)]
+    else:
+        root = Path(inputs)
+        if not root.is_dir():
+            raise InputError(root, "no such folder")
+        if any(root.glob("sub-*")):
+            files = [p for p in root.glob(f"sub-*/**/anat/*_{a}.nii*") if suffix(p) in NIFTI_SUFFIXES]
+        else:
+            files = [p for p in root.iterdir() if not p.name.startswith(".") and (
+                suffix(p) in NIFTI_SUFFIXES + IMAGE_SUFFIXES or (p.is_file() and is_dicom_file(p))
+                or (p.is_dir() and not list_images_2d(p) and dicom_series(p)))]
+    pairs = []
+    for file in sorted(files):
+        kind = suffix(file)
+        stem = file.name[: -len(kind)] if kind else file.name
+        if kind in IMAGE_SUFFIXES:
+            name = file.name
+        else:
+            name = (stem.replace(f"_{a}", f"_desc-synthetic_{b}") if stem.endswith(f"_{a}") else f"{stem}_{b}") + ".nii.gz"
+        relative = file.parent.relative_to(root) if root is not None else Path()
+        pairs.append((file, output_dir / relative / name))
+    return pairs
+
+
+def shard(pairs: list, spec: str | None) -> list:
+    """Every N-th item starting at I for ``spec = "I/N"`` (0 <= I < N); with ``spec`` None, the torchrun
+    rank and world size when set, else everything. Deterministic, so N workers never overlap."""
+    if spec is None:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    else:
+        try:
+            rank, world = (int(x) for x in spec.split("/"))
+        except ValueError as err:
+            raise InputError(spec, "--shard must be I/N with integers, e.g. 0/4") from err
+    if not 0 <= rank < world:
+        raise InputError(spec or f"{rank}/{world}", "--shard I/N needs 0 <= I < N")
+    return pairs[rank::world]
+
+
+def convert_batch(translator: Translator, pairs, overwrite: bool = False, progress: bool = True,
+                  **options) -> BatchReport:
+    """Convert every pair; a failing file is reported and the others carry on. Inputs are never
+    overwritten; finished outputs (image and sidecar present) are skipped unless ``overwrite``."""
+    from tqdm import tqdm
+
+    report = BatchReport()
+    for source, output in tqdm(pairs, desc="convert", unit="file", disable=not progress):
+        if output.exists() and sidecar_path(output).exists() and not overwrite:
+            report.skipped.append(output)
+            continue
+        try:
+            convert_file(translator, source, output, overwrite=True, **options)
+            report.done.append(output)
+        except MriTranslateError as err:
+            report.failed.append((source, str(err)))
+            tqdm.write(f"failed: {err}")
+    return report
+
+
+def write_derivative_description(output_dir, direction: str) -> None:
+    """``dataset_description.json`` of a BIDS derivative dataset."""
+    description = {"Name": f"mri-translate synthetic {CONTRASTS[direction][1]}", "BIDSVersion": "1.9.0",
+                   "DatasetType": "derivative",
+                   "GeneratedBy": [{"Name": "mri-translate", "Version": __version__,
+                                    "Description": f"CycleGAN translation {direction}; images are SYNTHETIC"}]}
+    with atomic_path(Path(output_dir) / "dataset_description.json") as tmp:
+        tmp.write_text(json.dumps(description, indent=2) + "\n")
+
+
+def is_batch_input(source) -> bool:
+    """A glob, or a folder that is not itself one DICOM series."""
+    path = Path(source)
+    if not path.exists():
+        return any(ch in str(source) for ch in "*?[")
+    return path.is_dir() and not dicom_series(path)
+
+
+def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
+            batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
+            progress: bool = True, **options) -> BatchReport:
+    """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
+
+    Args:
+        source: scan, folder, glob or BIDS root.
+        output: output file, or folder for a batch.
+        model: run directory or model file; ``None`` = the shipped default model.
+        direction: ``t1-to-t2`` or ``t2-to-t1``.
+        device, batch_size, axis: see :class:`~mri_translate.inference.Translator`.
+        overwrite: replace existing outputs.
+        shard_spec: ``"I/N"``: this worker's share of a batch.
+        progress: progress bar for batches.
+        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid`` of :func:`convert_file`
+            (``gif``/``reference`` for single scans only).
+
+    Returns:
+        A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
+    """
+    translator = Translator.from_run(model, direction, device, batch_size, axis=axis)
+    if not is_batch_input(source):
+        convert_file(translator, source, output, overwrite=overwrite, **options)
+        return BatchReport(done=[Path(output)])
+    if options.get("gif") or options.get("reference"):
+        raise InputError(source, "--gif and --reference apply to a single scan, not to a batch")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InputError(output, "a batch needs an output folder, but this is a file")
+    pairs = shard(plan_batch(source, output, direction), shard_spec)
+    if not pairs:
+        raise InputError(source, "no convertible scans found (NIfTI, DICOM, 2D images or BIDS *_T1w/_T2w)")
+    output.mkdir(parents=True, exist_ok=True)
+    if Path(source).is_dir() and any(Path(source).glob("sub-*")):
+        write_derivative_description(output, direction)
+    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, **options)
