@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monai.transforms import MapTransform
+
 from . import __version__
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
@@ -136,8 +138,7 @@ def plan_batch(inputs, output_dir, direction: str = "t1-to-t2") -> list[tuple[Pa
     Other folders: every NIfTI, DICOM file, 2D image and DICOM series sub-folder directly inside; NIfTI and
     DICOM become ``.nii.gz``, 2D images keep their name and type.
     """
-    a, b = CONTRASTS[direction]
-    output_dir = Path(output_dir)
+    a = CONTRASTS[direction][0]
     text = str(inputs)
     if any(ch in text for ch in "*?[") and not Path(text).exists():
         root, files = None, [Path(p) for p in glob.glob(text, recursive=True)]
@@ -151,17 +152,25 @@ def plan_batch(inputs, output_dir, direction: str = "t1-to-t2") -> list[tuple[Pa
             files = [p for p in root.iterdir() if not p.name.startswith(".") and (
                 suffix(p) in NIFTI_SUFFIXES + IMAGE_SUFFIXES or (p.is_file() and is_dicom_file(p))
                 or (p.is_dir() and not list_images_2d(p) and dicom_series(p)))]
-    pairs = []
-    for file in sorted(files):
-        kind = suffix(file)
-        stem = file.name[: -len(kind)] if kind else file.name
-        if kind in IMAGE_SUFFIXES:
-            name = file.name
-        else:
-            name = (stem.replace(f"_{a}", f"_desc-synthetic_{b}") if stem.endswith(f"_{a}") else f"{stem}_{b}") + ".nii.gz"
-        relative = file.parent.relative_to(root) if root is not None else Path()
-        pairs.append((file, output_dir / relative / name))
-    return pairs
+    return [(file, output_path(file, root, output_dir, direction)) for file in sorted(files)]
+
+
+def output_path(source, root, output_dir, direction: str = "t1-to-t2") -> Path:
+    """Where a batch writes the translation of ``source`` (found under ``root``, or by a glob when ``root`` is
+    ``None``): 2D images keep name and type; ``*_T1w.nii.gz`` -> ``*_desc-synthetic_T2w.nii.gz`` (BIDS);
+    anything else -> ``<name>_T2w.nii.gz``; sub-folders below ``root`` are kept."""
+    a, b = CONTRASTS[direction]
+    source = Path(source)
+    kind = suffix(source)
+    stem = source.name[: -len(kind)] if kind else source.name
+    if kind in IMAGE_SUFFIXES:
+        name = source.name
+    elif stem.endswith(f"_{a}"):
+        name = f"{stem[: -len(a) - 1]}_desc-synthetic_{b}.nii.gz"
+    else:
+        name = f"{stem}_{b}.nii.gz"
+    relative = source.parent.relative_to(root) if root is not None else Path()
+    return Path(output_dir) / relative / name
 
 
 def shard(pairs: list, spec: str | None) -> list:
@@ -253,3 +262,32 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     if Path(source).is_dir() and any(Path(source).glob("sub-*")):
         write_derivative_description(output, direction)
     return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, **options)
+
+
+class SaveTranslatedd(MapTransform):
+    """Bundle post-processing: write ``d[key]`` (the translated volume, already back in the input's voxel
+    order by ``Invertd``) where :func:`output_path` says, with the original affine of ``d[source_key]`` (the
+    loaded input); 2D inputs are written as 2D images. Atomic, never over an input."""
+
+    def __init__(self, keys, output_dir, dataset_dir=None, direction: str = "t1-to-t2", dtype: str = "float32",
+                 source_key: str = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+        self.output_dir, self.direction, self.dtype = Path(output_dir), direction, dtype
+        self.root = Path(dataset_dir) if dataset_dir is not None and Path(dataset_dir).is_dir() else None
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            volume, meta = d[key], d[self.source_key].meta
+            source = Path(meta["filename_or_obj"])
+            output = output_path(source, self.root, self.output_dir, self.direction)
+            if output.resolve() == source.resolve():
+                raise InputError(output, "output path equals the input; refusing to overwrite an input")
+            if suffix(output) in IMAGE_SUFFIXES:
+                save_image_2d(volume, output)
+            else:
+                save_volume(volume, output, meta["original_affine"], self.dtype,
+                            descrip=f"SYNTHETIC {CONTRASTS[self.direction][1]} by mri-translate {__version__}")
+            d[f"{key}_path"] = str(output)
+        return d

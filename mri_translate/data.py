@@ -31,19 +31,16 @@ class Slices:
         return float(low), float(high)
 
 
-def prepare_volume(volume, k: int, normalize: RobustNormalize, axis: int | None = None):
+def prepare_volume(volume, k: int, normalize: RobustNormalize):
     """Canonical orientation, normalisation and slabs of one loaded volume ``(1, X, Y, Z)``.
 
-    Args:
-        axis: RAS axis to slice along; ``None`` = the through-plane (largest spacing) axis.
-
     Returns:
-        ``(slabs (N, k, H', W'), layout, canonical normalised volume)``.
+        ``(slabs (N, k, H', W'), layout, canonical normalised volume)``; the slicing axis is the through-plane
+        (largest spacing) axis of the canonical volume.
     """
     canonical = normalize(to_canonical(volume))
-    if axis is None:
-        axis = through_plane_axis(np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0)))
-    slabs, layout = volume_to_slabs(canonical[0].as_tensor(), k, axis)
+    spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
+    slabs, layout = volume_to_slabs(canonical[0].as_tensor(), k, through_plane_axis(spacing))
     return slabs, layout, canonical
 
 

@@ -12,17 +12,18 @@ import contextlib
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.inferers import Inferer
 
 from .bundle import DIRECTIONS, TEMPLATE
-from .data import prepare_volume
 from .engine import read_checkpoint, resolve_device
 from .errors import InputError, ModelError
 from .io import load_volume
 from .networks import ModifiedUNet
-from .slabs import slabs_to_volume
-from .transforms import RobustNormalize, denormalize, from_canonical
+from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
+from .transforms import RobustNormalize, denormalize, from_canonical, to_canonical
 
 DEFAULT_MODEL = TEMPLATE / "models" / "model.pt"
 
@@ -52,6 +53,45 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+class SlabInferer(Inferer):
+    """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
+    into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
+    through the network ``batch_size`` slabs at a time (autocast on GPU when ``amp``), and each slice's k
+    predictions are averaged. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with the
+    input's meta when the input is one."""
+
+    def __init__(self, k: int = 3, axis: int | None = None, batch_size: int = 8, amp: bool = True):
+        super().__init__()
+        self.k, self.axis, self.batch_size, self.amp = k, axis, batch_size, amp
+
+    def _autocast(self, device: torch.device):
+        if not (self.amp and device.type == "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    @torch.inference_mode()
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        device = next(network.parameters()).device
+        outputs = []
+        for volume in inputs:
+            axis = self.axis
+            if axis is None:
+                affine = np.asarray(volume.affine) if isinstance(volume, MetaTensor) else np.eye(4)
+                axis = through_plane_axis(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+            slabs, layout = volume_to_slabs(torch.as_tensor(volume[0]).cpu(), self.k, axis)
+            predictions = torch.empty(slabs.shape, dtype=torch.float32)
+            for start in range(0, len(slabs), self.batch_size):
+                batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
+                with self._autocast(device):
+                    predictions[start: start + len(batch)] = network(batch).float().cpu()
+            outputs.append(slabs_to_volume(predictions, layout)[None].to(inputs.device))
+        result = torch.stack(outputs)
+        if isinstance(inputs, MetaTensor):  # keep meta and applied operations, so Invertd can undo them
+            result = MetaTensor(result)
+            result.copy_meta_from(inputs)
+        return result
+
+
 class Translator:
     """Volume in, translated volume out.
 
@@ -76,9 +116,9 @@ class Translator:
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
-        self.amp = amp and self.device.type == "cuda"
         self.direction, self.model_path, self.axis = direction, model_path, axis
         self.normalize = RobustNormalize()
+        self.inferer = SlabInferer(k, axis, batch_size, amp)
 
     @classmethod
     def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int = 8,
@@ -105,30 +145,11 @@ class Translator:
         target_range = state.get("normalization", {}).get(target, (0.0, 1.0))
         return cls(generator, k, target_range, resolve_device(device), batch_size, amp, direction, path, axis)
 
-    def _autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-
-    @torch.inference_mode()
-    def predict_slabs(self, slabs: torch.Tensor) -> torch.Tensor:
-        """Args: slabs ``(N, k, H, W)`` in [-1, 1], H and W multiples of 16. Returns: ``(N, k, H, W)`` float32
-        on the CPU."""
-        if slabs.shape[1] != self.k:
-            raise ModelError(f"model expects k={self.k} slices per slab, got {slabs.shape[1]}")
-        out = torch.empty(slabs.shape, dtype=torch.float32)
-        for start in range(0, len(slabs), self.batch_size):
-            batch = slabs[start: start + self.batch_size].to(self.device, non_blocking=True)
-            with self._autocast():
-                out[start: start + len(batch)] = self.generator(batch).float().cpu()
-        return out
-
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
-        slabs, layout, canonical = prepare_volume(volume, self.k, self.normalize, self.axis)
-        out = slabs_to_volume(self.predict_slabs(slabs), layout)
-        return canonical, MetaTensor(out[None], meta=dict(canonical.meta))
+        canonical = self.normalize(to_canonical(volume))
+        out = self.inferer(canonical[None], self.generator)[0]
+        return canonical, MetaTensor(out, meta=dict(canonical.meta))
 
     def __call__(self, volume) -> MetaTensor:
         """Translate one volume.

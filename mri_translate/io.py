@@ -29,9 +29,6 @@ DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 IMAGE_2D_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Refuse inputs whose float32 copy would need more than this many bytes (override: MRI_TRANSLATE_MAX_BYTES).
 MAX_VOLUME_BYTES = int(os.environ.get("MRI_TRANSLATE_MAX_BYTES", 8 * 1024**3))
-#: Metadata kept from a reader; everything else (DICOM tags: patient name, IDs, dates) is dropped.
-KEPT_META = ("affine", "original_affine", "spatial_shape", "filename_or_obj", "spacing", "original_axcodes",
-             "source_format", "series_description", "original_dtype")
 
 # MONAI's optional GPU DICOM codec announces on every run that it is missing; that is expected here.
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
@@ -108,12 +105,12 @@ def _check_nifti_header(path: Path) -> tuple[tuple[int, ...], str]:
     if len(shape) < 3:
         shape = shape + (1,) * (3 - len(shape))
     _check_size(path, shape)
-    extra = [s for s in shape[3:] if s != 1]
-    if extra:
-        what = "4th (time/volume)" if len(shape) == 4 else f"{len(shape)}th"
-        raise InputError(path, f"is {len(shape)}D with {shape[3] if len(shape) > 3 else extra[0]} volumes along the "
-                               f"{what} dimension (shape {shape}); pick one volume first, e.g. "
-                               f"nibabel: nib.save(img.slicer[..., 0], 'vol0.nii.gz') or FSL: fslroi in out 0 1")
+    volumes = int(np.prod(shape[3:], dtype=np.int64))
+    if volumes > 1:
+        dims = "the 4th (time/volume) dimension" if len(shape) == 4 else f"dimensions 4-{len(shape)}"
+        raise InputError(path, f"is {len(shape)}D with {volumes} volumes along {dims} (shape {shape}); pick one "
+                               f"volume first, e.g. nibabel: nib.save(img.slicer[..., 0], 'vol0.nii.gz') or FSL: "
+                               f"fslroi in out 0 1")
     return shape[:3], str(dtype)
 
 
@@ -123,7 +120,7 @@ def _grey(image):
 
 
 def _reader_for(path: Path, series_uid: str | None):
-    """Pick the MONAI reader for ``path``; returns (reader, path to read, format name, series description)."""
+    """Pick the MONAI reader for ``path``; returns (reader, path to read, format name, first DICOM file)."""
     from monai.data import ITKReader, NibabelReader, PILReader
 
     if path.is_dir():
@@ -145,25 +142,29 @@ def _reader_for(path: Path, series_uid: str | None):
         import itk
 
         itk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr while scanning the folder
-        return ITKReader(series_name=uid), str(path), "dicom", _series_description(series[uid][0])
+        return ITKReader(series_name=uid), str(path), "dicom", series[uid][0]
     kind = suffix(path)
     if kind in NIFTI_SUFFIXES:
         return NibabelReader(), str(path), "nifti", None
     if kind in IMAGE_SUFFIXES:
         return PILReader(converter=_grey), str(path), "image", None
     if is_dicom_file(path):
-        return ITKReader(), str(path), "dicom", _series_description(path)
+        return ITKReader(), str(path), "dicom", path
     raise InputError(path, f"unknown file type '{kind or path.name}' (expected .nii/.nii.gz, DICOM (.dcm or a "
                            f"series folder) or a 2D image {'/'.join(IMAGE_SUFFIXES)})")
 
 
-def _series_description(dicom_file) -> str | None:
+def _dicom_facts(dicom_file) -> tuple[str | None, str | None]:
+    """Series description and stored pixel type (e.g. ``uint16``) of a DICOM file; informative only, so a
+    header that cannot be parsed gives ``(None, None)`` and reading the pixels reports the real problem."""
     import pydicom
 
     try:
-        return str(pydicom.dcmread(str(dicom_file), stop_before_pixels=True).get("SeriesDescription", "")) or None
-    except Exception:  # the description is informative only; reading pixels reports real problems
-        return None
+        header = pydicom.dcmread(str(dicom_file), stop_before_pixels=True)
+        dtype = f"{'int' if header.get('PixelRepresentation', 0) else 'uint'}{header.get('BitsAllocated', 16)}"
+        return str(header.get("SeriesDescription", "")) or None, dtype
+    except Exception:
+        return None, None
 
 
 def load_volume(path, series_uid: str | None = None):
@@ -182,14 +183,15 @@ def load_volume(path, series_uid: str | None = None):
         InputError: missing/unreadable/empty/truncated file, unknown type, several DICOM series, 4D data,
             complex or RGB voxels, absurd dimensions, NaN or Inf voxels.
     """
+    path = Path(path)
+    _check_readable(path)
     import nibabel as nib
     import torch
     from monai.data import MetaTensor
     from monai.transforms import LoadImage
 
-    path = Path(path)
-    _check_readable(path)
-    reader, target, source_format, description = _reader_for(path, series_uid)
+    reader, target, source_format, first_dicom = _reader_for(path, series_uid)
+    description, original_dtype = _dicom_facts(first_dicom) if first_dicom else (None, None)
     if source_format == "nifti":
         shape, original_dtype = _check_nifti_header(path)
     try:
@@ -198,7 +200,7 @@ def load_volume(path, series_uid: str | None = None):
         raise
     except Exception as err:
         raise InputError(path, f"cannot read the {source_format} data ({type(err).__name__}: {err})".replace("\n", " ")) from err
-    if source_format != "nifti":
+    if original_dtype is None:
         original_dtype = str(image.dtype).replace("torch.", "")
     array = image.as_tensor().to(torch.float32)
     affine = np.asarray(image.affine, dtype=np.float64)

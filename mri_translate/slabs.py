@@ -73,15 +73,19 @@ def slabs_to_volume(predictions: torch.Tensor, layout: SlabLayout) -> torch.Tens
         (the sum is taken in float64).
     """
     n, k, hp, wp = predictions.shape
-    if k != layout.k or n != layout.shape[layout.axis]:
-        raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout (k={layout.k}, "
-                         f"{layout.shape[layout.axis]} slices)")
+    in_plane = [s for i, s in enumerate(layout.shape) if i != layout.axis]
+    padded = tuple(s + before + after for s, (before, after) in zip(in_plane, layout.pad))
+    if k != layout.k or n != layout.shape[layout.axis] or (hp, wp) != padded:
+        raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout "
+                         f"({layout.shape[layout.axis]}, {layout.k}, {padded[0]}, {padded[1]})")
     half = k // 2
     total = torch.zeros((n, hp, wp), dtype=torch.float64, device=predictions.device)
     count = torch.zeros(n, dtype=torch.float64, device=predictions.device)
     for c in range(k):
         # slab j, channel c predicts slice j + c - half; slices beyond the edges were replicas: drop them.
         lo, hi = max(0, half - c), min(n, n + half - c)
+        if hi <= lo:
+            continue
         total[lo + c - half: hi + c - half] += predictions[lo:hi, c].double()
         count[lo + c - half: hi + c - half] += 1
     (top, bottom), (left, right) = layout.pad

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Orientation, Transform
+from monai.transforms import MapTransform, Orientation, Orientationd, Transform
 
 from .errors import InputError
 
@@ -41,10 +41,11 @@ def from_canonical(volume: MetaTensor, axcodes: str, affine=None) -> MetaTensor:
 
 
 def foreground_mask(image: torch.Tensor) -> torch.Tensor:
-    """Voxels brighter than 10 % of the 99th percentile: the head/brain, not the background."""
-    flat = image.detach().reshape(-1).float()
-    threshold = 0.1 * torch.quantile(_sample(flat), 0.99)
-    return image > threshold
+    """Voxels above 10 % of the way from the 1st to the 99th percentile: the head/brain, not the background
+    (also for images whose values are all negative, and unmoved by a few outlier voxels)."""
+    flat = _sample(image.detach().reshape(-1).float())
+    low, high = torch.quantile(flat, torch.tensor([0.01, 0.99]))
+    return image > low + 0.1 * (high - low)
 
 
 def _sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
@@ -82,7 +83,8 @@ class RobustNormalize(Transform):
             value = float(flat[0]) if flat.numel() else float("nan")
             name = image.meta.get("filename_or_obj", "image")
             raise InputError(name, f"image is constant (every voxel is {value:g}); nothing to normalise")
-        out = MetaTensor(((data - low) / (high - low)).clamp(0, 1) * 2 - 1, meta=dict(image.meta))
+        out = MetaTensor(((data - low) / (high - low)).clamp(0, 1) * 2 - 1, meta=dict(image.meta),
+                         applied_operations=list(image.applied_operations))
         out.meta[RANGE_KEY] = (low, high)
         return out
 
@@ -107,11 +109,35 @@ class RobustNormalized(MapTransform):
         return d
 
 
-class Canonicald(MapTransform):
-    """Dictionary wrapper of :func:`to_canonical`."""
+class Canonicald(Orientationd):
+    """Dictionary transform to RAS (MONAI ``Orientationd``, so ``Invertd`` undoes it exactly)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=allow_missing_keys)
+
+
+class LoadScand(MapTransform):
+    """Dictionary transform loading ``d[key]`` (a path) with :func:`~mri_translate.io.load_volume`: every
+    format, with the same validation and one-line errors as the CLI."""
+
+    def __call__(self, data):
+        from .io import load_volume
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = load_volume(d[key])
+        return d
+
+
+class Denormalized(MapTransform):
+    """Dictionary wrapper of :func:`denormalize` with a fixed ``intensity_range`` (the target domain's)."""
+
+    def __init__(self, keys: KeysCollection, intensity_range, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.intensity_range = tuple(intensity_range)
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = to_canonical(d[key])
+            d[key] = denormalize(d[key], self.intensity_range)
         return d
