@@ -61,6 +61,27 @@ def convert_entry(args) -> int:
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
+def evaluate_entry(args) -> int:
+    """Paired metrics in the mask and over the whole image, baselines, reports."""
+    from .evaluate import evaluate, format_summary, write_reports
+
+    mask = None if args.mask == "none" else args.mask
+    report = evaluate(args.pred, args.ref, mask=mask, source=args.input, baselines=args.baselines,
+                      target_example=args.target_example)
+    write_reports(report, args.json, args.csv, args.plot)
+    print(format_summary(report))
+    return EXIT_OK
+
+
+def gif_entry(args) -> int:
+    """GIF sweep (and optional PNG montage) through same-shape volumes side by side."""
+    from .visualize import write_volumes_gif
+
+    write_volumes_gif(args.inputs, args.out, png=args.png, axis=AXES[args.axis], labels=args.labels)
+    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
+    return EXIT_OK
+
+
 def demo_entry(args) -> int:
     """Synthetic data -> a short CPU training -> translated volume and pictures, all under ``--out``."""
     from .demo import run_demo
@@ -116,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=convert_entry)
+
+    p = commands.add_parser("evaluate", help="score a translation against a real volume (in the brain mask)")
+    p.add_argument("--pred", required=True, help="translated volume (or folder of 2D slices)")
+    p.add_argument("--ref", required=True, help="real target-contrast volume on the same grid (or folder)")
+    p.add_argument("--mask", default="auto", help="auto (default: foreground of --ref), none, or a mask file")
+    p.add_argument("--input", help="the volume that was translated (inter-slice consistency, baselines)")
+    p.add_argument("--baselines", action="store_true", help="also score identity and inverted-histogram-matched")
+    p.add_argument("--target-example", help="volume whose histogram the baseline matches (default: --ref)")
+    p.add_argument("--json", help="write the summary as JSON")
+    p.add_argument("--csv", help="write per-slice metrics as CSV")
+    p.add_argument("--plot", help="write a PNG of per-slice SSIM/PSNR")
+    p.set_defaults(entry=evaluate_entry)
+
+    p = commands.add_parser("gif", help="GIF sweep through volumes side by side (and a PNG montage)")
+    p.add_argument("inputs", nargs="+", help="volumes of the same shape")
+    p.add_argument("--out", required=True, help="output .gif")
+    p.add_argument("--png", help="also write a PNG montage of a few slices per volume")
+    p.add_argument("--axis", default="axial", choices=sorted(AXES), help="sweep direction (default axial)")
+    p.add_argument("--labels", nargs="+", help="one label per input (default: file names)")
+    p.set_defaults(entry=gif_entry)
 
     p = commands.add_parser("demo", help="synthetic data -> short training -> translated volume and GIFs")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")

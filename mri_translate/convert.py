@@ -87,8 +87,10 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         save_volume(translated, output, volume.meta["original_affine"], dtype,
                     descrip=f"SYNTHETIC {b} from {a} by mri-translate {__version__}")
     if gif is not None:
-        write_comparison_gif([volume, translated] + ([load_volume(reference)] if reference else []), gif,
-                             [f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
+        from .visualize import write_volumes_gif
+
+        write_volumes_gif([volume, translated] + ([reference] if reference else []), gif,
+                          labels=[f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
@@ -106,16 +108,6 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     with atomic_path(sidecar_path(output)) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
-
-
-def write_comparison_gif(volumes, path, labels) -> Path:
-    """GIF sweep through same-shape volumes ``(1, X, Y, Z)`` side by side, in RAS radiological view."""
-    from . import visualize
-    from .transforms import to_canonical
-
-    arrays = [to_canonical(v)[0].numpy() for v in volumes]
-    visualize.write_gif(visualize.sweep_frames(arrays, labels=labels), path)
-    return Path(path)
 
 
 @dataclass

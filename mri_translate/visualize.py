@@ -295,3 +295,29 @@ def plot_losses(history: dict[str, Sequence[tuple[int, float]]], path: str | os.
     fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
+
+
+def write_volumes_gif(volumes, path, png=None, axis: int = 2, labels: Sequence[str] | None = None) -> None:
+    """GIF sweep (and optional PNG montage of 5 slices per volume) through scans side by side.
+
+    Args:
+        volumes: paths or loaded ``MetaTensor`` ``(1, X, Y, Z)`` of the same shape after RAS reorientation.
+        path: output GIF.
+        png: optional output PNG: one row per volume, five evenly spaced slices.
+        axis: RAS axis to sweep (2 = axial).
+        labels: one per volume; default: file names.
+    """
+    from .io import load_volume
+    from .transforms import to_canonical
+
+    loaded = [v if hasattr(v, "meta") else load_volume(v) for v in volumes]
+    if labels is None:
+        labels = [Path(str(v.meta.get("filename_or_obj", ""))).name for v in loaded]
+    arrays = [to_canonical(v)[0].numpy() for v in loaded]
+    write_gif(sweep_frames(arrays, axis=axis, labels=labels), path)
+    if png:
+        rows = []
+        for array in arrays:
+            positions = np.linspace(0, array.shape[axis] - 1, 7).round().astype(int)[1:-1]
+            rows.append([window(display_slice(array, int(i), axis)) for i in positions])
+        write_png(montage(rows), png)
