@@ -34,15 +34,17 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     configs = run_dir / "configs"
     metadata = json.loads((TEMPLATE / "configs" / "metadata.json").read_text())
     k, crop = config.model.k, config.data.crop
-    for part in ("inputs", "outputs"):
-        entry = metadata["network_data_format"][part]["image"]
+    for part, key, what in (("inputs", "image", "slice"), ("outputs", "pred", "translated slice")):
+        entry = metadata["network_data_format"][part][key]
         entry["num_channels"] = k
         entry["spatial_shape"] = [crop, crop]
+        entry["channel_def"] = {str(c): f"{what} i{c - k // 2:+d}" if c != k // 2 else f"{what} i"
+                                for c in range(k)}
     metadata["version"] = __version__
     _write_text(configs / "metadata.json", json.dumps(metadata, indent=2) + "\n")
     train_config = json.loads((TEMPLATE / "configs" / "train.json").read_text())
     train_config["config"] = config.to_dict()
-    train_config["sources"] = sources
+    train_config["sources"] = sources  # train_bundle trains on these when no dataset_dir is given
     _write_text(configs / "train.json", json.dumps(train_config, indent=2) + "\n")
     inference = json.loads((TEMPLATE / "configs" / "inference.json").read_text())
     inference["network_def"]["k"] = k
@@ -102,7 +104,8 @@ def find_domains(dataset_dir) -> tuple[list[Path], list[Path]]:
             return [root / a], [root / b]
     found = {}
     for contrast in ("T1w", "T2w"):
-        found[contrast] = sorted(p for p in root.rglob(f"*_{contrast}.nii*") if suffix(p) in NIFTI_SUFFIXES)
+        found[contrast] = sorted(p for p in root.rglob(f"*_{contrast}.nii*")
+                                 if suffix(p) in NIFTI_SUFFIXES and not p.name.startswith("."))
     if found["T1w"] and found["T2w"]:
         return found["T1w"], found["T2w"]
     if list_images_2d(root):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,11 +35,25 @@ def train_entry(args) -> int:
     from .train import train
 
     overrides = {"train": {"iterations": args.iterations, "device": args.device, "seed": args.seed}}
-    if args.epochs is not None:
-        overrides["train"]["epochs"] = args.epochs
-    run_dir = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, resume=args.resume,
-                    overwrite=args.overwrite, progress_bar=not args.no_progress)
-    print(f"run bundle: {run_dir}")
+    if args.nproc and "WORLD_SIZE" not in os.environ:
+        return _relaunch_with_torchrun(args.nproc, args.argv)
+    trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
+                    resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run bundle: {trainer.run_dir}")
+    return EXIT_OK
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """``train --nproc N``: run this same command in N processes on this machine through torchrun's API."""
+    from torch.distributed.run import get_args_parser, run
+
+    argv = [a for a in argv if not a.startswith("--nproc=")]
+    if "--nproc" in argv:
+        i = argv.index("--nproc")
+        argv = argv[:i] + argv[i + 2:]
+    run(get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "mri_translate.cli",
+                                      *argv]))
     return EXIT_OK
 
 
@@ -118,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, help="train in N processes on this machine (torchrun; one per GPU)")
     p.set_defaults(entry=train_entry)
 
     p = commands.add_parser("convert", help="translate a scan, a folder, a glob or a BIDS dataset")
@@ -170,7 +186,9 @@ def main(argv=None) -> int:
     """Console entry point: parse, run one command, turn known errors into one line and an exit status."""
     from .errors import MriTranslateError
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.entry(args)
     except MriTranslateError as err:

@@ -76,21 +76,25 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if dtype not in ("float32", "int16"):
         raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
     volume = load_volume(source, series_uid)
+    if kind in IMAGE_SUFFIXES and volume.shape[-1] != 1:
+        raise InputError(output, f"a 2D image output needs a 2D input, but {source.name} has "
+                                 f"{volume.shape[-1]} slices; write .nii.gz instead")
+    reference_volume = load_volume(reference) if reference is not None else None
+    if reference_volume is not None and reference_volume.shape != volume.shape:
+        raise InputError(reference, f"reference shape {tuple(reference_volume.shape[1:])} differs from the "
+                                    f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
     translated = translator(volume)
     a, b = CONTRASTS[translator.direction]
+    if gif is not None:  # first: if the picture fails, no output without its sidecar is left
+        from .visualize import write_volumes_gif
+
+        write_volumes_gif([volume, translated] + ([reference_volume] if reference else []), gif,
+                          labels=[f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
     if kind in IMAGE_SUFFIXES:
-        if volume.shape[-1] != 1:
-            raise InputError(output, f"a 2D image output needs a 2D input, but {source.name} has "
-                                     f"{volume.shape[-1]} slices; write .nii.gz instead")
         save_image_2d(translated, output, bits)
     else:
         save_volume(translated, output, volume.meta["original_affine"], dtype,
                     descrip=f"SYNTHETIC {b} from {a} by mri-translate {__version__}")
-    if gif is not None:
-        from .visualize import write_volumes_gif
-
-        write_volumes_gif([volume, translated] + ([reference] if reference else []), gif,
-                          labels=[f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
@@ -139,7 +143,8 @@ def plan_batch(inputs, output_dir, direction: str = "t1-to-t2") -> list[tuple[Pa
         if not root.is_dir():
             raise InputError(root, "no such folder")
         if any(root.glob("sub-*")):
-            files = [p for p in root.glob(f"sub-*/**/anat/*_{a}.nii*") if suffix(p) in NIFTI_SUFFIXES]
+            files = [p for p in root.glob(f"sub-*/**/anat/*_{a}.nii*")
+                     if suffix(p) in NIFTI_SUFFIXES and not p.name.startswith(".")]
         else:
             files = [p for p in root.iterdir() if not p.name.startswith(".") and (
                 suffix(p) in NIFTI_SUFFIXES + IMAGE_SUFFIXES or (p.is_file() and is_dicom_file(p))

@@ -14,6 +14,8 @@ import torch
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
+from .distributed import average_gradients
+
 
 class ImagePool:
     """History of generated images (Shrivastava et al. 2017): with probability 0.5 a discriminator sees an
@@ -127,9 +129,10 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
 
 
 def _backward_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Backward, average gradients over torchrun ranks (no-op in one process), optimiser step."""
+    (total if scaler is None else scaler.scale(total)).backward()
+    average_gradients([p for group in optimizer.param_groups for p in group["params"]])
     if scaler is None:
-        total.backward()
         optimizer.step()
     else:
-        scaler.scale(total).backward()
         scaler.step(optimizer)

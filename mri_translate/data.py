@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
+from .errors import ConstantImageError, InputError
 from .io import list_images_2d, load_volume
 from .slabs import through_plane_axis, volume_to_slabs
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, to_canonical
@@ -68,7 +68,10 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05) -> Slices:
     kept, names, ranges = [], [], []
     files = expand_sources(paths)
     for file in files:
-        slabs, _, canonical = prepare_volume(load_volume(file), k, normalize)
+        try:
+            slabs, _, canonical = prepare_volume(load_volume(file), k, normalize)
+        except ConstantImageError:
+            continue  # an all-black (or uniform) image has no usable slice, like an empty slice of a volume
         ranges.append(canonical.meta[RANGE_KEY])
         centre = slabs[:, k // 2]
         fraction = foreground_mask(centre + 1).flatten(1).float().mean(1)

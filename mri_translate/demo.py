@@ -39,7 +39,7 @@ def run_demo(out="demo_output", iterations: int = 300, overwrite: bool = False):
     yield f"synthetic subjects (T1w, T2w, brain mask): {data['root']}"
     t1, t2 = data["t1"][:2], data["t2"][2:4]          # unpaired: T1w of sub-01/02, T2w of sub-03/04
     config = load_config(PRESET if PRESET.exists() else None, {"train": {"iterations": iterations}})
-    run = train(t1, t2, out / "run", config=config, progress_bar=False)
+    run = train(t1, t2, out / "run", config=config, progress_bar=False).run_dir
     yield f"trained {iterations} iterations: run bundle {run} (progress.gif, losses.png, models/model.pt)"
     held_out_t1, held_out_t2, mask = data["t1"][4], data["t2"][4], data["mask"][4]
     translated = out / "sub-05_desc-synthetic_T2w.nii.gz"

@@ -4,9 +4,9 @@ progress montages and loss curves)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
+import os
 import random
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from . import visualize
 from .config import RunConfig
 from .cyclegan import CycleGANLoss, ImagePool, cyclegan_step
 from .data import Slices, UnpairedSlabDataset
+from .distributed import Context, broadcast_parameters
 from .errors import ModelError, TrainingError
 from .io import atomic_path
 from .networks import build_networks
@@ -30,9 +31,12 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; anything else as given."""
+    """``auto`` -> ``cuda`` when a GPU is present (this torchrun process's ``LOCAL_RANK`` GPU), else ``cpu``;
+    anything else as given."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"--device {name}: no CUDA GPU is available here")
@@ -66,13 +70,14 @@ class CycleGANTrainer(Trainer):
     to events from outside (see :func:`attach_handlers`).
     """
 
-    def __init__(self, config: RunConfig, loader: DataLoader, device: torch.device, nets=None):
+    def __init__(self, config: RunConfig, loader: DataLoader, device: torch.device, nets=None, rank: int = 0):
         self.config = config
         train = config.train
         super().__init__(device=device, max_epochs=math.ceil(train.iterations / train.epoch_length),
                          data_loader=loader, epoch_length=train.epoch_length)
         torch.manual_seed(train.seed)
         self.nets = {name: net.to(device) for name, net in (nets or build_networks(config.model)).items()}
+        broadcast_parameters(self.nets)
         opt = config.optim
         adam = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2))
         self.optimizers = {
@@ -82,7 +87,7 @@ class CycleGANTrainer(Trainer):
         factor = linear_decay(train.iterations, opt.decay_fraction)
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.optimizers.items()}
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity)
-        rng = random.Random(train.seed)
+        rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
         self.autocast, self.scaler = amp_context(device, train.amp)
         self.state.history = {}
@@ -152,8 +157,11 @@ def read_checkpoint(path, device="cpu") -> dict:
 
 
 def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, torch.Tensor], on_save,
-                    progress_bar: bool = True) -> None:
+                    progress_bar: bool = True, main: bool = True) -> None:
     """Hook the workflow's side effects onto trainer events.
+
+    Every rank gets the learning-rate schedule and the stop at ``train.iterations``; only the ``main`` rank
+    writes checkpoints, montages, plots and logs.
 
     Args:
         trainer: the trainer.
@@ -161,6 +169,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
         fixed: fixed slabs ``{"A": (n, k, H, W), "B": (n, k, H, W)}`` translated for every montage.
         on_save: called after every checkpoint (writes the run bundle's ``models/model.pt``).
         progress_bar: show a tqdm bar.
+        main: this process is rank 0.
     """
     train = trainer.config.train
     for scheduler in trainer.schedulers.values():
@@ -190,6 +199,8 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
             engine.terminate()
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_budget)
+    if not main:
+        return
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.checkpoint_every), checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.progress_every), montage)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, train.epoch_length // 4)), log_stats)
@@ -237,22 +248,15 @@ def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[s
     return {"A": pick(a), "B": pick(b)}
 
 
-def make_loader(a: Slices, b: Slices, config: RunConfig) -> DataLoader:
-    """DataLoader of :class:`UnpairedSlabDataset` with one epoch = ``train.epoch_length`` batches."""
+def make_loader(a: Slices, b: Slices, config: RunConfig, context: Context = Context()) -> DataLoader:
+    """DataLoader of :class:`UnpairedSlabDataset` with one epoch = ``train.epoch_length`` batches per rank;
+    under torchrun a ``DistributedSampler`` gives each rank its own share of the items."""
+    from torch.utils.data import DistributedSampler
+
     data = config.data
     dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
-                                  length=config.train.epoch_length * data.batch_size)
-    return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, num_workers=data.num_workers,
-                      drop_last=True)
-
-
-@contextlib.contextmanager
-def _quiet_ignite():
-    """Ignite logs every event at INFO; keep the console for our own stats."""
-    logger = logging.getLogger("ignite")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+                                  length=config.train.epoch_length * data.batch_size * context.world)
+    sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
+                                 drop_last=True) if context.active else None
+    return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,
+                      num_workers=data.num_workers, drop_last=True)

@@ -19,6 +19,10 @@ class InputError(MriTranslateError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ConstantImageError(InputError):
+    """An image with a single intensity: nothing to normalise (training skips it as an empty slice)."""
+
+
 class ModelError(MriTranslateError):
     """A checkpoint or run directory that cannot be used with the data or configuration given."""
 

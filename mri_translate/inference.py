@@ -71,7 +71,8 @@ class SlabInferer(Inferer):
 
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
-        device = next(network.parameters()).device
+        first = next(network.parameters(), None)
+        device = first.device if first is not None else inputs.device
         outputs = []
         for volume in inputs:
             axis = self.axis

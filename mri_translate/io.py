@@ -255,7 +255,7 @@ def atomic_path(path, suffix_override: str | None = None):
     except OSError as err:
         raise InputError(path, f"cannot write ({err.strerror or err})") from err
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone after the rename, or never created
             tmp.unlink()
 
 

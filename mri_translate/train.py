@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ignite.engine import Events
 
-from . import bundle
+from . import bundle, distributed
 from .config import RunConfig, load_config
 from .data import load_slices
-from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, resolve_device
+from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, read_checkpoint
 from .errors import InputError
 
 log = logging.getLogger("mri_translate.train")
@@ -23,11 +23,14 @@ RUN_OUTPUTS = ("configs", "models", "docs", "tensorboard", CHECKPOINT, "progress
 
 
 def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite; remove temporary files a
+    killed run left behind."""
     checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.is_file():
             raise InputError(out, f"--resume given but there is no {CHECKPOINT} to resume from")
+        for stale in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
+            stale.unlink()
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -44,13 +47,14 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: dict | None = None,
           epochs: int | None = None, resume: bool = False, overwrite: bool = False,
-          progress_bar: bool = True) -> Path:
+          progress_bar: bool = True) -> CycleGANTrainer:
     """Train a 2.5D CycleGAN T1w <-> T2w.
 
     Args:
         t1, t2: lists of sources of each domain: volumes, DICOM series folders, 2D images or folders of them.
         out: run directory.
-        config: a :class:`RunConfig`, a YAML preset path, or ``None`` for the defaults.
+        config: a :class:`RunConfig`, a YAML preset path, or ``None``: the defaults, or when resuming the
+            configuration saved in the checkpoint.
         overrides: nested ``{section: {key: value}}`` applied on top (``None`` values ignored).
         epochs: if given, ``train.iterations = epochs * train.epoch_length``.
         resume: continue from ``out/checkpoint.pt`` (iteration, optimisers and schedules restored).
@@ -58,56 +62,83 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         progress_bar: show a tqdm progress bar.
 
     Returns:
-        The run directory.
+        The finished trainer: ``run_dir`` is the run directory, ``nets`` the four networks, ``state`` the
+        iteration and loss history.
 
     Raises:
         InputError: unusable sources or output folder. ModelError: checkpoint does not fit.
         TrainingError: losses became NaN (the last good checkpoint is kept).
     """
+    out = Path(out)
+    if config is None and resume and (out / CHECKPOINT).is_file():
+        config = RunConfig.from_dict(read_checkpoint(out / CHECKPOINT)["config"], str(out / CHECKPOINT))
     if isinstance(config, RunConfig):
         config = RunConfig.from_dict(_merge(config.to_dict(), overrides))
     else:
         config = load_config(config, overrides)
     if epochs is not None:
         config.train.iterations = epochs * config.train.epoch_length
-    out = Path(out)
-    _prepare_run_dir(out, resume, overwrite)
-    _log_to_console()
+    context, device = distributed.setup(config.train.device)
+    if context.main:
+        _prepare_run_dir(out, resume, overwrite)
+        _log_to_console()
+    distributed.barrier()
 
     t1, t2 = [str(p) for p in t1], [str(p) for p in t2]
     domain_a = load_slices(t1, config.model.k, config.data.min_foreground)
     domain_b = load_slices(t2, config.model.k, config.data.min_foreground)
     log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s)",
              len(domain_a.names), len(t1), len(domain_b.names), len(t2))
-    device = resolve_device(config.train.device)
-    loader = make_loader(domain_a, domain_b, config)
-    trainer = CycleGANTrainer(config, loader, device)
+    loader = make_loader(domain_a, domain_b, config, context)
+    trainer = CycleGANTrainer(config, loader, device, rank=context.rank)
+    trainer.run_dir = out
     if resume:
         trainer.load_checkpoint(out / CHECKPOINT)
         log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
     normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range()}
-    bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loader.dataset.set_epoch(e.state.epoch))
+    if context.main:
+        bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))
     attach_handlers(trainer, out, fixed_slabs(domain_a, domain_b, crop=config.data.crop),
                     on_save=lambda e: bundle.export_model(trainer, out, normalization),
-                    progress_bar=progress_bar)
-    log.info("training %d iterations on %s (AMP: %s)", config.train.iterations, device,
-             "on" if trainer.autocast else "off")
-    if trainer.state.iteration < config.train.iterations:
-        trainer.run()
-    return out
+                    progress_bar=progress_bar and context.main, main=context.main)
+    log.info("training %d iterations on %s (AMP: %s, %d process(es))", config.train.iterations, device,
+             "on" if trainer.autocast else "off", context.world)
+    try:
+        if trainer.state.iteration < config.train.iterations:
+            trainer.run()
+        distributed.barrier()
+    finally:
+        distributed.teardown()
+    return trainer
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """New random draws each epoch, for the dataset and, under torchrun, the sampler."""
+    loader.dataset.set_epoch(epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
 
 
 def train_bundle(dataset_dir=None, output_dir="runs/train", device: str = "auto", max_epochs=None,
-                 preset=None, config: dict | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Entry of the bundle's ``train.json``: sources from ``dataset_dir`` (see :func:`bundle.find_domains`;
-    synthetic subjects generated into ``output_dir/synthetic`` when ``None``), then :func:`train`."""
+                 preset=None, config: dict | None = None, resume: bool = False, overwrite: bool = False,
+                 sources: dict | None = None) -> CycleGANTrainer:
+    """Entry of the bundle's ``train.json``: sources from ``dataset_dir`` (see :func:`bundle.find_domains`),
+    else the ``{"t1": [...], "t2": [...]}`` lists a run bundle recorded, else synthetic subjects generated
+    beside ``output_dir``; then :func:`train`."""
     output_dir = Path(output_dir)
-    if dataset_dir is None:
+    if dataset_dir is None and sources:
+        t1, t2 = sources["t1"], sources["t2"]
+    elif dataset_dir is None:
         from .synthetic import write_dataset
 
-        dataset_dir = write_dataset(output_dir.parent / f"{output_dir.name}-synthetic-data", n_subjects=4)["root"]
-    t1, t2 = bundle.find_domains(dataset_dir)
+        dataset_dir = output_dir.parent / f"{output_dir.name}-synthetic-data"
+        context, _ = distributed.setup(device)
+        if context.main:
+            write_dataset(dataset_dir, n_subjects=4)
+        distributed.barrier()
+    if dataset_dir is not None:
+        t1, t2 = bundle.find_domains(dataset_dir)
     overrides = _merge(config or {}, {"train": {"device": device}})
     return train(t1, t2, output_dir, config=preset, overrides=overrides, epochs=max_epochs, resume=resume,
                  overwrite=overwrite, progress_bar=sys.stderr.isatty())

@@ -13,7 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Orientation, Orientationd, Transform
 
-from .errors import InputError
+from .errors import ConstantImageError
 
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 #: Meta key holding the ``(low, high)`` intensities that were mapped to -1 and +1.
@@ -71,7 +71,7 @@ class RobustNormalize(Transform):
         """Args: image ``(C, ...)`` any real dtype. Returns: float32 ``MetaTensor`` in [-1, 1].
 
         Raises:
-            InputError: the image is constant (all zero included): there is no contrast to normalise.
+            ConstantImageError: the image is constant (all zero included): there is no contrast to normalise.
         """
         image = image if isinstance(image, MetaTensor) else MetaTensor(image)
         data = image.as_tensor().float()
@@ -82,7 +82,7 @@ class RobustNormalize(Transform):
         if not high > low:
             value = float(flat[0]) if flat.numel() else float("nan")
             name = image.meta.get("filename_or_obj", "image")
-            raise InputError(name, f"image is constant (every voxel is {value:g}); nothing to normalise")
+            raise ConstantImageError(name, f"image is constant (every voxel is {value:g}); nothing to normalise")
         out = MetaTensor(((data - low) / (high - low)).clamp(0, 1) * 2 - 1, meta=dict(image.meta),
                          applied_operations=list(image.applied_operations))
         out.meta[RANGE_KEY] = (low, high)

@@ -230,7 +230,8 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float 
     if len(kinds) > 1 or arrays[0].dtype != np.uint8 or arrays[0].ndim not in (2, 3):
         raise ValueError(f"GIF frames must be uint8 of one (H, W) or (H, W, 3) shape, got {sorted(kinds)}")
     with atomic_path(path, ".gif") as tmp:
-        iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=1000.0 / fps, loop=0)
+        # optimize=False: optimised greyscale GIFs mix L and P frames, which imageio cannot read back
+        iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=1000.0 / fps, loop=0, optimize=False)
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
@@ -306,14 +307,25 @@ def write_volumes_gif(volumes, path, png=None, axis: int = 2, labels: Sequence[s
         png: optional output PNG: one row per volume, five evenly spaced slices.
         axis: RAS axis to sweep (2 = axial).
         labels: one per volume; default: file names.
+
+    Raises:
+        InputError: a volume cannot be loaded, shapes differ, or the number of labels is wrong.
     """
+    from .errors import InputError
     from .io import load_volume
     from .transforms import to_canonical
 
     loaded = [v if hasattr(v, "meta") else load_volume(v) for v in volumes]
+    names = [str(v.meta.get("filename_or_obj", "volume")) for v in loaded]
     if labels is None:
-        labels = [Path(str(v.meta.get("filename_or_obj", ""))).name for v in loaded]
+        labels = [Path(name).name for name in names]
+    if len(labels) != len(loaded):
+        raise InputError(path, f"got {len(labels)} labels for {len(loaded)} volumes")
     arrays = [to_canonical(v)[0].numpy() for v in loaded]
+    for name, array in zip(names[1:], arrays[1:]):
+        if array.shape != arrays[0].shape:
+            raise InputError(name, f"shape {array.shape} (RAS) differs from {names[0]}'s {arrays[0].shape}; "
+                                   "volumes side by side need one grid")
     write_gif(sweep_frames(arrays, axis=axis, labels=labels), path)
     if png:
         rows = []

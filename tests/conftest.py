@@ -56,3 +56,91 @@ def pytest_configure(config):
     # resets warning filters per test), and ITKReader warns when it picks one of several series we asked for.
     config.addinivalue_line("filterwarnings", "ignore:NvImgCodecPydicomReader:UserWarning")
     config.addinivalue_line("filterwarnings", "ignore:the directory.*contains more than one DICOM series")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures of the training tests (test_networks, test_cyclegan, test_data, test_train, test_bundle).
+
+#: The smallest model/run that exercises every part of training in about a second on one CPU core.
+TINY_CONFIG = {
+    "model": {"k": 3, "channels": [8, 16], "res_units": 1, "disc_channels": 8, "disc_layers": 2},
+    "data": {"crop": 32},
+    "train": {"iterations": 8, "epoch_length": 4, "checkpoint_every": 4, "progress_every": 4, "device": "cpu",
+              "seed": 0},
+}
+
+
+@pytest.fixture(scope="session")
+def torch_single_thread():
+    """One intra-op thread for the session: tiny networks run faster, and on a busy 2-core machine two
+    OpenMP threads competing with another process slow every step down by 10-100x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_4mm(tmp_path_factory) -> dict:
+    """Two synthetic subjects (seeds 0 and 1) at 4 mm (50 x 59 x 48 voxels): ``write_dataset``'s dict."""
+    from mri_translate.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synthetic_4mm"), n_subjects=2, resolution=4.0)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Factory: ``tiny_config(name="tiny.yaml", **{"section": {key: value}})`` writes :data:`TINY_CONFIG`
+    updated section by section into ``tmp_path`` and returns the YAML path."""
+    import copy
+
+    import yaml
+
+    def make(name: str = "tiny.yaml", **sections) -> Path:
+        values = copy.deepcopy(TINY_CONFIG)
+        for section, entries in sections.items():
+            values.setdefault(section, {}).update(entries)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures of the inference tests (test_inference, test_convert).
+
+#: Intensity ranges stored in the tiny model: outputs of t2-to-t1 land in A, of t1-to-t2 in B.
+TINY_NORMALIZATION = {"lower": 0.5, "upper": 99.5, "A": [0.0, 100.0], "B": [0.0, 200.0]}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory (a MONAI bundle) with an untrained, seeded tiny model: ``models/model.pt`` (k 3,
+    channels (8, 16), one residual unit; G_AB and G_BA differ) and ``configs/inference.json`` +
+    ``metadata.json`` from the bundle template with ``network_def`` fitted to it. Treat it as read-only."""
+    import json
+    import shutil
+
+    import torch
+
+    from mri_translate.bundle import TEMPLATE
+    from mri_translate.config import RunConfig
+    from mri_translate.networks import ModifiedUNet
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    config = RunConfig.from_dict({"model": {"k": 3, "channels": [8, 16], "res_units": 1}})
+    torch.manual_seed(0)
+    g_ab, g_ba = ModifiedUNet(3, (8, 16), 1), ModifiedUNet(3, (8, 16), 1)
+    (run / "models").mkdir()
+    torch.save({"format": "mri-translate-generators/1", "G_AB": g_ab.state_dict(), "G_BA": g_ba.state_dict(),
+                "config": config.to_dict(), "normalization": TINY_NORMALIZATION, "iteration": 0,
+                "version": "0.1.0"}, run / "models" / "model.pt")
+    (run / "configs").mkdir()
+    inference = json.loads((TEMPLATE / "configs" / "inference.json").read_text())
+    inference["network_def"].update({"k": 3, "channels": [8, 16], "res_units": 1})
+    (run / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    shutil.copyfile(TEMPLATE / "configs" / "metadata.json", run / "configs" / "metadata.json")
+    return run

@@ -116,7 +116,7 @@ def test_2d_slice_is_a_one_slice_volume():
     ref = smooth_volume((24, 24, 1), seed=5)[..., 0]
     pred = np.clip(ref + np.random.default_rng(5).normal(0.0, 0.05, ref.shape), 0.0, 1.0)
     result = paired_metrics(pred, ref, np.ones(ref.shape))
-    assert result["mask"]["ssim_3d"] == pytest.approx(result["mask"]["ssim_2d"], abs=1e-6)
+    assert result["mask"]["ssim_3d"] == pytest.approx(result["mask"]["ssim_2d"], abs=1e-5)
     assert 0.0 < result["mask"]["ssim_2d"] < 1.0
     assert scale_for_comparison(ref, np.ones(ref.shape)).shape == ref.shape
 

@@ -1,0 +1,145 @@
+"""Tests of mri_translate.cyclegan: one optimisation step, the LSGAN objective, the identity weight and the
+history pool of fakes."""
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+from mri_translate.config import ModelConfig
+from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step, set_requires_grad
+from mri_translate.networks import build_networks
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B"}
+
+
+def tiny_setup(seed: int = 0, lr: float = 2e-4):
+    torch.manual_seed(seed)
+    nets = build_networks(ModelConfig(k=3, channels=(8, 16), res_units=1, disc_channels=8, disc_layers=2))
+    adam = dict(lr=lr, betas=(0.5, 0.999))
+    optimizers = {
+        "G": torch.optim.Adam([*nets["G_AB"].parameters(), *nets["G_BA"].parameters()], **adam),
+        "D": torch.optim.Adam([*nets["D_A"].parameters(), *nets["D_B"].parameters()], **adam),
+    }
+    return nets, optimizers
+
+
+def batches(seed: int = 1, batch: int = 2, size: int = 32):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,
+            torch.rand(batch, 3, size, size, generator=gen) * 2 - 1)
+
+
+def test_step_returns_all_losses_and_updates_all_four_networks():
+    nets, optimizers = tiny_setup()
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in nets.items()}
+    real_a, real_b = batches()
+    pools = {"A": ImagePool(50), "B": ImagePool(50)}
+    losses = cyclegan_step(nets, optimizers, real_a, real_b, CycleGANLoss(), pools)
+    assert set(losses) == LOSS_KEYS
+    assert all(isinstance(v, float) and math.isfinite(v) for v in losses.values())
+    assert all(v >= 0 for v in losses.values())
+    parts = ("G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
+    assert losses["G"] == pytest.approx(sum(losses[p] for p in parts), rel=1e-5)
+    assert losses["idt_A"] > 0 and losses["idt_B"] > 0  # identity 0.5 by default
+    for name, net in nets.items():
+        changed = any(not torch.equal(before[name][key], value) for key, value in net.state_dict().items())
+        assert changed, f"{name} was not updated"
+    # discriminators are trainable again after the step; the fakes went into the pools
+    assert all(p.requires_grad for net in nets.values() for p in net.parameters())
+    assert len(pools["A"].images) == len(pools["B"].images) == 2
+
+
+def test_identity_zero_switches_the_identity_terms_off():
+    nets, optimizers = tiny_setup()
+    real_a, real_b = batches()
+    loss = CycleGANLoss(lambda_cycle=10.0, identity=0.0)
+    assert loss.lambda_identity == 0
+    losses = cyclegan_step(nets, optimizers, real_a, real_b, loss, {"A": ImagePool(0), "B": ImagePool(0)})
+    assert losses["idt_A"] == 0.0 and losses["idt_B"] == 0.0
+    assert losses["G"] == pytest.approx(losses["G_adv_AB"] + losses["G_adv_BA"] + losses["cycle_A"]
+                                        + losses["cycle_B"], rel=1e-5)
+
+
+def test_cycle_and_identity_weights():
+    loss = CycleGANLoss(lambda_cycle=4.0, identity=0.25)
+    assert loss.lambda_cycle == 4.0 and loss.lambda_identity == pytest.approx(1.0)
+
+
+def test_lsgan_generator_and_discriminator_values():
+    loss = CycleGANLoss()
+    ones, zeros, half = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
+    assert float(loss.generator(ones)) == pytest.approx(0.0)
+    assert float(loss.generator(half)) == pytest.approx(0.25)            # (0.5 - 1)^2, no activation first
+    assert float(loss.generator(-ones)) == pytest.approx(4.0)            # (-1 - 1)^2: raw negative scores
+    assert float(loss.discriminator(ones, zeros)) == pytest.approx(0.0)
+    assert float(loss.discriminator(half, half)) == pytest.approx(0.25)  # 0.5 * (0.25 + 0.25)
+    assert float(loss.discriminator(zeros, ones)) == pytest.approx(1.0)  # 0.5 * (1 + 1)
+
+
+def test_set_requires_grad():
+    nets, _ = tiny_setup()
+    set_requires_grad([nets["D_A"]], False)
+    assert not any(p.requires_grad for p in nets["D_A"].parameters())
+    assert all(p.requires_grad for p in nets["D_B"].parameters())
+    set_requires_grad([nets["D_A"]], True)
+    assert all(p.requires_grad for p in nets["D_A"].parameters())
+
+
+def test_cycle_loss_goes_down_on_a_fixed_pair_of_batches():
+    nets, optimizers = tiny_setup(lr=2e-3)
+    real_a, real_b = batches()
+    pools = {"A": ImagePool(0), "B": ImagePool(0)}
+    history = [cyclegan_step(nets, optimizers, real_a, real_b, CycleGANLoss(), pools) for _ in range(20)]
+    cycle = [h["cycle_A"] + h["cycle_B"] for h in history]
+    assert sum(cycle[-5:]) / 5 < 0.9 * sum(cycle[:5]) / 5, cycle
+
+
+# ImagePool ----------------------------------------------------------------------------------------------
+
+
+def numbered(values, size=4):
+    """A batch whose image i is constant ``values[i]`` (so pooled images can be identified)."""
+    return torch.stack([torch.full((3, size, size), float(v)) for v in values])
+
+
+def ids(batch):
+    return [float(image[0, 0, 0]) for image in batch]
+
+
+def test_pool_of_size_zero_passes_through():
+    pool = ImagePool(0)
+    batch = numbered([1, 2, 3])
+    assert pool.query(batch) is batch
+    assert pool.images == []
+
+
+def test_pool_fills_up_to_its_size_then_returns_old_or_new_images():
+    pool = ImagePool(3, random.Random(0))
+    out = pool.query(numbered([1, 2]))
+    assert ids(out) == [1, 2] and len(pool.images) == 2  # filling: the new images come back
+    out = pool.query(numbered([3, 4]))
+    assert out.shape == (2, 3, 4, 4)
+    assert ids(out)[0] == 3 and len(pool.images) == 3     # 3 fills the pool; 4 is new or swapped in
+    seen = set()
+    for start in range(10, 60, 2):
+        out = pool.query(numbered([start, start + 1]))
+        assert out.shape == (2, 3, 4, 4)
+        assert len(pool.images) == 3                       # never grows beyond its size
+        seen.update(ids(out))
+    older = {v for v in seen if v < 10}
+    assert older, "a full pool never returned an older image"
+    assert seen - older, "a full pool never returned the newest image"
+
+
+def test_pool_is_deterministic_for_a_seeded_rng():
+    def run(seed):
+        pool = ImagePool(2, random.Random(seed))
+        return [ids(pool.query(numbered([i, i + 100]))) for i in range(20)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)

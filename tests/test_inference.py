@@ -1,0 +1,366 @@
+"""Tests of mri_translate.inference: with an identity generator the translated volume is the input itself
+(clipped to its normalisation range) in the input's exact voxel order and affine, for every orientation and
+slice thickness of the shared data, a DICOM series and a synthetic volume; the through-plane axis and the
+``axis`` override are honoured; models load from a run directory or a file, and foreign or malicious files
+are refused without being executed."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION
+from mri_translate import inference
+from mri_translate.errors import InputError, ModelError
+from mri_translate.inference import SlabInferer, Translator, resolve_model_path
+from mri_translate.io import load_volume
+from mri_translate.networks import ModifiedUNet
+from mri_translate.transforms import RobustNormalize, to_canonical
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+SHARED_NIFTI = {
+    # name: (relative path, axcodes, RAS through-plane axis)
+    "avg152_las_2mm": ("volumes/avg152/avg152T1.nii", "LAS", 2),
+    "tcga_du_7294_lps_1mm": ("volumes/tcga_du_7294/t1.nii.gz", "LPS", 2),
+    "tcga_fg_6692_native_las_5mm": ("volumes/tcga_fg_6692_native/t1_ax_se.nii.gz", "LAS", 2),
+}
+SERIES_DIR = "dicom/mr_t1_mprage_series"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class IdentityNet(torch.nn.Module):
+    """Returns its input. Holds one unused parameter, because SlabInferer finds the device from the network's
+    parameters (see test_parameterless_generator_is_accepted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x
+
+
+def normalisation_range(volume) -> tuple[float, float]:
+    return RobustNormalize()(to_canonical(volume)).meta["intensity_range"]
+
+
+def identity_translator(volume, axis=None) -> Translator:
+    """A translator that maps intensities back to the input's own range: output == clip(input, low, high)."""
+    return Translator(IdentityNet(), k=3, target_range=normalisation_range(volume), device="cpu", axis=axis)
+
+
+def assert_identity_output(out, volume, affine=None):
+    """``out`` has the shape and affine of ``volume`` and equals it voxel by voxel, except that values outside
+    the normalisation range (``out.meta["intensity_range"]``, the identity translator's target range) are
+    clipped to it: any shift, flip or transposition would break this."""
+    low, high = out.meta["intensity_range"]
+    assert isinstance(out, MetaTensor)
+    assert tuple(out.shape) == tuple(volume.shape)
+    assert out.dtype == torch.float32
+    expected_affine = volume.meta["original_affine"] if affine is None else affine
+    np.testing.assert_allclose(np.asarray(out.affine, dtype=np.float64), expected_affine, atol=1e-4)
+    source, result = volume[0].as_tensor().numpy(), out[0].as_tensor().numpy()
+    inside = (source >= low) & (source <= high)
+    assert inside.mean() > 0.98  # the check below covers nearly every voxel
+    tolerance = 1e-3 * (high - low)
+    assert np.abs(result[inside] - source[inside]).max() <= tolerance
+    np.testing.assert_allclose(result, np.clip(source, low, high), rtol=0, atol=tolerance)
+
+
+@pytest.fixture
+def slab_axes(monkeypatch):
+    """Records the axis of every volume_to_slabs call made by the inferer."""
+    axes = []
+    original = inference.volume_to_slabs
+
+    def spy(volume, k, axis, *args, **kwargs):
+        axes.append(axis)
+        return original(volume, k, axis, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "volume_to_slabs", spy)
+    return axes
+
+
+# --- identity translation keeps the geometry exactly ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SHARED_NIFTI))
+def test_identity_translation_of_shared_nifti_is_exact(shared_data, name, slab_axes):
+    relative, axcodes, through_plane = SHARED_NIFTI[name]
+    path = shared_data / relative
+    volume = load_volume(path)
+    assert volume.meta["original_axcodes"] == axcodes
+    translator = identity_translator(volume)
+    out = translator(volume)
+    assert tuple(out.meta["intensity_range"]) == translator.target_range
+    assert_identity_output(out, volume, affine=nib.load(str(path)).affine)
+    # slabs are cut across the largest RAS spacing (tcga_fg_6692_native: its 5.5 mm slices)
+    ras_spacing = np.sqrt((np.asarray(to_canonical(volume).affine)[:3, :3] ** 2).sum(axis=0))
+    assert through_plane == int(np.flatnonzero(ras_spacing >= ras_spacing.max() * 0.999)[-1])
+    if name.endswith("5mm"):
+        assert ras_spacing[through_plane] > 5 > np.delete(ras_spacing, through_plane).max()
+    assert slab_axes == [through_plane]
+
+
+def test_identity_translation_of_synthetic_volume(synthetic_nifti, slab_axes):
+    volume = load_volume(synthetic_nifti)
+    out = identity_translator(volume)(volume)
+    assert tuple(out.shape[1:]) == SYNTHETIC_SHAPE
+    assert_identity_output(out, volume, affine=SYNTHETIC_AFFINE)
+    assert slab_axes == [2]  # spacing (1.0, 1.2, 2.5): z is the through-plane axis
+
+
+def test_translator_accepts_a_path(synthetic_nifti):
+    volume = load_volume(synthetic_nifti)
+    out = identity_translator(volume)(synthetic_nifti)
+    assert_identity_output(out, volume, affine=SYNTHETIC_AFFINE)
+
+
+def test_thick_sagittal_slices_are_sliced_sagittally(tmp_path, slab_axes):
+    """A volume whose thick axis is x (in an LAS grid) is cut into sagittal slabs, and still comes back exact."""
+    from conftest import synthetic_volume
+
+    affine = np.diag([-4.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (20.0, -30.0, -20.0)
+    path = tmp_path / "thick_sagittal.nii.gz"
+    nib.save(nib.Nifti1Image(synthetic_volume((9, 20, 18)), affine), str(path))
+    volume = load_volume(path)
+    out = identity_translator(volume)(volume)
+    assert_identity_output(out, volume, affine=affine)
+    assert slab_axes == [0]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axis_override_keeps_identity_exact(synthetic_nifti, shared_data, axis, slab_axes):
+    for path in (synthetic_nifti, shared_data / SHARED_NIFTI["avg152_las_2mm"][0]):
+        volume = load_volume(path)
+        out = identity_translator(volume, axis=axis)(volume)
+        assert_identity_output(out, volume)
+    assert slab_axes == [axis, axis]
+
+
+def test_axis_override_changes_a_real_network_output(synthetic_nifti):
+    """With a non-identity network the slicing direction matters, so the override is really used."""
+    torch.manual_seed(0)
+    net = ModifiedUNet(3, (8, 16), 1)
+    volume = load_volume(synthetic_nifti)
+    outputs = [Translator(net, 3, (0.0, 1.0), "cpu", axis=axis)(volume) for axis in (0, 2)]
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+# --- DICOM series (converted once for this module) -------------------------------------------------------------
+
+
+def sitk_ras_affine(image) -> np.ndarray:
+    """The voxel -> RAS affine of a SimpleITK image (SimpleITK geometry is LPS)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS_TO_RAS @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    return affine
+
+
+@pytest.fixture(scope="module")
+def dicom_translation(shared_data):
+    """(input volume, identity translation, SimpleITK image, slab axes used) of the shared 512 x 512 x 48 series."""
+    import SimpleITK as sitk
+
+    folder = shared_data / SERIES_DIR
+    volume = load_volume(folder)
+    axes = []
+    original = inference.volume_to_slabs
+
+    def spy(vol, k, axis, *args, **kwargs):
+        axes.append(axis)
+        return original(vol, k, axis, *args, **kwargs)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "volume_to_slabs", spy)
+        out = identity_translator(volume)(volume)
+    torch.set_num_threads(threads)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return volume, out, reader.Execute(), axes
+
+
+def test_dicom_series_geometry_matches_simpleitk(dicom_translation):
+    volume, out, image, _ = dicom_translation
+    assert tuple(out.shape[1:]) == image.GetSize() == (512, 512, 48)
+    np.testing.assert_allclose(np.asarray(out.affine, dtype=np.float64), sitk_ras_affine(image), atol=1e-3)
+
+
+def test_dicom_series_voxels_are_the_input(dicom_translation):
+    import SimpleITK as sitk
+
+    volume, out, image, _ = dicom_translation
+    assert_identity_output(out, volume)
+    # and against an independent reader: SimpleITK's (Z, Y, X) array
+    low, high = out.meta["intensity_range"]
+    reference = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)).astype(np.float32)
+    np.testing.assert_allclose(out[0].numpy(), np.clip(reference, low, high), rtol=0, atol=1e-3 * (high - low))
+
+
+def test_dicom_series_is_sliced_across_its_thick_axis(dicom_translation):
+    volume, _, image, axes = dicom_translation
+    canonical = to_canonical(volume)
+    ras_spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
+    assert np.isclose(ras_spacing.max(), max(image.GetSpacing()), atol=1e-3)
+    assert axes == [int(ras_spacing.argmax())]
+
+
+# --- SlabInferer ---------------------------------------------------------------------------------------------
+
+
+def test_slab_inferer_keeps_metatensor_and_shape(slab_axes):
+    torch.manual_seed(0)
+    net = ModifiedUNet(3, (8, 16), 1).eval()
+    affine = torch.as_tensor(np.diag([3.0, 1.0, 1.0, 1.0]))  # thick x: slabs along axis 0
+    batch = MetaTensor(torch.rand(1, 1, 20, 17, 6) * 2 - 1, affine=affine)
+    result = SlabInferer(k=3, batch_size=8)(batch, net)
+    assert isinstance(result, MetaTensor)
+    assert tuple(result.shape) == (1, 1, 20, 17, 6)
+    assert result.dtype == torch.float32
+    np.testing.assert_allclose(np.asarray(result.affine), np.asarray(affine))
+    assert torch.isfinite(result).all() and result.abs().max() <= 1
+    assert slab_axes == [0]
+
+
+def test_slab_inferer_plain_tensor(slab_axes):
+    torch.manual_seed(0)
+    net = ModifiedUNet(3, (8, 16), 1).eval()
+    result = SlabInferer(k=3)(torch.rand(2, 1, 8, 9, 5), net)
+    assert type(result) is torch.Tensor and tuple(result.shape) == (2, 1, 8, 9, 5)
+    assert slab_axes == [2, 2]  # no affine: the last axis
+
+
+def test_slab_inferer_batch_size_does_not_change_the_result():
+    torch.manual_seed(0)
+    net = ModifiedUNet(3, (8, 16), 1).eval()
+    batch = MetaTensor(torch.rand(1, 1, 20, 17, 11) * 2 - 1, affine=torch.eye(4, dtype=torch.float64))
+    one = SlabInferer(k=3, batch_size=1)(batch, net)
+    eight = SlabInferer(k=3, batch_size=8)(batch, net)
+    np.testing.assert_allclose(one.numpy(), eight.numpy(), rtol=0, atol=1e-5)
+
+
+def test_parameterless_generator_is_accepted(synthetic_nifti):
+    volume = load_volume(synthetic_nifti)
+    translator = Translator(torch.nn.Identity(), k=3, target_range=normalisation_range(volume), device="cpu")
+    assert_identity_output(translator(volume), volume, affine=SYNTHETIC_AFFINE)
+
+
+# --- loading models ------------------------------------------------------------------------------------------
+
+
+def saved_state(run: Path) -> dict:
+    return torch.load(run / "models" / "model.pt", weights_only=True)
+
+
+def assert_same_weights(module: torch.nn.Module, state: dict):
+    loaded = module.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key].cpu(), value), key
+
+
+def test_from_run_directory(tiny_run):
+    translator = Translator.from_run(tiny_run, device="cpu")
+    assert translator.k == 3
+    assert translator.direction == "t1-to-t2"
+    assert translator.target_range == tuple(TINY_NORMALIZATION["B"])
+    assert translator.model_path == tiny_run / "models" / "model.pt"
+    assert translator.device == torch.device("cpu")
+    assert_same_weights(translator.generator, saved_state(tiny_run)["G_AB"])
+    assert len(translator.model_sha256()) == 64
+
+
+def test_from_run_model_file_other_direction(tiny_run):
+    path = tiny_run / "models" / "model.pt"
+    translator = Translator.from_run(path, direction="t2-to-t1", device="cpu", axis=1, batch_size=2)
+    assert translator.target_range == tuple(TINY_NORMALIZATION["A"])
+    assert translator.model_path == path and translator.axis == 1 and translator.batch_size == 2
+    assert_same_weights(translator.generator, saved_state(tiny_run)["G_BA"])
+
+
+def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
+    out = Translator.from_run(tiny_run, device="cpu")(synthetic_nifti)
+    low, high = TINY_NORMALIZATION["B"]
+    assert tuple(out.shape[1:]) == SYNTHETIC_SHAPE
+    assert float(out.min()) >= low and float(out.max()) <= high and float(out.std()) > 0
+    np.testing.assert_allclose(np.asarray(out.affine), SYNTHETIC_AFFINE, atol=1e-4)
+
+
+def test_unknown_direction(tiny_run):
+    with pytest.raises(ModelError, match="t1-to-t3"):
+        Translator.from_run(tiny_run, direction="t1-to-t3", device="cpu")
+
+
+def test_foreign_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"foo": 1}, path)
+    with pytest.raises(ModelError) as excinfo:
+        Translator.from_run(path, device="cpu")
+    assert str(path) in str(excinfo.value)
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelError) as excinfo:
+        Translator.from_run(path, device="cpu")
+    assert str(path) in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+class _Malicious:
+    """Unpickling this would create ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"G_AB": _Malicious(marker), "config": {}}, path)
+    assert not marker.exists()
+    with pytest.raises(ModelError) as excinfo:
+        Translator.from_run(path, device="cpu")
+    assert str(path) in str(excinfo.value)
+    assert not marker.exists()
+
+
+def test_weights_that_do_not_fit_the_configuration(tmp_path, tiny_run):
+    state = saved_state(tiny_run)
+    state["G_AB"] = ModifiedUNet(3, (8, 16, 32), 1).state_dict()  # deeper than config says
+    path = tmp_path / "mismatch.pt"
+    torch.save(state, path)
+    with pytest.raises(ModelError, match="do not fit"):
+        Translator.from_run(path, device="cpu")
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        Translator.from_run(tmp_path / "nothing.pt", device="cpu")
+
+
+def test_resolve_model_path(tmp_path, tiny_run):
+    assert resolve_model_path(tiny_run) == tiny_run / "models" / "model.pt"
+    assert resolve_model_path(tiny_run / "models" / "model.pt") == tiny_run / "models" / "model.pt"
+    assert resolve_model_path(None) == inference.DEFAULT_MODEL
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert resolve_model_path(tmp_path) == tmp_path / "checkpoint.pt"
+    assert resolve_model_path(tmp_path / "missing.pt") == tmp_path / "missing.pt"  # checked when read
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(InputError, match="neither"):
+        resolve_model_path(empty)

@@ -1,0 +1,75 @@
+"""Tests of mri_translate.networks: the 2.5D generator (k slices in, k out, tanh range), the PatchGAN
+discriminator's patch grid, the four CycleGAN networks and the size of the default generator."""
+
+import pytest
+import torch
+
+from mri_translate.config import ModelConfig
+from mri_translate.networks import ModifiedUNet, PatchGAN, build_networks
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_generator_maps_k_slices_to_k_slices_within_minus_one_one(k):
+    torch.manual_seed(0)
+    net = ModifiedUNet(k, channels=(8, 16, 32), res_units=1)
+    x = torch.randn(2, k, 32, 48) * 50  # far outside [-1, 1]: only the tanh head can keep the output bounded
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (2, k, 32, 48)
+    assert torch.isfinite(y).all()
+    assert y.abs().max() <= 1.0
+    assert y.std() > 0  # not a constant map
+    assert net.k == k
+
+
+def test_generator_output_depends_on_every_input_slice():
+    """2.5D: each output slice sees its neighbours, so the gradient w.r.t. every input channel is non-zero."""
+    torch.manual_seed(0)
+    net = ModifiedUNet(3, channels=(8, 16), res_units=1)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    net(x)[0, 1].sum().backward()  # centre output slice
+    per_channel = x.grad.abs().sum(dim=(0, 2, 3))
+    assert (per_channel > 0).all()
+
+
+@pytest.mark.parametrize("size, layers, expected", [(64, 2, 14), (64, 3, 6), (256, 3, 30)])
+def test_patchgan_returns_one_score_per_patch(size, layers, expected):
+    torch.manual_seed(0)
+    net = PatchGAN(k=3, channels=8, layers=layers)
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 1, expected, expected)  # 256 px, 3 layers: the 30 x 30 grid of the 70x70 PatchGAN
+    assert torch.isfinite(out).all()
+
+
+def test_patchgan_has_no_final_activation():
+    """LSGAN scores are raw: neither squashed into (0, 1) nor clipped at 0."""
+    torch.manual_seed(0)
+    net = PatchGAN(k=1, channels=8, layers=2)
+    with torch.no_grad():
+        out = net(torch.randn(4, 1, 64, 64) * 3)
+    assert out.min() < 0
+
+
+def test_build_networks_names_and_kinds():
+    nets = build_networks(ModelConfig(k=5, channels=(8, 16), res_units=1, disc_channels=8, disc_layers=2))
+    assert set(nets) == {"G_AB", "G_BA", "D_A", "D_B"}
+    assert isinstance(nets["G_AB"], ModifiedUNet) and isinstance(nets["G_BA"], ModifiedUNet)
+    assert isinstance(nets["D_A"], PatchGAN) and isinstance(nets["D_B"], PatchGAN)
+    assert nets["G_AB"] is not nets["G_BA"] and nets["D_A"] is not nets["D_B"]
+    # no shared parameters between the two generators or the two discriminators
+    assert not {id(p) for p in nets["G_AB"].parameters()} & {id(p) for p in nets["G_BA"].parameters()}
+    assert not {id(p) for p in nets["D_A"].parameters()} & {id(p) for p in nets["D_B"].parameters()}
+    x = torch.zeros(1, 5, 32, 32)
+    with torch.no_grad():
+        assert nets["G_AB"](x).shape == (1, 5, 32, 32)
+        assert nets["D_B"](x).shape[:2] == (1, 1)
+
+
+def test_default_generator_size():
+    config = ModelConfig()
+    assert tuple(config.channels) == (32, 64, 128, 256) and config.res_units == 2
+    count = sum(p.numel() for p in ModifiedUNet(config.k, config.channels, config.res_units).parameters())
+    assert 1e6 < count < 3e6

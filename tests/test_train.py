@@ -1,0 +1,370 @@
+"""Tests of training (mri_translate.train, engine, cli train): the run directory, checkpoints, seeded
+reproducibility, resume (also after SIGKILL), refusal to mix runs, unusable checkpoints, NaN losses, and a
+short run on synthetic data that must learn something."""
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mri_translate import cli
+from mri_translate.errors import InputError, ModelError, TrainingError
+from mri_translate.train import train
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B"}
+
+
+@pytest.fixture
+def sources(synthetic_4mm):
+    """Unpaired: T1w of subject 1, T2w of subject 2."""
+    return [synthetic_4mm["t1"][0]], [synthetic_4mm["t2"][1]]
+
+
+def run(sources, out, config, **kwargs):
+    """train() on ``sources``; the run directory (train returns the trainer, whose ``run_dir`` it is)."""
+    result = train(*sources, out, config=config, progress_bar=False, **kwargs)
+    return Path(getattr(result, "run_dir", result))
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def tmp_files(folder):
+    return sorted(p for p in folder.rglob("*") if ".tmp-" in p.name)
+
+
+def test_train_writes_the_run_bundle_and_a_resumable_checkpoint(sources, tiny_config, tmp_path):
+    out = run(sources, tmp_path / "run", tiny_config())
+    assert out == tmp_path / "run"
+    for name in ("configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/logging.conf",
+                 "models/model.pt", "docs/README.md", "checkpoint.pt", "progress.gif", "progress.png",
+                 "losses.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not tmp_files(out)
+
+    frames = iio.imread(out / "progress.gif", index=None)
+    assert frames.ndim >= 3 and len(frames) >= 2           # montages at iterations 4 and 8
+    assert not np.array_equal(frames[0], frames[-1])        # the generators changed in between
+    assert iio.imread(out / "progress.png").ndim >= 2
+    assert iio.imread(out / "losses.png").ndim == 3
+
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 8
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        assert state[name] and all(isinstance(v, torch.Tensor) for v in state[name].values())
+    for name in ("opt_G", "opt_D"):
+        assert state[name]["state"], f"{name} has no Adam moments"
+        assert all(float(s["step"]) == 8 for s in state[name]["state"].values())
+    assert set(state["history"]) == LOSS_KEYS
+    for term, points in state["history"].items():
+        assert [p[0] for p in points] == list(range(1, 9)), term
+        assert all(np.isfinite(p[1]) for p in points)
+    assert state["config"]["model"]["channels"] == [8, 16] and state["config"]["train"]["iterations"] == 8
+    # linear decay over the second half: the learning rate has reached 0 at the last iteration
+    assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(0.0)
+
+    model = load(out / "models" / "model.pt")
+    assert model["iteration"] == 8 and model["format"].startswith("mri-translate-generators")
+    for name in ("G_AB", "G_BA"):
+        assert model[name].keys() == state[name].keys()
+        assert all(torch.equal(model[name][k], state[name][k]) for k in model[name])
+    low, high = model["normalization"]["B"]
+    assert high > low
+    readme = (out / "docs" / "README.md").read_text()
+    assert str(sources[0][0]) in readme and str(sources[1][0]) in readme
+
+
+def test_seeded_cpu_runs_are_reproducible(sources, tiny_config, tmp_path):
+    config = tiny_config(train={"iterations": 4})
+    weights = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = run(sources, tmp_path / name, config, overrides={"train": {"seed": seed}})
+        weights[name] = load(out / "models" / "model.pt")["G_AB"]
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert any(not torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+
+
+def test_resume_continues_to_the_new_budget(sources, tiny_config, tmp_path):
+    config = tiny_config()
+    out = run(sources, tmp_path / "run", config, overrides={"train": {"iterations": 4}})
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
+    run(sources, out, config, resume=True)  # iterations 8
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 8
+    assert {len(points) for points in state["history"].values()} == {8}
+    assert [p[0] for p in state["history"]["G"]] == list(range(1, 9))
+    for name in ("opt_G", "opt_D"):
+        assert {float(s["step"]) for s in state[name]["state"].values()} == {8.0}
+    assert load(out / "models" / "model.pt")["iteration"] == 8
+    assert len(iio.imread(out / "progress.gif", index=None)) >= 1
+
+
+def test_resume_matches_an_uninterrupted_run(sources, tiny_config, tmp_path):
+    """Constant learning rate (decay_fraction 0) and a pool that never fills: 4 + 4 resumed iterations give
+    exactly the weights of 8 uninterrupted ones (same samples per epoch, optimiser moments restored)."""
+    config = tiny_config(optim={"decay_fraction": 0.0})
+    straight = run(sources, tmp_path / "straight", config)
+    split = run(sources, tmp_path / "split", config, overrides={"train": {"iterations": 4}})
+    run(sources, split, config, resume=True)
+    a, b = load(straight / "checkpoint.pt"), load(split / "checkpoint.pt")
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert a["history"]["G"] == b["history"]["G"]
+
+
+def test_resume_with_a_different_k_is_refused(sources, tiny_config, tmp_path):
+    config = tiny_config(train={"iterations": 4})
+    out = run(sources, tmp_path / "run", config)
+    with pytest.raises(ModelError) as info:
+        run(sources, out, config, overrides={"model": {"k": 5}}, resume=True)
+    message = str(info.value)
+    assert "k=3" in message and "k=5" in message and "checkpoint.pt" in message
+    # nothing of the refused run was written
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
+    assert '"k": 3' in (out / "configs" / "inference.json").read_text()
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(sources, tiny_config, tmp_path):
+    config = tiny_config(train={"checkpoint_every": 2, "progress_every": 2})
+    out = tmp_path / "killed run"
+    t1, t2 = (str(p[0]) for p in sources)
+    command = [sys.executable, "-m", "mri_translate.cli", "train", "--t1", t1, "--t2", t2, "--out", str(out),
+               "--config", str(config), "--iterations", "400", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not (out / "checkpoint.pt").exists():
+                assert proc.poll() is None, f"training exited early:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no checkpoint after 60 s:\n{log.read_text()}"
+                time.sleep(0.05)
+            time.sleep(0.3)  # somewhere in the middle of the following iterations
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    saved = load(out / "checkpoint.pt")["trainer"]["iteration"]
+    assert saved >= 2 and saved % 2 == 0 and saved < 400
+    target = saved + 4
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--config", str(config), "--resume",
+                     "--iterations", str(target), "--no-progress"])
+    assert code == 0
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == target
+    assert len(state["history"]["G"]) == target
+    assert load(out / "models" / "model.pt")["iteration"] == target
+    # a temporary file can only be a leftover of the killed process (stale ones are removed on resume: see the test below)
+    assert all(f".tmp-{proc.pid}" in p.name for p in tmp_files(out)), tmp_files(out)
+
+
+def test_resume_removes_temporaries_left_by_a_killed_run(sources, tiny_config, tmp_path):
+    config = tiny_config(train={"iterations": 4})
+    out = run(sources, tmp_path / "run", config)
+    stale = [out / ".checkpoint.pt.tmp-4194300.pt", out / "models" / ".model.pt.tmp-4194300.pt"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    run(sources, out, config, overrides={"train": {"iterations": 6}}, resume=True)
+    assert not tmp_files(out)
+
+
+def test_output_folder_holding_a_run_needs_resume_or_overwrite(sources, tiny_config, tmp_path):
+    config = tiny_config(train={"iterations": 4})
+    out = run(sources, tmp_path / "run", config)
+    with pytest.raises(InputError, match="--resume") as info:
+        run(sources, out, config)
+    assert "--overwrite" in str(info.value) and str(out) in str(info.value)
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4  # untouched
+
+    t1, t2 = (str(p[0]) for p in sources)
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--config", str(config),
+                     "--iterations", "2", "--overwrite", "--no-progress"])
+    assert code == 0
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 2 and len(state["history"]["G"]) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="--resume"):
+        run(sources, empty, config, resume=True)
+    with pytest.raises(InputError):
+        run(sources, tmp_path / "missing", config, resume=True)
+    assert not list(empty.iterdir())
+
+
+def test_cli_train_on_the_case_study_png_folders(shared_data, tiny_config, tmp_path, capsys):
+    t1, t2 = shared_data / "seed_2d" / "TrainT1", shared_data / "seed_2d" / "TrainT2"
+    if not (t1.is_dir() and t2.is_dir()):
+        pytest.skip("seed_2d/TrainT1 and TrainT2 not in shared data")
+    out = tmp_path / "run #1 with spaces"
+    config = tiny_config(train={"progress_every": 2})
+    code = cli.main(["train", "--t1", str(t1), "--t2", str(t2), "--out", str(out), "--config", str(config),
+                     "--iterations", "4", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    assert str(out) in capsys.readouterr().out
+    for name in ("configs/metadata.json", "configs/train.json", "configs/inference.json", "models/model.pt",
+                 "docs/README.md", "checkpoint.pt", "progress.png", "losses.png"):
+        assert (out / name).is_file(), name
+    assert len(iio.imread(out / "progress.gif", index=None)) >= 2
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
+    readme = (out / "docs" / "README.md").read_text()
+    assert "TrainT1" in readme and "TrainT2" in readme
+
+
+def test_cli_train_epochs(sources, tiny_config, tmp_path):
+    t1, t2 = (str(p[0]) for p in sources)
+    out = tmp_path / "run"
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--config", str(tiny_config()),
+                     "--epochs", "1", "--no-progress"])
+    assert code == 0
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4  # 1 epoch of epoch_length 4
+
+
+def test_cli_train_nproc_relaunches_this_command(sources, tiny_config, tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr("torch.distributed.run.run", launched.append)  # no real torchrun here
+    t1, t2 = (str(p[0]) for p in sources)
+    out = tmp_path / "run"
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--config", str(tiny_config()),
+                     "--nproc", "2", "--no-progress"])
+    assert code == 0
+    (args,) = launched
+    assert args.nproc_per_node == "2"
+    assert "--nproc" not in args.training_script_args
+    assert str(out) in args.training_script_args and t1 in args.training_script_args
+
+
+# Unusable checkpoints ----------------------------------------------------------------------------------
+
+
+class CodeRunner:
+    """Pickles to ``os.system('touch MARKER')``: a checkpoint that runs code if loaded unsafely."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def write_bad_checkpoint(kind, path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "corrupt":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "foreign":
+        torch.save({"foo": 1}, path)
+    else:
+        torch.save({"G_AB": CodeRunner(marker), "config": {"model": {"k": 3}}}, path)
+
+
+def test_the_code_running_checkpoint_is_live(tmp_path):
+    """Sanity check of the payload used below: an unsafe load really runs it."""
+    marker = tmp_path / "ran"
+    write_bad_checkpoint("code", tmp_path / "evil.pt", marker)
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "foreign", "code"])
+def test_unusable_checkpoint_on_resume_is_a_one_line_error(kind, sources, tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    checkpoint = out / "checkpoint.pt"
+    marker = tmp_path / "code was executed"
+    write_bad_checkpoint(kind, checkpoint, marker)
+    config = tiny_config()
+    with pytest.raises((ModelError, InputError)) as info:
+        run(sources, out, config, resume=True)
+    message = str(info.value)
+    assert str(checkpoint) in message and "\n" not in message
+    assert not marker.exists()
+
+    t1, t2 = (str(p[0]) for p in sources)
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--config", str(config), "--resume",
+                     "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(checkpoint) in err[0] and err[0].startswith("mri-translate train: error:")
+    assert not marker.exists()
+    assert not (out / "models").exists()  # nothing written next to the unusable checkpoint
+
+
+# NaN -----------------------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(sources, tiny_config, tmp_path,
+                                                                    monkeypatch):
+    from mri_translate import engine
+
+    real_step, calls = engine.cyclegan_step, []
+
+    def step(*args, **kwargs):
+        losses = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["cycle_A"] = float("nan")
+        return losses
+
+    monkeypatch.setattr("mri_translate.engine.cyclegan_step", step)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="not finite") as info:
+        run(sources, out, tiny_config(train={"checkpoint_every": 2}))
+    assert "cycle_A" in str(info.value) and "iteration 3" in str(info.value)
+    assert info.value.exit_code == 3
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 2
+    assert all(len(points) == 2 for points in state["history"].values())
+    assert all(torch.isfinite(v).all() for v in state["G_AB"].values())
+    assert load(out / "models" / "model.pt")["iteration"] == 2
+    assert not tmp_files(out)
+
+
+# Quality -------------------------------------------------------------------------------------------------
+
+
+def pearson(a, b, mask):
+    return float(np.corrcoef(np.asarray(a, dtype=np.float64)[mask], np.asarray(b, dtype=np.float64)[mask])[0, 1])
+
+
+@pytest.mark.slow
+def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
+    """250 iterations (about 10 s on one core): the G loss falls, and the translated held-out T1w correlates
+    with its true T2w better than the T1w does (T1w and T2w brain intensities are anti-correlated)."""
+    from mri_translate.inference import Translator
+    from mri_translate.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_subjects=3, resolution=3.0)
+    config = tiny_config(model={"channels": [16, 32, 64], "disc_channels": 16}, data={"crop": 64},
+                         train={"iterations": 250, "epoch_length": 50, "checkpoint_every": 250,
+                                "progress_every": 250})
+    out = run(([data["t1"][0]], [data["t2"][1]]), tmp_path / "run", config)
+
+    g = [value for _, value in load(out / "checkpoint.pt")["history"]["G"]]
+    assert len(g) == 250
+    fifth = len(g) // 5
+    assert np.mean(g[-fifth:]) < np.mean(g[:fifth])
+
+    translated = Translator.from_run(out, device="cpu")(data["t1"][2])
+    t1_image, t2_image = nib.load(data["t1"][2]), nib.load(data["t2"][2])
+    mask = np.asarray(nib.load(data["mask"][2]).dataobj) > 0
+    assert translated.shape == (1, *t1_image.shape)
+    np.testing.assert_allclose(np.asarray(translated.affine), t1_image.affine, atol=1e-4)
+    output = translated[0].numpy()
+    assert np.isfinite(output).all()
+    r_input = pearson(t1_image.get_fdata(), t2_image.get_fdata(), mask)
+    r_output = pearson(output, t2_image.get_fdata(), mask)
+    assert r_input < -0.3  # the synthetic contrasts are inverted
+    assert r_output > r_input + 0.2, (r_output, r_input)
