@@ -69,15 +69,14 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
 
 def export_model(trainer, run_dir: Path, normalization: dict) -> Path:
     """Write ``models/model.pt``: both generators' weights, the model configuration, the normalisation
-    ranges of both domains and the iteration; plain tensors and numbers only (loads with
-    ``weights_only=True``)."""
+    ranges (``A``, ``B``) and intensity histograms (``histogram_A``, ``histogram_B``) of both domains and the
+    iteration; plain tensors and numbers only (loads with ``weights_only=True``)."""
     state = {
         "format": MODEL_FORMAT,
         "G_AB": trainer.nets["G_AB"].state_dict(),
         "G_BA": trainer.nets["G_BA"].state_dict(),
         "config": trainer.config.to_dict(),
-        "normalization": {"lower": 0.5, "upper": 99.5, "A": list(normalization["A"]),
-                          "B": list(normalization["B"])},
+        "normalization": {"lower": 0.5, "upper": 99.5, **{k: list(v) for k, v in normalization.items()}},
         "iteration": int(trainer.state.iteration),
         "version": __version__,
     }

@@ -12,9 +12,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # bad input: MriTranslateError.exit_code (2, 3)
 
 
 def info_entry(args) -> int:
@@ -66,7 +65,7 @@ def convert_entry(args) -> int:
 
     report = convert(args.input, args.output, model=args.model, direction=args.direction, device=args.device,
                      batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
-                     overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress,
+                     overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
                      series_uid=args.series)
     for source, reason in report.failed:
@@ -150,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")
     p.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--shard", help="I/N: convert only this worker's share of a batch (SLURM arrays)")
+    p.add_argument("--qc", action="store_true",
+                   help="reference-free checks in the sidecar and a *_cycle-error.nii.gz map")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=convert_entry)
@@ -196,6 +197,13 @@ def main(argv=None) -> int:
             raise
         print(f"mri-translate {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if args.debug or type(err).__name__ != "OutOfMemoryError":
+            raise
+        hint = "--batch-size" if args.command == "convert" else "data.batch_size or data.crop in --config"
+        print(f"mri-translate {args.command}: error: the GPU ran out of memory; lower {hint} "
+              "(or use --device cpu)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mri-translate {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

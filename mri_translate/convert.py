@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from monai.transforms import MapTransform
 
 from . import __version__
@@ -24,7 +25,6 @@ from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, dicom_series, is_dicom_file, list_images_2d,
                  load_volume, save_image_2d, save_volume, suffix)
 
-log = logging.getLogger("mri_translate.convert")
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
 
 
@@ -45,7 +45,8 @@ def _versions() -> dict:
 
 
 def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
-                 reference=None, overwrite: bool = False, series_uid: str | None = None) -> dict:
+                 reference=None, overwrite: bool = False, series_uid: str | None = None,
+                 cycle: Translator | None = None) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -57,6 +58,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         reference: optional volume shown beside them in the GIF.
         overwrite: replace an existing output.
         series_uid: DICOM series to read when a folder holds several.
+        cycle: the reverse translator; when given, reference-free checks go into the sidecar (``QC``) and a
+            voxel-wise cycle-error map is written beside the output (``*_cycle-error.nii.gz``).
 
     Returns:
         The sidecar dictionary.
@@ -83,8 +86,10 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if reference_volume is not None and reference_volume.shape != volume.shape:
         raise InputError(reference, f"reference shape {tuple(reference_volume.shape[1:])} differs from the "
                                     f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
-    translated = translator(volume)
+    canonical, normalized = translator.translate_normalized(volume)
+    translated = translator.restore(normalized, volume)
     a, b = CONTRASTS[translator.direction]
+    qc = quality_checks(translator, cycle, canonical, normalized, volume, output) if cycle is not None else None
     if gif is not None:  # first: if the picture fails, no output without its sidecar is left
         from .visualize import write_volumes_gif
 
@@ -106,12 +111,47 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "batch_size": translator.batch_size, "dtype": dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
+        **({"QC": qc} if qc is not None else {}),
         "Software": _versions(),
         "ElapsedSeconds": round(time.perf_counter() - start, 3),
     }
     with atomic_path(sidecar_path(output)) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
+
+
+def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume, output) -> dict:
+    """Reference-free checks of one translation (all inside the input's foreground, in RAS):
+
+    - ``CycleErrorMAE``: mean |x - G_BA(G_AB(x))| in normalised units (the [-1, 1] scale; 0 = perfect cycle);
+    - ``InterSliceConsistency``: the output's slice-to-slice change over the input's (1 = as smooth);
+    - ``HistogramDistance``: Wasserstein distance between the output's intensity histogram and the target
+      domain's training histogram (data-range units; ``None`` for models saved without it).
+
+    Writes the voxel-wise cycle error ``<output>_cycle-error.nii.gz`` in the input's geometry.
+    """
+    from monai.data import MetaTensor
+
+    from . import metrics
+    from .slabs import through_plane_axis
+    from .transforms import from_canonical
+
+    x, y = canonical[0].numpy(), normalized[0].numpy()
+    cycled = cycle.inferer(normalized[None], cycle.generator)[0, 0].numpy()
+    mask = metrics.auto_mask((x + 1) / 2)
+    spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
+    axis = translator.axis if translator.axis is not None else through_plane_axis(spacing)
+    error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))
+    error = from_canonical(error, volume.meta["original_axcodes"], volume.meta["original_affine"])
+    save_volume(error, sidecar_path(output).with_name(sidecar_path(output).stem + "_cycle-error.nii.gz"),
+                volume.meta["original_affine"], descrip="mri-translate cycle error |x - G_BA(G_AB(x))|, [-1,1] units")
+    histogram = translator.target_histogram
+    return {
+        "CycleErrorMAE": metrics.cycle_error(x, cycled, mask),
+        "InterSliceConsistency": metrics.interslice_consistency((y + 1) / 2, (x + 1) / 2, mask, axis),
+        "HistogramDistance": None if histogram is None else metrics.histogram_distance_to((y + 1) / 2, mask, histogram),
+        "Units": "cycle error in normalised [-1, 1] units; histogram distance in data-range units",
+    }
 
 
 @dataclass
@@ -225,7 +265,7 @@ def is_batch_input(source) -> bool:
 
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
-            progress: bool = True, **options) -> BatchReport:
+            progress: bool = True, qc: bool = False, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -236,6 +276,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         device, batch_size, axis: see :class:`~mri_translate.inference.Translator`.
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
+        qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`).
         progress: progress bar for batches.
         **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid`` of :func:`convert_file`
             (``gif``/``reference`` for single scans only).
@@ -244,6 +285,9 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis)
+    if qc:
+        reverse = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
+        options["cycle"] = Translator.from_run(model, reverse, device, batch_size, axis=axis)
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)
         return BatchReport(done=[Path(output)])

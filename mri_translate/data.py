@@ -30,6 +30,14 @@ class Slices:
         low, high = np.median(np.asarray(self.ranges), axis=0)
         return float(low), float(high)
 
+    def intensity_histogram(self, bins: int = 64) -> list[float]:
+        """In-foreground histogram of the centre slices (:func:`~mri_translate.metrics.in_mask_histogram`):
+        the domain's intensity distribution, against which ``convert --qc`` compares its outputs."""
+        from .metrics import in_mask_histogram
+
+        centre = self.slabs[:, self.slabs.shape[1] // 2].movedim(0, -1)  # (H, W, N) in [-1, 1]
+        return in_mask_histogram((centre + 1) / 2, foreground_mask(centre + 1), bins).tolist()
+
 
 def prepare_volume(volume, k: int, normalize: RobustNormalize):
     """Canonical orientation, normalisation and slabs of one loaded volume ``(1, X, Y, Z)``.

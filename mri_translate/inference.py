@@ -118,6 +118,7 @@ class Translator:
         self.generator = generator.to(self.device).eval()
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
         self.direction, self.model_path, self.axis = direction, model_path, axis
+        self.target_histogram = None  # the target domain's training histogram, for convert --qc
         self.normalize = RobustNormalize()
         self.inferer = SlabInferer(k, axis, batch_size, amp)
 
@@ -143,8 +144,11 @@ class Translator:
             raise ModelError(f"{path}: generator weights do not fit its configuration "
                              f"({str(err).splitlines()[0]})") from err
         target = "B" if direction == "t1-to-t2" else "A"
-        target_range = state.get("normalization", {}).get(target, (0.0, 1.0))
-        return cls(generator, k, target_range, resolve_device(device), batch_size, amp, direction, path, axis)
+        normalization = state.get("normalization", {})
+        translator = cls(generator, k, normalization.get(target, (0.0, 1.0)), resolve_device(device), batch_size,
+                         amp, direction, path, axis)
+        translator.target_histogram = normalization.get(f"histogram_{target}")
+        return translator
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
@@ -165,8 +169,13 @@ class Translator:
         if not isinstance(volume, MetaTensor):
             volume = load_volume(volume)
         _, out = self.translate_normalized(volume)
-        out = MetaTensor(denormalize(out.as_tensor(), self.target_range), meta=out.meta)
-        return from_canonical(out, volume.meta["original_axcodes"], volume.meta["original_affine"])
+        return self.restore(out, volume)
+
+    def restore(self, normalized: MetaTensor, like: MetaTensor) -> MetaTensor:
+        """Map a RAS ``(1, X, Y, Z)`` output in [-1, 1] to the target range and back into the voxel order and
+        affine of ``like`` (the loaded input)."""
+        out = MetaTensor(denormalize(normalized.as_tensor(), self.target_range), meta=normalized.meta)
+        return from_canonical(out, like.meta["original_axcodes"], like.meta["original_affine"])
 
     def model_sha256(self) -> str | None:
         """Checksum of the model file this translator was loaded from."""

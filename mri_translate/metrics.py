@@ -276,23 +276,40 @@ def interslice_consistency(output, input, mask, slice_axis: int = 2) -> float:
     return num / den
 
 
+def in_mask_histogram(volume, mask, bins: int = 64) -> np.ndarray:
+    """Normalised histogram (sums to 1) of the in-mask values after :func:`scale_for_comparison`, ``bins``
+    equal bins on [0, 1]."""
+    vol = _as_volume(volume, "volume")
+    m = _as_mask(mask, vol, "volume")
+    counts = np.histogram(scale_for_comparison(vol, m)[m], bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def _wasserstein(hist_a, hist_b) -> float:
+    """Wasserstein distance between two histograms on the same equal bins of [0, 1]."""
+    centres = (np.arange(len(hist_a)) + 0.5) / len(hist_a)
+    return float(stats.wasserstein_distance(centres, centres, hist_a, hist_b))
+
+
 def histogram_distance(output, target_reference, mask_out, mask_ref, bins: int = 64) -> float:
     """1-D Wasserstein distance between in-mask intensity distributions (reference-free, unpaired).
 
     Each image is scaled with :func:`scale_for_comparison` using its own mask, its in-mask values are
-    binned into ``bins`` equal bins on [0, 1], and ``scipy.stats.wasserstein_distance`` is taken between
-    the two histograms (bin centres weighted by counts). The images may have different shapes.
+    binned into ``bins`` equal bins on [0, 1] (:func:`in_mask_histogram`), and
+    ``scipy.stats.wasserstein_distance`` is taken between the two histograms. The images may have different
+    shapes.
 
     Returns:
         Distance in units of the data range (0 = same distribution; resolution 1 / bins).
     """
-    hists = []
-    for image, mask, name in ((output, mask_out, "output"), (target_reference, mask_ref, "target_reference")):
-        vol = _as_volume(image, name)
-        m = _as_mask(mask, vol, name)
-        hists.append(np.histogram(scale_for_comparison(vol, m)[m], bins=bins, range=(0.0, 1.0))[0])
-    centres = (np.arange(bins) + 0.5) / bins
-    return float(stats.wasserstein_distance(centres, centres, hists[0], hists[1]))
+    return _wasserstein(in_mask_histogram(output, mask_out, bins), in_mask_histogram(target_reference, mask_ref, bins))
+
+
+def histogram_distance_to(output, mask, histogram) -> float:
+    """Like :func:`histogram_distance`, against a stored :func:`in_mask_histogram` (e.g. of the target
+    domain's training data)."""
+    histogram = np.asarray(histogram, dtype=np.float64)
+    return _wasserstein(in_mask_histogram(output, mask, len(histogram)), histogram)
 
 
 def baseline_identity(source) -> np.ndarray:

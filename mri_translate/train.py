@@ -95,7 +95,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if resume:
         trainer.load_checkpoint(out / CHECKPOINT)
         log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
-    normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range()}
+    normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range(),
+                     "histogram_A": domain_a.intensity_histogram(), "histogram_B": domain_b.intensity_histogram()}
     if context.main:
         bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))
