@@ -16,8 +16,8 @@ from .errors import InputError
 class ModelConfig:
     """Generators (2.5D modified U-Net) and discriminators (PatchGAN).
 
-    ``k``: neighbouring slices in and out (odd); ``channels``: U-Net widths per level (one stride-2 step
-    between levels); ``res_units``: residual units per block; ``disc_channels``/``disc_layers``: PatchGAN width
+    ``k``: neighbouring slices in and out (odd); ``channels``: U-Net widths per level (each level halves
+    the resolution); ``res_units``: residual units per block; ``disc_channels``/``disc_layers``: PatchGAN width
     and depth (3 layers = the 70x70 receptive field).
     """
 
@@ -111,9 +111,9 @@ class RunConfig:
             raise InputError(source, f"model.k must be a positive odd number, got {self.model.k}")
         if self.data.crop % 16 or self.data.crop < 32:
             raise InputError(source, f"data.crop must be a multiple of 16 and >= 32, got {self.data.crop}")
-        if 2 ** (len(self.model.channels) - 1) > 16:
-            raise InputError(source, f"model.channels allows at most 5 levels (crop multiple of 16), got "
-                                     f"{len(self.model.channels)}")
+        if not 1 <= len(self.model.channels) <= 4:
+            raise InputError(source, f"model.channels needs 1 to 4 levels (slices are padded to a multiple of "
+                                     f"16 = 2 ** 4), got {len(self.model.channels)}")
         if self.train.iterations < 1 or self.train.epoch_length < 1:
             raise InputError(source, "train.iterations and train.epoch_length must be >= 1")
 

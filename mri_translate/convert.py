@@ -22,8 +22,8 @@ from monai.transforms import MapTransform
 from . import __version__
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
-from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, dicom_series, is_dicom_file, list_images_2d,
-                 load_volume, save_image_2d, save_volume, suffix)
+from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, list_images_2d,
+                 load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix)
 
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
 
@@ -69,7 +69,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     """
     start = time.perf_counter()
     source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
+    if os.path.realpath(output) == os.path.realpath(source):
         raise InputError(output, "output path equals the input; refusing to overwrite an input")
     if output.exists() and not overwrite:
         raise InputError(output, "already exists (use --overwrite to replace it)")
@@ -89,17 +89,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     canonical, normalized = translator.translate_normalized(volume)
     translated = translator.restore(normalized, volume)
     a, b = CONTRASTS[translator.direction]
-    qc = quality_checks(translator, cycle, canonical, normalized, volume, output) if cycle is not None else None
-    if gif is not None:  # first: if the picture fails, no output without its sidecar is left
-        from .visualize import write_volumes_gif
-
-        write_volumes_gif([volume, translated] + ([reference_volume] if reference else []), gif,
-                          labels=[f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
-    if kind in IMAGE_SUFFIXES:
-        save_image_2d(translated, output, bits)
-    else:
-        save_volume(translated, output, volume.meta["original_affine"], dtype,
-                    descrip=f"SYNTHETIC {b} from {a} by mri-translate {__version__}")
+    qc, error_map = quality_checks(translator, cycle, canonical, normalized, volume) if cycle else (None, None)
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
@@ -113,14 +103,32 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
         **({"QC": qc} if qc is not None else {}),
         "Software": _versions(),
-        "ElapsedSeconds": round(time.perf_counter() - start, 3),
     }
-    with atomic_path(sidecar_path(output)) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    # Every output goes to a temporary file first; all are renamed only when each was written, the sidecar
+    # last, so a failure leaves none of them and a finished output always has its sidecar.
+    error_path = sidecar_path(output).with_name(sidecar_path(output).stem + "_cycle-error.nii.gz")
+    extras = ([gif] if gif is not None else []) + ([error_path] if error_map is not None else [])
+    with atomic_paths(*extras, output, sidecar_path(output)) as temporaries:
+        *tmp_extras, tmp_output, tmp_sidecar = temporaries
+        if kind in IMAGE_SUFFIXES:
+            save_image_2d(translated, tmp_output, bits)
+        else:
+            save_volume(translated, tmp_output, volume.meta["original_affine"], dtype,
+                        descrip=f"SYNTHETIC {b} from {a} by mri-translate {__version__}")
+        if gif is not None:
+            from .visualize import write_volumes_gif
+
+            write_volumes_gif([volume, translated] + ([reference_volume] if reference else []), tmp_extras[0],
+                              labels=[f"input {a}", f"synthetic {b}"] + (["reference"] if reference else []))
+        if error_map is not None:
+            save_volume(error_map, tmp_extras[-1], volume.meta["original_affine"],
+                        descrip="mri-translate cycle error |x - G_BA(G_AB(x))|, [-1,1] units")
+        sidecar["ElapsedSeconds"] = round(time.perf_counter() - start, 3)
+        tmp_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
 
 
-def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume, output) -> dict:
+def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume):
     """Reference-free checks of one translation (all inside the input's foreground, in RAS):
 
     - ``CycleErrorMAE``: mean |x - G_BA(G_AB(x))| in normalised units (the [-1, 1] scale; 0 = perfect cycle);
@@ -128,7 +136,8 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     - ``HistogramDistance``: Wasserstein distance between the output's intensity histogram and the target
       domain's training histogram (data-range units; ``None`` for models saved without it).
 
-    Writes the voxel-wise cycle error ``<output>_cycle-error.nii.gz`` in the input's geometry.
+    Returns:
+        The checks and the voxel-wise cycle-error map ``(1, X, Y, Z)`` in the input's voxel order.
     """
     from monai.data import MetaTensor
 
@@ -143,15 +152,14 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     axis = translator.axis if translator.axis is not None else through_plane_axis(spacing)
     error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))
     error = from_canonical(error, volume.meta["original_axcodes"], volume.meta["original_affine"])
-    save_volume(error, sidecar_path(output).with_name(sidecar_path(output).stem + "_cycle-error.nii.gz"),
-                volume.meta["original_affine"], descrip="mri-translate cycle error |x - G_BA(G_AB(x))|, [-1,1] units")
     histogram = translator.target_histogram
-    return {
+    checks = {
         "CycleErrorMAE": metrics.cycle_error(x, cycled, mask),
         "InterSliceConsistency": metrics.interslice_consistency((y + 1) / 2, (x + 1) / 2, mask, axis),
         "HistogramDistance": None if histogram is None else metrics.histogram_distance_to((y + 1) / 2, mask, histogram),
         "Units": "cycle error in normalised [-1, 1] units; histogram distance in data-range units",
     }
+    return checks, error
 
 
 @dataclass
@@ -232,6 +240,8 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
     from tqdm import tqdm
 
     report = BatchReport()
+    for folder in {output.parent for _, output in pairs if output.parent.is_dir()}:
+        remove_stale_temporaries(folder)  # left by a killed run: that file is redone below
     for source, output in tqdm(pairs, desc="convert", unit="file", disable=not progress):
         if output.exists() and sidecar_path(output).exists() and not overwrite:
             report.skipped.append(output)

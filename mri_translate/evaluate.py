@@ -70,6 +70,12 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
             raise InputError(mask, f"mask shape {brain.shape} does not match the reference's {r.shape}")
     if not brain.any():
         raise InputError(mask if mask not in ("auto", None) else ref_path, "the brain/foreground mask is empty")
+    for path, image in ((pred_path, p), (ref_path, r)):
+        inside = image[brain]
+        if np.ptp(inside) == 0:
+            raise InputError(path, f"is constant inside the mask (every voxel is {inside[0]:g}); nothing to compare")
+        if np.percentile(inside, 99.5) <= 0:
+            raise InputError(path, "is blank (99.5th percentile <= 0) inside the mask; nothing to compare")
     model = metrics.paired_metrics(p, r, brain, slice_axis)
     report = {"pred": str(pred_path), "ref": str(ref_path), "normalisation": model.pop("normalisation"),
               "mask": "auto (foreground of the reference)" if mask == "auto" else str(mask), "model": model,

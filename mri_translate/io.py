@@ -70,6 +70,8 @@ def dicom_series(folder) -> dict[str, list[str]]:
 
 def _check_readable(path: Path) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(path, "is a broken symbolic link or a symbolic link loop")
         raise InputError(path, "no such file or folder")
     if path.is_file():
         if not os.access(path, os.R_OK):
@@ -239,24 +241,60 @@ def load_volume(path, series_uid: str | None = None):
 @contextlib.contextmanager
 def atomic_path(path, suffix_override: str | None = None):
     """Yield a hidden temporary path beside ``path`` (same suffix, e.g. ``.nii.gz``, so writers pick the
-    format); rename it onto ``path`` only if the block succeeds, otherwise remove it and leave any existing
-    ``path`` untouched. Missing parent folders are created.
+    format, or ``suffix_override``); rename it onto ``path`` only if the block succeeds, otherwise remove it
+    and leave any existing ``path`` untouched. Missing parent folders are created.
 
     Raises:
         InputError: the output folder cannot be created or written, or the write fails (e.g. disk full).
     """
-    path = Path(path)
-    ext = suffix(path) if suffix_override is None else suffix_override
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}{ext}"
+    with atomic_paths(path, suffixes=[suffix_override]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths, suffixes=None):
+    """Like :func:`atomic_path` for several files that belong together: yield their temporary paths and
+    rename them all only when the block succeeds, in the given order (so the last one, e.g. a sidecar, marks
+    the set as complete); if a rename fails, the files already renamed are removed again.
+
+    Raises:
+        InputError: a folder cannot be created or written, or a write or rename fails.
+    """
+    with contextlib.ExitStack() as stack:
+        suffixes = suffixes or [None] * len(paths)
+        temporaries = [stack.enter_context(_temporary(Path(p), ext)) for p, ext in zip(paths, suffixes)]
+        yield temporaries
+        done = []
+        try:
+            for tmp, path in zip(temporaries, map(Path, paths)):
+                os.replace(tmp, path)
+                done.append(path)
+        except OSError as err:
+            for renamed in done:
+                with contextlib.suppress(OSError):
+                    renamed.unlink()
+            raise InputError(path, f"cannot write ({err.strerror or err})") from err
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, ext: str | None = None):
+    """A hidden temporary path beside ``path`` with its suffix (or ``ext``), removed on exit if still there."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}{suffix(path) if ext is None else ext}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        os.replace(tmp, path)
     except OSError as err:
         raise InputError(path, f"cannot write ({err.strerror or err})") from err
     finally:
-        with contextlib.suppress(OSError):  # gone after the rename, or never created
+        with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder) -> None:
+    """Delete temporary files (``.name.tmp-PID.ext``) that a killed process left in ``folder`` and below."""
+    for stale in Path(folder).rglob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def save_volume(volume, path, affine=None, dtype: str = "float32", descrip: str | None = None) -> Path:

@@ -3,34 +3,64 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import PatchDiscriminator, UNet
+from monai.networks.blocks import Convolution, ResidualUnit, UpSample
+from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 
 class ModifiedUNet(nn.Module):
     """2.5D generator: k neighbouring slices in, the same k slices translated out.
 
-    A MONAI ``UNet`` (residual units, instance norm, LeakyReLU, strided convolutions down, transposed up,
-    skip connections by concatenation) with a tanh head, so outputs live in [-1, 1] like the
-    normalised inputs.
+    A U-Net built from MONAI blocks. Encoder: one ``ResidualUnit`` per level (instance norm, LeakyReLU),
+    each halving the resolution. Decoder: bilinear ``UpSample`` + convolution (``nontrainable`` mode, which
+    avoids the checkerboard artefacts of transposed convolutions), concatenation with the skip connection of
+    the same resolution (at the top: the input slices themselves), and a ``ResidualUnit`` to fuse; a final
+    3x3 convolution and tanh give outputs in [-1, 1] like the normalised inputs.
 
     Args:
         k: slices per slab (input and output channels).
-        channels: feature widths per level; each level halves the resolution, so H and W must be
-            multiples of ``2 ** (len(channels) - 1)``.
-        res_units: residual units per block.
+        channels: feature widths per level; level i works at 1 / 2 ** (i + 1) of the input size, so H and W
+            must be multiples of ``2 ** len(channels)``.
+        res_units: convolutions per residual unit.
     """
 
     def __init__(self, k: int = 3, channels=(32, 64, 128, 256), res_units: int = 2):
         super().__init__()
         self.k = k
-        self.unet = UNet(spatial_dims=2, in_channels=k, out_channels=k, channels=tuple(channels),
-                         strides=(2,) * (len(channels) - 1), num_res_units=res_units, norm="INSTANCE",
-                         act=("LEAKYRELU", {"negative_slope": 0.2}))
+        widths = (k, *channels)
+        block = dict(spatial_dims=2, subunits=res_units, norm="INSTANCE", act=("LEAKYRELU", {"negative_slope": 0.2}))
+        self.down = nn.ModuleList(ResidualUnit(in_channels=widths[i], out_channels=widths[i + 1], strides=2, **block)
+                                  for i in range(len(channels)))
+        stages = []
+        for i in range(len(channels)):  # stage i brings level i + 1 to the resolution of widths[i] (0 = input)
+            up_width = max(widths[i], 16)
+            up = UpSample(2, widths[i + 1], up_width, scale_factor=2, mode="nontrainable", interp_mode="bilinear",
+                          align_corners=False)
+            fuse = (Convolution(2, up_width + k, k, kernel_size=3, conv_only=True) if i == 0 else
+                    ResidualUnit(in_channels=up_width + widths[i], out_channels=widths[i], **block))
+            stages.append(_DecoderStage(up, fuse))
+        self.stages = nn.ModuleList(reversed(stages))  # deepest first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: ``(B, k, H, W)`` in [-1, 1]."""
-        return torch.tanh(self.unet(x))
+        skips = [x]
+        for level in self.down:
+            skips.append(level(skips[-1]))
+        y = skips.pop()
+        for stage in self.stages:
+            y = stage(y, skips.pop())
+        return torch.tanh(y)
+
+
+class _DecoderStage(nn.Module):
+    """Upsample, concatenate the skip connection, fuse."""
+
+    def __init__(self, up: nn.Module, fuse: nn.Module):
+        super().__init__()
+        self.up, self.fuse = up, fuse
+
+    def forward(self, y: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up(y), skip], dim=1))
 
 
 class PatchGAN(nn.Module):

@@ -16,6 +16,7 @@ from .config import RunConfig, load_config
 from .data import load_slices
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, read_checkpoint
 from .errors import InputError
+from .io import remove_stale_temporaries
 
 log = logging.getLogger("mri_translate.train")
 RUN_OUTPUTS = ("configs", "models", "docs", "tensorboard", CHECKPOINT, "progress.gif", "progress.png",
@@ -29,8 +30,7 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not checkpoint.is_file():
             raise InputError(out, f"--resume given but there is no {CHECKPOINT} to resume from")
-        for stale in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*")]:
-            stale.unlink()
+        remove_stale_temporaries(out)
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -367,4 +367,4 @@ def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
     r_input = pearson(t1_image.get_fdata(), t2_image.get_fdata(), mask)
     r_output = pearson(output, t2_image.get_fdata(), mask)
     assert r_input < -0.3  # the synthetic contrasts are inverted
-    assert r_output > r_input + 0.2, (r_output, r_input)
+    assert r_output > r_input + 0.1, (r_output, r_input)
