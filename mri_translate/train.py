@@ -152,11 +152,24 @@ def _merge(base: dict, extra: dict | None) -> dict:
     return merged
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.stderr`` is at the time of each message (so it never
+    holds on to a closed or replaced stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _log_to_console() -> None:
     """INFO messages of the package on stderr (once), unless the caller configured logging."""
     logger = logging.getLogger("mri_translate")
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

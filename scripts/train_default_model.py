@@ -21,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TCGA = ROOT.parent / "shared" / "data" / "volumes" / "tcga_fg_6692_native"
 
 
+def unpaired_sources(folder: Path, subjects: int = 6, tcga: bool = False) -> tuple[list[Path], list[Path]]:
+    """T1w and T2w training sources: synthetic subjects at 1, 1.5 and 2 mm, even seeds giving the T1w and odd
+    seeds the T2w (so the two domains never share anatomy), plus the native TCGA-FG-6692 scans if asked."""
+    t1, t2 = [], []
+    for i in range(subjects):
+        resolution = (1.0, 1.5, 2.0)[i % 3]
+        t1 += write_dataset(folder / f"a{i}", 1, resolution, seed=2 * i)["t1"]
+        t2 += write_dataset(folder / f"b{i}", 1, resolution, seed=2 * i + 1)["t2"]
+    if tcga:
+        t1.append(TCGA / "t1_ax_se.nii.gz")
+        t2.append(TCGA / "t2_ax_tse.nii.gz")
+    return t1, t2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/default-model")
@@ -32,16 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out)
-    t1, t2 = [], []
-    for i, resolution in enumerate([1.0, 1.5, 2.0] * ((args.subjects + 2) // 3)):
-        if i >= args.subjects:
-            break
-        # even seeds give T1w subjects, odd seeds T2w subjects: the two domains never share anatomy
-        t1 += write_dataset(out.parent / f"{out.name}-data" / f"a{i}", 1, resolution, seed=2 * i)["t1"]
-        t2 += write_dataset(out.parent / f"{out.name}-data" / f"b{i}", 1, resolution, seed=2 * i + 1)["t2"]
-    if args.tcga:
-        t1.append(TCGA / "t1_ax_se.nii.gz")
-        t2.append(TCGA / "t2_ax_tse.nii.gz")
+    t1, t2 = unpaired_sources(out.parent / f"{out.name}-data", args.subjects, args.tcga)
     overrides = {"train": {"iterations": args.iterations}}
     train(t1, t2, out, config=ROOT / "configs" / "default-model.yaml", overrides=overrides, resume=args.resume,
           overwrite=not args.resume, progress_bar=False)

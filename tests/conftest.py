@@ -144,3 +144,27 @@ def tiny_run(tmp_path_factory) -> Path:
     (run / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
     shutil.copyfile(TEMPLATE / "configs" / "metadata.json", run / "configs" / "metadata.json")
     return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by several test files.
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def sitk_ras_affine(image) -> np.ndarray:
+    """The voxel -> RAS affine of a SimpleITK image (SimpleITK geometry is LPS)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS_TO_RAS @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    return affine
+
+
+def run_cli(capsys, *args):
+    """Run ``mri-translate ARGS`` in-process: (exit status, stdout, stderr)."""
+    from mri_translate.cli import main
+
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import gzip
-import logging
 import os
 import shlex
 import shutil
@@ -29,18 +28,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 SERIES_DIR = "dicom/mr_t1_mprage_series"
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_package_logger():
-    """``train`` adds a console handler bound to the stderr of the moment (here capsys's); keep it from
-    outliving the test, where it would write 'Logging error' tracebacks into later tests' stderr."""
-    logger = logging.getLogger("mri_translate")
-    handlers, level = list(logger.handlers), logger.level
-    logger.handlers = []
-    yield
-    logger.handlers = handlers
-    logger.setLevel(level)
 
 
 # --- bad inputs -----------------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, synthetic_volume
-from mri_translate.cli import main
+from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, run_cli, synthetic_volume
 from mri_translate.errors import InputError
 from mri_translate.visualize import write_volumes_gif
 
@@ -18,10 +17,7 @@ X, Y, Z = SYNTHETIC_SHAPE  # 13, 11, 7; LPS, so RAS reorientation only flips x a
 SEP = 2
 
 
-def cli(capsys, *args):
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+cli = run_cli
 
 
 def write_nifti(path, shape=SYNTHETIC_SHAPE, scale=1.0) -> Path:

@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, synthetic_volume
-from mri_translate.cli import main
+from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, run_cli, synthetic_volume
 from mri_translate.convert import (BatchReport, convert, convert_file, output_path, plan_batch, shard,
                                    sidecar_path)
 from mri_translate.errors import InputError
@@ -31,11 +30,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 PNG_FILES = ("seed_2d/TrainT1/Image #10.png", "seed_2d/TrainT1/Image #11.png")
 
 
-def cli(capsys, *args):
-    """Run ``mri-translate ARGS`` in-process: (exit status, stdout, stderr)."""
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+cli = run_cli
 
 
 def write_nifti(path, shape=SYNTHETIC_SHAPE, scale=1.0, affine=SYNTHETIC_AFFINE) -> Path:

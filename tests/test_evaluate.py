@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, synthetic_volume
+from conftest import SYNTHETIC_AFFINE, run_cli, synthetic_volume
 from mri_translate import metrics
-from mri_translate.cli import main
 from mri_translate.errors import InputError
 from mri_translate.evaluate import evaluate, load_array
 
@@ -25,10 +24,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 REGIONS = ("mask", "whole")
 
 
-def cli(capsys, *args):
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+cli = run_cli
 
 
 def write_nifti(path, data, affine=SYNTHETIC_AFFINE) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION
+from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, sitk_ras_affine
 from mri_translate import inference
 from mri_translate.errors import InputError, ModelError
 from mri_translate.inference import SlabInferer, Translator, resolve_model_path
@@ -29,7 +29,6 @@ SHARED_NIFTI = {
     "tcga_fg_6692_native_las_5mm": ("volumes/tcga_fg_6692_native/t1_ax_se.nii.gz", "LAS", 2),
 }
 SERIES_DIR = "dicom/mr_t1_mprage_series"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 class IdentityNet(torch.nn.Module):
@@ -153,15 +152,6 @@ def test_axis_override_changes_a_real_network_output(synthetic_nifti):
 
 
 # --- DICOM series (converted once for this module) -------------------------------------------------------------
-
-
-def sitk_ras_affine(image) -> np.ndarray:
-    """The voxel -> RAS affine of a SimpleITK image (SimpleITK geometry is LPS)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = LPS_TO_RAS @ np.asarray(image.GetOrigin(), dtype=np.float64)
-    return affine
 
 
 @pytest.fixture(scope="module")

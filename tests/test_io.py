@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, SYNTHETIC_SPACING, synthetic_volume
+from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, SYNTHETIC_SPACING, sitk_ras_affine, synthetic_volume
 from mri_translate.errors import InputError, MriTranslateError
 from mri_translate.io import load_volume, save_image_2d, save_volume
 
@@ -25,7 +25,6 @@ NIFTI_FILES = {
 SERIES_DIR = "dicom/mr_t1_mprage_series"
 SINGLE_DICOM = ("dicom/single/MR_small.dcm", "dicom/single/emri_small.dcm")
 PNG_FILE = "seed_2d/TrainT1/Image #10.png"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def voxels(volume) -> np.ndarray:
@@ -33,15 +32,6 @@ def voxels(volume) -> np.ndarray:
     assert volume.ndim == 4 and volume.shape[0] == 1
     assert volume.dtype == torch.float32
     return volume[0].as_tensor().numpy()
-
-
-def sitk_ras_affine(image) -> np.ndarray:
-    """The voxel -> RAS affine of a SimpleITK image (SimpleITK geometry is LPS)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = LPS_TO_RAS @ np.asarray(image.GetOrigin(), dtype=np.float64)
-    return affine
 
 
 def sitk_voxels(image) -> np.ndarray:

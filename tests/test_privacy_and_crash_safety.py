@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import random
 import re
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
@@ -36,17 +34,6 @@ PHI_TOKENS = ("Doe^Jane_PHI", "PHI-ID-12345", "ACC-PHI-777", "19010101", "1901-0
               "Jane")
 #: Short pieces, searched as words in text only (3 bytes turn up by chance in binary data).
 PHI_WORDS = re.compile(r"\b(Doe|Jane)\b")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_package_logger():
-    """``train`` may add a console handler bound to the stderr of the moment; keep it from outliving the test."""
-    logger = logging.getLogger("mri_translate")
-    handlers, level = list(logger.handlers), logger.level
-    logger.handlers = []
-    yield
-    logger.handlers = handlers
-    logger.setLevel(level)
 
 
 def write_nifti(path, data) -> Path:
