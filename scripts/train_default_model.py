@@ -43,16 +43,28 @@ def main() -> None:
     parser.add_argument("--tcga", action="store_true", help="add the native TCGA-FG-6692 scans (CC BY 3.0)")
     parser.add_argument("--install", action="store_true", help="copy models/model.pt into the bundle template")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--install-only", action="store_true", help="install an already trained --out and stop")
     args = parser.parse_args()
 
     out = Path(args.out)
+    if args.install_only:
+        install(out)
+        return
     t1, t2 = unpaired_sources(out.parent / f"{out.name}-data", args.subjects, args.tcga)
     overrides = {"train": {"iterations": args.iterations}}
     train(t1, t2, out, config=ROOT / "configs" / "default-model.yaml", overrides=overrides, resume=args.resume,
           overwrite=not args.resume, progress_bar=False)
     if args.install:
-        shutil.copyfile(out / "models" / "model.pt", ROOT / "bundles" / "mri_cyclegan" / "models" / "model.pt")
-        print(f"installed {out / 'models' / 'model.pt'} into the bundle template")
+        install(out)
+
+
+def install(run: Path) -> None:
+    """Copy the run's model and the configs that describe its network into the bundle template."""
+    template = ROOT / "bundles" / "mri_cyclegan"
+    shutil.copyfile(run / "models" / "model.pt", template / "models" / "model.pt")
+    for name in ("inference.json", "metadata.json"):
+        shutil.copyfile(run / "configs" / name, template / "configs" / name)
+    print(f"installed {run / 'models' / 'model.pt'} and its configs into {template}")
 
 
 if __name__ == "__main__":
