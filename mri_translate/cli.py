@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="synthetic data -> short training -> translated volume and GIFs")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--iterations", type=int, default=300, help="training iterations (default 300)")
+    p.add_argument("--iterations", type=int, default=1000, help="training iterations (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(entry=demo_entry)
     return parser
