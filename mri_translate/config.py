@@ -141,6 +141,12 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
             raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from err
         if not isinstance(values, dict):
             raise InputError(path, "configuration must be a mapping of sections")
+    return RunConfig.from_dict(merge_overrides(values, overrides), source=str(path or "configuration"))
+
+
+def merge_overrides(base: dict, overrides: dict | None) -> dict:
+    """A copy of nested ``base`` with ``{section: {key: value}}`` overrides applied (``None`` values ignored)."""
+    merged = {section: dict(entries or {}) for section, entries in base.items()}
     for section, entries in (overrides or {}).items():
-        values.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
-    return RunConfig.from_dict(values, source=str(path or "configuration"))
+        merged.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
+    return merged

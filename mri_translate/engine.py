@@ -22,7 +22,7 @@ from .config import RunConfig
 from .cyclegan import CycleGANLoss, ImagePool, cyclegan_step
 from .data import Slices, UnpairedSlabDataset
 from .distributed import Context, broadcast_parameters
-from .errors import ModelError, TrainingError
+from .errors import InputError, ModelError, TrainingError
 from .io import atomic_path
 from .networks import build_networks
 
@@ -141,8 +141,6 @@ class CycleGANTrainer(Trainer):
 
 def read_checkpoint(path, device="cpu") -> dict:
     """``torch.load(weights_only=True)`` with one-line errors for missing, corrupt or foreign files."""
-    from .errors import InputError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint not found")

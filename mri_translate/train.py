@@ -12,7 +12,7 @@ from pathlib import Path
 from ignite.engine import Events
 
 from . import bundle, distributed
-from .config import RunConfig, load_config
+from .config import RunConfig, load_config, merge_overrides
 from .data import load_slices
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, read_checkpoint
 from .errors import InputError
@@ -73,7 +73,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if config is None and resume and (out / CHECKPOINT).is_file():
         config = RunConfig.from_dict(read_checkpoint(out / CHECKPOINT)["config"], str(out / CHECKPOINT))
     if isinstance(config, RunConfig):
-        config = RunConfig.from_dict(_merge(config.to_dict(), overrides))
+        config = RunConfig.from_dict(merge_overrides(config.to_dict(), overrides))
     else:
         config = load_config(config, overrides)
     if epochs is not None:
@@ -140,16 +140,9 @@ def train_bundle(dataset_dir=None, output_dir="runs/train", device: str = "auto"
         distributed.barrier()
     if dataset_dir is not None:
         t1, t2 = bundle.find_domains(dataset_dir)
-    overrides = _merge(config or {}, {"train": {"device": device}})
+    overrides = merge_overrides(config or {}, {"train": {"device": device}})
     return train(t1, t2, output_dir, config=preset, overrides=overrides, epochs=max_epochs, resume=resume,
                  overwrite=overwrite, progress_bar=sys.stderr.isatty())
-
-
-def _merge(base: dict, extra: dict | None) -> dict:
-    merged = {k: dict(v) for k, v in base.items()}
-    for section, entries in (extra or {}).items():
-        merged.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
-    return merged
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

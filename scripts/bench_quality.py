@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
-BEGIN, END = "<!-- bench_quality:begin -->", "<!-- bench_quality:end -->"
 
 
 def held_out_pairs(work: Path) -> list[dict]:
@@ -80,17 +79,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, text: str) -> None:
-    """Replace the quality section of ``path`` (between the markers), keeping the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2000, help="training budget per model")
@@ -103,6 +91,7 @@ def main() -> None:
     import torch
 
     from mri_translate.train import train
+    from benchmarks_doc import replace_section
     from train_default_model import unpaired_sources
 
     work = Path(args.work)
@@ -128,7 +117,7 @@ def main() -> None:
             f"contrast; identity = the input itself.\n\n" + table(rows) + "\n")
     print(text)
     Path(args.work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    write_markdown(Path(args.markdown), text)
+    replace_section("bench_quality", text, Path(args.markdown))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench_speed.json"))
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,15 +145,23 @@ def main() -> None:
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"\nmachine: {machine}")
-    print(f"{'generator':<38}{'what':<30}{'device':<12}{'result':<34}{'peak RSS MB':>12}")
+    lines = ["| generator | what | device | result | peak RSS (MB) | peak GPU (MB) |", "|---|---|---|---|---|---|"]
     for r in results:
-        what = f"train {r['size']}x{r['size']} b1" if r["kind"] == "train" else \
-            f"convert 256x256x150 b{r['batch_size']}"
+        what = f"train {r['size']}x{r['size']}, batch 1" if r["kind"] == "train" else \
+            f"convert 256x256x150 file to file, batch {r['batch_size']}"
         result = (f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)")
         device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "")
-        print(f"{r['generator']:<38}{what:<30}{device:<12}{result:<34}{r['peak_rss_mb']:>12}")
+        lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r['peak_rss_mb']} | "
+                     f"{r.get('peak_gpu_mb', '')} |")
+    text = (f"## Speed (scripts/bench_speed.py, {time.strftime('%Y-%m-%d')})\n\nMachine: {machine}. A training "
+            "iteration updates both generators and both discriminators (k = 3).\n\n" + "\n".join(lines) + "\n")
+    print(text)
+    if args.markdown:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from benchmarks_doc import replace_section
+
+        replace_section("bench_speed", text, Path(args.markdown))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""Keep docs/benchmarks.md up to date: each benchmark script replaces its own section, the rest stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def replace_section(name: str, text: str, path: Path = DOC) -> None:
+    """Put ``text`` between the ``<!-- name:begin -->`` and ``<!-- name:end -->`` markers of ``path``
+    (appended when the markers are missing)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
