@@ -40,7 +40,12 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
         entry["spatial_shape"] = [crop, crop]
         entry["channel_def"] = {str(c): f"{what} i{c - k // 2:+d}" if c != k // 2 else f"{what} i"
                                 for c in range(k)}
+    import monai
+    import numpy
+
     metadata["version"] = __version__
+    metadata.update(monai_version=monai.__version__, pytorch_version=torch.__version__.split("+")[0],
+                    numpy_version=numpy.__version__)
     _write_text(configs / "metadata.json", json.dumps(metadata, indent=2) + "\n")
     train_config = json.loads((TEMPLATE / "configs" / "train.json").read_text())
     train_config["config"] = config.to_dict()

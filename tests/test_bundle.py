@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 #: The fields MONAI's bundle specification (docs "MONAI Bundle Specification", metadata.json) requires.
 REQUIRED_METADATA = ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                     "optional_packages_version", "task", "description", "authors", "copyright",
+                     "required_packages_version", "task", "description", "authors", "copyright",
                      "network_data_format")
 REQUIRED_TENSOR_FIELDS = ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
                           "is_patch_data", "channel_def")
@@ -50,7 +50,7 @@ def test_metadata_has_every_field_of_the_bundle_spec(run_dir):
     for key in REQUIRED_METADATA:
         assert key in metadata and metadata[key] not in (None, "", {}), key
     assert metadata["version"] in metadata["changelog"]
-    assert isinstance(metadata["optional_packages_version"], dict)
+    assert isinstance(metadata["required_packages_version"], dict) and "nibabel" in metadata["required_packages_version"]
     # the versions stated are the ones the run was made with
     assert metadata["monai_version"] == monai.__version__
     assert metadata["pytorch_version"] == torch.__version__.split("+")[0]
