@@ -58,6 +58,16 @@ def main() -> None:
     result = {"device": args.device, "samples_per_s_1": round(one, 2), f"samples_per_s_{args.nproc}": round(many, 2),
               "scaling_efficiency": round(many / (args.nproc * one), 3)}
     print(json.dumps(result))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmarks_doc import replace_section
+
+    replace_section("bench_distributed", (
+        f"## Data-parallel training (scripts/bench_distributed.py, {time.strftime('%Y-%m-%d')})\n\n"
+        f"{args.device}, {os.cpu_count()} cores, torchrun --standalone, generator 16-32-64-128, crop 128, batch "
+        f"{args.batch_size} per process, {args.iterations} iterations (start-up subtracted).\n\n"
+        f"| processes | samples/s | scaling efficiency |\n|---|---|---|\n| 1 | {one:.2f} | 1 |\n"
+        f"| {args.nproc} | {many:.2f} | {result['scaling_efficiency']} |\n\n"
+        "On CPU the processes share the same cores, so this checks correctness and overhead, not speed-up."))
 
 
 if __name__ == "__main__":
