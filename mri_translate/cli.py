@@ -68,8 +68,6 @@ def convert_entry(args) -> int:
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
                      series_uid=args.series)
-    for source, reason in report.failed:
-        print(f"failed: {reason}", file=sys.stderr)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,7 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
             report.done.append(output)
         except MriTranslateError as err:
             report.failed.append((source, str(err)))
-            tqdm.write(f"failed: {err}")
+            tqdm.write(f"failed: {err}", file=sys.stderr)  # one line per failed file, as it happens
     return report
 
 
