@@ -92,7 +92,8 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
             report["baselines"] = {
                 "histogram_target": "the reference itself (optimistic)" if target_example is None
                 else str(target_example),
-                "identity": _without_normalisation(metrics.paired_metrics(s, r, brain, slice_axis)),
+                "identity": _without_normalisation(
+                    metrics.paired_metrics(metrics.baseline_identity(s), r, brain, slice_axis)),
                 "inverted_histogram_matched": _without_normalisation(
                     metrics.paired_metrics(matched, r, brain, slice_axis)),
             }
