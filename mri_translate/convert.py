@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.transforms import MapTransform
 
@@ -143,14 +142,14 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     from monai.data import MetaTensor
 
     from . import metrics
+    from .io import voxel_spacing
     from .slabs import through_plane_axis
     from .transforms import from_canonical
 
     x, y = canonical[0].numpy(), normalized[0].numpy()
     cycled = cycle.inferer(normalized[None], cycle.generator)[0, 0].numpy()
     mask = metrics.auto_mask((x + 1) / 2)
-    spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
-    axis = translator.axis if translator.axis is not None else through_plane_axis(spacing)
+    axis = translator.axis if translator.axis is not None else through_plane_axis(voxel_spacing(canonical.affine))
     error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))
     error = from_canonical(error, volume.meta["original_axcodes"], volume.meta["original_affine"])
     histogram = translator.target_histogram

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import ConstantImageError, InputError
-from .io import list_images_2d, load_volume
+from .io import list_images_2d, load_volume, voxel_spacing
 from .slabs import through_plane_axis, volume_to_slabs
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, to_canonical
 
@@ -47,8 +47,8 @@ def prepare_volume(volume, k: int, normalize: RobustNormalize):
         (largest spacing) axis of the canonical volume.
     """
     canonical = normalize(to_canonical(volume))
-    spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
-    slabs, layout = volume_to_slabs(canonical[0].as_tensor(), k, through_plane_axis(spacing))
+    axis = through_plane_axis(voxel_spacing(canonical.affine))
+    slabs, layout = volume_to_slabs(canonical[0].as_tensor(), k, axis)
     return slabs, layout, canonical
 
 
@@ -92,15 +92,18 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05) -> Slices:
     return Slices(_to_common_size(kept), names, ranges)
 
 
+def pad_to(slabs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre ``(..., H, W)`` in ``height`` x ``width``: padded with background (-1) where smaller, cropped
+    where larger."""
+    dh, dw = height - slabs.shape[-2], width - slabs.shape[-1]
+    return torch.nn.functional.pad(slabs, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
+
+
 def _to_common_size(parts: list[torch.Tensor]) -> torch.Tensor:
     """Pad every slab to the largest in-plane size (with background -1) and stack them."""
     height = max(p.shape[-2] for p in parts)
     width = max(p.shape[-1] for p in parts)
-    padded = []
-    for p in parts:
-        dh, dw = height - p.shape[-2], width - p.shape[-1]
-        padded.append(torch.nn.functional.pad(p, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0))
-    return torch.cat(padded)
+    return torch.cat([pad_to(p, height, width) for p in parts])
 
 
 class UnpairedSlabDataset(Dataset):
@@ -132,8 +135,7 @@ class UnpairedSlabDataset(Dataset):
 
     def _augment(self, slab: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """``(k, H, W)`` -> ``(k, crop, crop)``."""
-        dh, dw = max(0, self.crop - slab.shape[-2]), max(0, self.crop - slab.shape[-1])
-        slab = torch.nn.functional.pad(slab, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
+        slab = pad_to(slab, max(self.crop, slab.shape[-2]), max(self.crop, slab.shape[-1]))
         top = int(torch.randint(slab.shape[-2] - self.crop + 1, (1,), generator=rng))
         left = int(torch.randint(slab.shape[-1] - self.crop + 1, (1,), generator=rng))
         slab = slab[:, top: top + self.crop, left: left + self.crop]

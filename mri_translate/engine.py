@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from . import visualize
 from .config import RunConfig
 from .cyclegan import CycleGANLoss, ImagePool, cyclegan_step
-from .data import Slices, UnpairedSlabDataset
+from .data import Slices, UnpairedSlabDataset, pad_to
 from .distributed import Context, broadcast_parameters
 from .errors import InputError, ModelError, TrainingError
 from .io import atomic_path
@@ -43,14 +43,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def amp_context(device: torch.device, enabled: bool):
-    """Autocast factory and grad scaler for mixed precision: bf16 where the GPU supports it, else fp16 with a
-    scaler; full precision on CPU or when disabled."""
+def autocast_for(device: torch.device, enabled: bool):
+    """Autocast factory for mixed precision: bf16 where the GPU supports it, else fp16; ``None`` (full
+    precision) on CPU or when disabled."""
     if not enabled or device.type != "cuda":
-        return None, None
-    if torch.cuda.is_bf16_supported():
-        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
-    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+        return None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def amp_context(device: torch.device, enabled: bool):
+    """Autocast factory (:func:`autocast_for`) and, for fp16, the grad scaler training needs."""
+    autocast = autocast_for(device, enabled)
+    scaler = torch.amp.GradScaler("cuda") if autocast and not torch.cuda.is_bf16_supported() else None
+    return autocast, scaler
 
 
 def linear_decay(total: int, decay_fraction: float):
@@ -240,9 +246,7 @@ def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[s
     """``count`` evenly spaced slabs of each domain, centre-cropped/padded to ``crop``, for the montages."""
     def pick(slices: Slices) -> torch.Tensor:
         index = np.linspace(0, len(slices.slabs) - 1, count + 2)[1:-1].round().astype(int)
-        slabs = slices.slabs[index]
-        dh, dw = crop - slabs.shape[-2], crop - slabs.shape[-1]
-        return torch.nn.functional.pad(slabs, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
+        return pad_to(slices.slabs[index], crop, crop)
     return {"A": pick(a), "B": pick(b)}
 
 

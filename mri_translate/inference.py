@@ -18,9 +18,9 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from .bundle import DIRECTIONS, TEMPLATE
-from .engine import read_checkpoint, resolve_device
+from .engine import autocast_for, read_checkpoint, resolve_device
 from .errors import InputError, ModelError
-from .io import load_volume
+from .io import load_volume, voxel_spacing
 from .networks import ModifiedUNet
 from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
 from .transforms import RobustNormalize, denormalize, from_canonical, to_canonical
@@ -65,9 +65,8 @@ class SlabInferer(Inferer):
         self.k, self.axis, self.batch_size, self.amp = k, axis, batch_size, amp
 
     def _autocast(self, device: torch.device):
-        if not (self.amp and device.type == "cuda"):
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        autocast = autocast_for(device, self.amp)
+        return autocast() if autocast else contextlib.nullcontext()
 
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
@@ -77,8 +76,7 @@ class SlabInferer(Inferer):
         for volume in inputs:
             axis = self.axis
             if axis is None:
-                affine = np.asarray(volume.affine) if isinstance(volume, MetaTensor) else np.eye(4)
-                axis = through_plane_axis(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+                axis = through_plane_axis(voxel_spacing(volume.affine if isinstance(volume, MetaTensor) else np.eye(4)))
             slabs, layout = volume_to_slabs(torch.as_tensor(volume[0]).cpu(), self.k, axis)
             predictions = torch.empty(slabs.shape, dtype=torch.float32)
             for start in range(0, len(slabs), self.batch_size):

@@ -41,6 +41,12 @@ def suffix(path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def voxel_spacing(affine) -> np.ndarray:
+    """Voxel size (mm) along each array axis: the lengths of the columns of the affine's 3x3 part."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+
+
 def is_dicom_file(path) -> bool:
     """True for a ``.dcm``-like name or a file with the ``DICM`` marker at byte 128."""
     path = Path(path)
@@ -201,7 +207,8 @@ def load_volume(path, series_uid: str | None = None):
     except InputError:
         raise
     except Exception as err:
-        raise InputError(path, f"cannot read the {source_format} data ({type(err).__name__}: {err})".replace("\n", " ")) from err
+        problem = f"cannot read the {source_format} data ({type(err).__name__}: {err})"
+        raise InputError(path, problem.replace("\n", " ")) from err
     if original_dtype is None:
         original_dtype = str(image.dtype).replace("torch.", "")
     array = image.as_tensor().to(torch.float32)
@@ -222,7 +229,7 @@ def load_volume(path, series_uid: str | None = None):
     if not bool(finite.all()):
         bad = int((~finite).sum())
         raise InputError(path, f"contains {bad} NaN/Inf voxels; fix or mask them before use")
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     meta = {
         "affine": torch.as_tensor(affine),
         "original_affine": affine.copy(),
