@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, SYNTHETIC_SPACING, sitk_ras_affine, synthetic_volume
+from conftest import (SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, SYNTHETIC_SPACING, sitk_ras_affine, synthetic_volume,
+                      write_zero_sized_nifti)
 from mri_translate.errors import InputError, MriTranslateError
 from mri_translate.io import load_volume, save_image_2d, save_volume
 
@@ -354,12 +355,7 @@ def make_huge_header_nifti1(tmp_path):
 
 
 def make_zero_sized(tmp_path):
-    path = tmp_path / "zero.nii.gz"
-    try:
-        write_nifti(path, np.zeros((4, 0, 3), dtype=np.float32))
-    except Exception as err:  # pragma: no cover - depends on the nibabel version
-        pytest.skip(f"nibabel refuses to write a zero-sized dimension: {err}")
-    return path, ["zero-sized"]
+    return write_zero_sized_nifti(tmp_path), ["zero-sized"]
 
 
 def make_empty_folder(tmp_path):
