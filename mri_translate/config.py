@@ -30,11 +30,18 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """CycleGAN objective weights: cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, and the
-    size of the history pool of fakes shown to each discriminator."""
+    """CycleGAN objective weights: cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, the
+    contrast-prior L1 weight ``prior`` (:mod:`~mri_translate.contrast_prior`), fading linearly to zero over the
+    first ``prior_fraction`` of the iterations, and the size of the history pool of fakes shown to each
+    discriminator.
+
+    Defaults: the prior on over the whole run and no identity term, which would pull ``G_AB(T2w)`` towards
+    the T2w itself and so fight the contrast inversion the prior asks for."""
 
     lambda_cycle: float = 10.0
-    identity: float = 0.5
+    identity: float = 0.0
+    prior: float = 10.0
+    prior_fraction: float = 1.0
     pool_size: int = 50
 
 

@@ -75,7 +75,8 @@ def set_requires_grad(networks, flag: bool) -> None:
 
 def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                   real_a: torch.Tensor, real_b: torch.Tensor, loss: CycleGANLoss,
-                  pools: dict[str, ImagePool], autocast=None, scaler=None) -> dict[str, float]:
+                  pools: dict[str, ImagePool], autocast=None, scaler=None, priors=None,
+                  prior_weight: float = 0.0) -> dict[str, float]:
     """One CycleGAN iteration: update both generators, then both discriminators.
 
     Args:
@@ -86,10 +87,12 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         pools: history pools ``A`` and ``B`` of fakes.
         autocast: a context-manager factory for mixed precision (``None`` = full precision).
         scaler: a ``torch.amp.GradScaler`` for fp16, or ``None``.
+        priors: ``{"AB": ContrastPrior, "BA": ContrastPrior}`` (:mod:`~mri_translate.contrast_prior`), pulling
+            ``G_AB(x)`` towards ``priors["AB"](x)`` (L1) with ``prior_weight``, and ``G_BA`` likewise.
 
     Returns:
         Loss values as floats: ``G`` (total), ``G_adv_AB``, ``G_adv_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``,
-        ``idt_B``, ``D_A``, ``D_B``.
+        ``idt_B``, ``prior_A``, ``prior_B``, ``D_A``, ``D_B``.
     """
     autocast = autocast or contextlib.nullcontext
     g_ab, g_ba, d_a, d_b = nets["G_AB"], nets["G_BA"], nets["D_A"], nets["D_B"]
@@ -108,7 +111,11 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         if loss.lambda_identity > 0:
             idt_a = loss.l1(g_ba(real_a), real_a) * loss.lambda_identity  # ||F(x) - x||_1
             idt_b = loss.l1(g_ab(real_b), real_b) * loss.lambda_identity  # ||G(y) - y||_1
-        total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b
+        prior_b = prior_a = torch.zeros((), device=real_a.device)
+        if priors is not None and prior_weight > 0:
+            prior_b = loss.l1(fake_b, priors["AB"](real_a)) * prior_weight
+            prior_a = loss.l1(fake_a, priors["BA"](real_b)) * prior_weight
+        total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b + prior_a + prior_b
     _backward_step(total_g, optimizers["G"], scaler)
 
     # Discriminators: real vs (pooled) fake, each domain on its own.
@@ -124,7 +131,7 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         scaler.update()
 
     values = {"G": total_g, "G_adv_AB": adv_ab, "G_adv_BA": adv_ba, "cycle_A": cycle_a, "cycle_B": cycle_b,
-              "idt_A": idt_a, "idt_B": idt_b, "D_A": loss_d_a, "D_B": loss_d_b}
+              "idt_A": idt_a, "idt_B": idt_b, "prior_A": prior_a, "prior_B": prior_b, "D_A": loss_d_a, "D_B": loss_d_b}
     return {name: float(value.detach()) for name, value in values.items()}
 
 

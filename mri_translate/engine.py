@@ -76,7 +76,8 @@ class CycleGANTrainer(Trainer):
     to events from outside (see :func:`attach_handlers`).
     """
 
-    def __init__(self, config: RunConfig, loader: DataLoader, device: torch.device, nets=None, rank: int = 0):
+    def __init__(self, config: RunConfig, loader: DataLoader, device: torch.device, nets=None, rank: int = 0,
+                 priors=None):
         self.config = config
         train = config.train
         super().__init__(device=device, max_epochs=math.ceil(train.iterations / train.epoch_length),
@@ -95,14 +96,22 @@ class CycleGANTrainer(Trainer):
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
+        self.priors = priors
         self.autocast, self.scaler = amp_context(device, train.amp)
         self.state.history = {}
+
+    def prior_weight(self, iteration: int) -> float:
+        """Weight of the contrast prior at ``iteration`` (1-based): ``loss.prior``, fading linearly to zero at
+        ``loss.prior_fraction`` of the run."""
+        loss, total = self.config.loss, self.config.train.iterations
+        end = loss.prior_fraction * total
+        return loss.prior * max(0.0, 1 - (iteration - 1) / end) if end > 0 else 0.0
 
     def _iteration(self, engine, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a = batchdata["A"].to(engine.state.device, non_blocking=True)
         real_b = batchdata["B"].to(engine.state.device, non_blocking=True)
         losses = cyclegan_step(self.nets, self.optimizers, real_a, real_b, self.loss, self.pools,
-                               self.autocast, self.scaler)
+                               self.autocast, self.scaler, self.priors, self.prior_weight(engine.state.iteration))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingError(f"loss {', '.join(bad)} is not finite at iteration {engine.state.iteration}; "

@@ -13,6 +13,7 @@ from ignite.engine import Events
 
 from . import bundle, distributed
 from .config import RunConfig, load_config, merge_overrides
+from .contrast_prior import ContrastPrior
 from .data import load_slices
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, read_checkpoint
 from .errors import InputError
@@ -90,7 +91,11 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s)",
              len(domain_a.names), len(t1), len(domain_b.names), len(t2))
     loader = make_loader(domain_a, domain_b, config, context)
-    trainer = CycleGANTrainer(config, loader, device, rank=context.rank)
+    priors = None
+    if config.loss.prior > 0:
+        priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs),
+                  "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs)}
+    trainer = CycleGANTrainer(config, loader, device, rank=context.rank, priors=priors)
     trainer.run_dir = out
     if resume:
         trainer.load_checkpoint(out / CHECKPOINT)

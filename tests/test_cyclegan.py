@@ -14,7 +14,7 @@ from mri_translate.networks import build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B"}
+LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "prior_A", "prior_B", "D_A", "D_B"}
 
 
 def tiny_setup(seed: int = 0, lr: float = 2e-4):
@@ -46,6 +46,7 @@ def test_step_returns_all_losses_and_updates_all_four_networks():
     parts = ("G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
     assert losses["G"] == pytest.approx(sum(losses[p] for p in parts), rel=1e-5)
     assert losses["idt_A"] > 0 and losses["idt_B"] > 0  # identity 0.5 by default
+    assert losses["prior_A"] == losses["prior_B"] == 0.0  # no contrast prior given
     for name, net in nets.items():
         changed = any(not torch.equal(before[name][key], value) for key, value in net.state_dict().items())
         assert changed, f"{name} was not updated"

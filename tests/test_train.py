@@ -22,7 +22,7 @@ from mri_translate.train import train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B"}
+LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "prior_A", "prior_B", "D_A", "D_B"}
 
 
 @pytest.fixture
