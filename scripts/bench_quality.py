@@ -112,7 +112,8 @@ def main() -> None:
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
     text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
             f"Machine: {machine}. Training: {args.iterations} iterations per model ({budget or 'existing runs'}),"
-            f" configs/default-model.yaml, unpaired synthetic subjects + native TCGA-FG-6692. Held-out volumes "
+            f" configs/default-model.yaml (loss defaults: contrast prior on, identity off), unpaired synthetic "
+            f"subjects + native TCGA-FG-6692. Held-out volumes "
             f"were never trained on. Baseline = inverted input histogram-matched to another subject's target "
             f"contrast; identity = the input itself.\n\n" + table(rows) + "\n")
     print(text)

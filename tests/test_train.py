@@ -112,9 +112,10 @@ def test_resume_continues_to_the_new_budget(sources, tiny_config, tmp_path):
 
 
 def test_resume_matches_an_uninterrupted_run(sources, tiny_config, tmp_path):
-    """Constant learning rate (decay_fraction 0) and a pool that never fills: 4 + 4 resumed iterations give
-    exactly the weights of 8 uninterrupted ones (same samples per epoch, optimiser moments restored)."""
-    config = tiny_config(optim={"decay_fraction": 0.0})
+    """Constant learning rate (decay_fraction 0), no contrast prior (its weight, like the learning rate, fades
+    over the planned run) and a pool that never fills: 4 + 4 resumed iterations give exactly the weights of 8
+    uninterrupted ones (same samples per epoch, optimiser moments restored)."""
+    config = tiny_config(optim={"decay_fraction": 0.0}, loss={"prior": 0.0})
     straight = run(sources, tmp_path / "straight", config)
     split = run(sources, tmp_path / "split", config, overrides={"train": {"iterations": 4}})
     run(sources, split, config, resume=True)
@@ -341,13 +342,14 @@ def pearson(a, b, mask):
 
 @pytest.mark.slow
 def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
-    """250 iterations (about 10 s on one core): the G loss falls, and the translated held-out T1w correlates
-    with its true T2w better than the T1w does (T1w and T2w brain intensities are anti-correlated)."""
+    """250 iterations (about 20 s on one core) with the contrast prior weighted above the cycle loss: the G
+    loss falls, and the translated held-out T1w correlates POSITIVELY with its true T2w, while the T1w itself
+    is anti-correlated with it (without the prior this run stays at r = -0.49: texture, not contrast)."""
     from mri_translate.inference import Translator
     from mri_translate.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "data", n_subjects=3, resolution=3.0)
-    config = tiny_config(model={"channels": [16, 32, 64], "disc_channels": 16}, data={"crop": 64},
+    config = tiny_config(model={"channels": [16, 32, 64], "disc_channels": 16}, data={"crop": 64}, loss={"prior": 30.0},
                          train={"iterations": 250, "epoch_length": 50, "checkpoint_every": 250,
                                 "progress_every": 250})
     out = run(([data["t1"][0]], [data["t2"][1]]), tmp_path / "run", config)
@@ -367,4 +369,4 @@ def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
     r_input = pearson(t1_image.get_fdata(), t2_image.get_fdata(), mask)
     r_output = pearson(output, t2_image.get_fdata(), mask)
     assert r_input < -0.3  # the synthetic contrasts are inverted
-    assert r_output > r_input + 0.1, (r_output, r_input)
+    assert r_output > 0.1, (r_output, r_input)
