@@ -5,8 +5,7 @@ loss alone rarely drags it across to the inverted tissue contrast: it learns T2w
 *contrast* (white matter stays bright, ventricles stay dark). Inside the brain, T1w and T2w order the
 tissues the opposite way (CSF < grey < white matter in T1w; white < grey matter < CSF in T2w), so the
 inverted quantile map of the two domains' intensity distributions is a rough but correctly oriented
-translation. Early in training each generator is pulled towards it (an L1 term whose weight fades to
-zero), then the adversarial and cycle losses take over and learn what the map cannot (context, texture).
+translation. Each generator is pulled towards it by an L1 term whose weight fades to zero over the run; the adversarial and cycle losses take over and learn what the map cannot (context, texture).
 
 Only the two domains' marginal intensity distributions are used: no paired data.
 """
@@ -59,9 +58,10 @@ class ContrastPrior:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(...)`` in [-1, 1]. Returns: the mapped values, same shape and device, no gradient."""
-        device = x.device
-        flat = x.detach().float().cpu().reshape(-1)
+        if self.source.device != x.device:  # move the tables once, not every step
+            self.source, self.target, self.levels = (t.to(x.device) for t in (self.source, self.target, self.levels))
+        flat = x.detach().float().reshape(-1)
         rank = _interp(flat, self.source, self.levels)
         mapped = _interp(1 - rank, self.levels, self.target)
         out = torch.where(flat > FOREGROUND, mapped, flat)
-        return out.reshape(x.shape).to(device, x.dtype)
+        return out.reshape(x.shape).to(x.dtype)

@@ -2,7 +2,8 @@
 
 Symbols as in Zhu et al. 2017: ``G_AB`` = G (A -> B), ``G_BA`` = F (B -> A), ``D_A`` = D_X, ``D_B`` = D_Y.
 Least-squares adversarial loss (LSGAN), cycle L1 weighted by lambda, identity L1 weighted by
-``identity * lambda``, and a history pool of past fakes for the discriminators.
+``identity * lambda``, an optional L1 pull towards a contrast prior (:mod:`~mri_translate.contrast_prior`), and
+a history pool of past fakes for the discriminators.
 """
 
 from __future__ import annotations
