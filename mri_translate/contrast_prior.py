@@ -5,7 +5,8 @@ loss alone rarely drags it across to the inverted tissue contrast: it learns T2w
 *contrast* (white matter stays bright, ventricles stay dark). Inside the brain, T1w and T2w order the
 tissues the opposite way (CSF < grey < white matter in T1w; white < grey matter < CSF in T2w), so the
 inverted quantile map of the two domains' intensity distributions is a rough but correctly oriented
-translation. Each generator is pulled towards it by an L1 term whose weight fades to zero over the run; the adversarial and cycle losses take over and learn what the map cannot (context, texture).
+translation. Each generator is pulled towards it by an L1 term whose weight fades to zero over the run,
+while the adversarial and cycle losses learn what the map cannot (context, texture).
 
 Only the two domains' marginal intensity distributions are used: no paired data.
 """
