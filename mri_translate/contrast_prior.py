@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import torch
 
+from .transforms import strided_sample
+
 #: Normalised intensity above which a voxel is foreground (tissue); the background sits at -1.
 FOREGROUND = -0.8
 
 
-def foreground_quantiles(slabs: torch.Tensor, levels: int = 256, limit: int = 2_000_000) -> torch.Tensor:
-    """Quantiles ``(levels,)`` of the foreground values of ``slabs`` ``(N, k, H, W)`` in [-1, 1] (a strided
-    subsample of at most ``limit`` values; ``torch.quantile`` takes at most 16 M)."""
+def foreground_quantiles(slabs: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Quantiles ``(levels,)`` of the foreground values of ``slabs`` ``(N, k, H, W)`` in [-1, 1] (of a strided
+    subsample, :func:`~mri_translate.transforms.strided_sample`)."""
     values = slabs[slabs > FOREGROUND].float()
     if values.numel() == 0:
         raise ValueError("no foreground voxels to take quantiles of")
-    values = values[:: values.numel() // limit + 1]
-    return torch.quantile(values, torch.linspace(0, 1, levels))
+    return torch.quantile(strided_sample(values), torch.linspace(0, 1, levels))
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

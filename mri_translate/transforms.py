@@ -43,12 +43,12 @@ def from_canonical(volume: MetaTensor, axcodes: str, affine=None) -> MetaTensor:
 def foreground_mask(image: torch.Tensor) -> torch.Tensor:
     """Voxels above 10 % of the way from the 1st to the 99th percentile: the head/brain, not the background
     (also for images whose values are all negative, and unmoved by a few outlier voxels)."""
-    flat = _sample(image.detach().reshape(-1).float())
+    flat = strided_sample(image.detach().reshape(-1).float())
     low, high = torch.quantile(flat, torch.tensor([0.01, 0.99]))
     return image > low + 0.1 * (high - low)
 
 
-def _sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
+def strided_sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
     """A deterministic strided subsample (torch.quantile refuses more than 16 M elements)."""
     return flat if flat.numel() <= limit else flat[:: flat.numel() // limit + 1]
 
@@ -76,9 +76,9 @@ class RobustNormalize(Transform):
         image = image if isinstance(image, MetaTensor) else MetaTensor(image)
         data = image.as_tensor().float()
         flat = data.reshape(-1)
-        low = float(torch.quantile(_sample(flat), self.lower / 100))
+        low = float(torch.quantile(strided_sample(flat), self.lower / 100))
         foreground = data[foreground_mask(data)]
-        high = float(torch.quantile(_sample(foreground), self.upper / 100)) if foreground.numel() else low
+        high = float(torch.quantile(strided_sample(foreground), self.upper / 100)) if foreground.numel() else low
         if not high > low:
             value = float(flat[0]) if flat.numel() else float("nan")
             name = image.meta.get("filename_or_obj", "image")
