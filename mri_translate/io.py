@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -262,7 +263,8 @@ def atomic_path(path, suffix_override: str | None = None):
 def atomic_paths(*paths, suffixes=None):
     """Like :func:`atomic_path` for several files that belong together: yield their temporary paths and
     rename them all only when the block succeeds, in the given order (so the last one, e.g. a sidecar, marks
-    the set as complete); if a rename fails, the files already renamed are removed again.
+    the set as complete); if a rename fails, the files already renamed are removed again. A temporary path
+    may also be made a folder (e.g. a DICOM series): it replaces ``path`` whole, an existing folder included.
 
     Raises:
         InputError: a folder cannot be created or written, or a write or rename fails.
@@ -274,12 +276,11 @@ def atomic_paths(*paths, suffixes=None):
         done = []
         try:
             for tmp, path in zip(temporaries, map(Path, paths)):
-                os.replace(tmp, path)
+                _replace(tmp, path)
                 done.append(path)
         except OSError as err:
             for renamed in done:
-                with contextlib.suppress(OSError):
-                    renamed.unlink()
+                _remove(renamed)
             raise InputError(path, f"cannot write ({err.strerror or err})") from err
 
 
@@ -293,15 +294,38 @@ def _temporary(path: Path, ext: str | None = None):
     except OSError as err:
         raise InputError(path, f"cannot write ({err.strerror or err})") from err
     finally:
+        _remove(tmp)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace``, also of a folder onto an existing folder (moved aside first, deleted once replaced)."""
+    if not (tmp.is_dir() and path.is_dir()):
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name}.tmp-{os.getpid()}-old"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree if it is there; errors are ignored."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            path.unlink()
 
 
 def remove_stale_temporaries(folder) -> None:
-    """Delete temporary files (``.name.tmp-PID.ext``) that a killed process left in ``folder`` and below."""
-    for stale in Path(folder).rglob(".*.tmp-*"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    """Delete temporary files and folders (``.name.tmp-PID[.ext]``) a killed process left in ``folder`` and
+    below."""
+    for stale in sorted(Path(folder).rglob(".*.tmp-*"), reverse=True):
+        _remove(stale)
 
 
 def save_volume(volume, path, affine=None, dtype: str = "float32", descrip: str | None = None) -> Path:
