@@ -29,9 +29,9 @@ CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
 
 
 def sidecar_path(output) -> Path:
-    """``x.nii.gz`` -> ``x.json`` (BIDS style)."""
+    """``x.nii.gz`` -> ``x.json`` (BIDS style); a DICOM series folder ``x`` -> ``x.json`` beside it."""
     output = Path(output)
-    return output.with_name(output.name[: -len(suffix(output))] + ".json")
+    return output.with_name(output.name[: len(output.name) - len(suffix(output))] + ".json")
 
 
 def _versions() -> dict:
@@ -46,7 +46,7 @@ def _versions() -> dict:
 
 def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
                  reference=None, overwrite: bool = False, series_uid: str | None = None,
-                 cycle: Translator | None = None) -> dict:
+                 cycle: Translator | None = None, dicom: bool = False) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -60,6 +60,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         series_uid: DICOM series to read when a folder holds several.
         cycle: the reverse translator; when given, reference-free checks go into the sidecar (``QC``) and a
             voxel-wise cycle-error map is written beside the output (``*_cycle-error.nii.gz``).
+        dicom: write ``output`` as a derived DICOM series folder (see :mod:`mri_translate.dicom`); ``source``
+            must be a DICOM series (or single-frame file).
 
     Returns:
         The sidecar dictionary.
@@ -74,7 +76,11 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if output.exists() and not overwrite:
         raise InputError(output, "already exists (use --overwrite to replace it)")
     kind = suffix(output)
-    if kind not in NIFTI_SUFFIXES + IMAGE_SUFFIXES:
+    if dicom:
+        from .dicom import source_files, write_series
+
+        source_files(source, series_uid)  # refuses a non-DICOM or multi-frame input before any work
+    elif kind not in NIFTI_SUFFIXES + IMAGE_SUFFIXES:
         raise InputError(output, f"unsupported output type '{kind}' (use .nii.gz, .nii or, for 2D input, .png)")
     if dtype not in ("float32", "int16"):
         raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
@@ -98,7 +104,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         "Model": str(translator.model_path) if translator.model_path else None,
         "ModelSHA256": translator.model_sha256(),
         "Parameters": {"k": translator.k, "axis": translator.axis if translator.axis is not None else "through-plane",
-                       "batch_size": translator.batch_size, "dtype": dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
+                       "batch_size": translator.batch_size,
+                       "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
         **({"QC": qc} if qc is not None else {}),
@@ -110,7 +117,10 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     extras = ([gif] if gif is not None else []) + ([error_path] if error_map is not None else [])
     with atomic_paths(*extras, output, sidecar_path(output)) as temporaries:
         *tmp_extras, tmp_output, tmp_sidecar = temporaries
-        if kind in IMAGE_SUFFIXES:
+        if dicom:
+            sidecar["DICOM"] = write_series(translated, volume.meta["original_affine"], source, tmp_output,
+                                            translator.direction, sidecar["ModelSHA256"], series_uid)
+        elif kind in IMAGE_SUFFIXES:
             save_image_2d(translated, tmp_output, bits)
         else:
             save_volume(translated, tmp_output, volume.meta["original_affine"], dtype,
@@ -288,7 +298,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`).
         progress: progress bar for batches.
-        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid`` of :func:`convert_file`
+        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom`` of :func:`convert_file`
             (``gif``/``reference`` for single scans only).
 
     Returns:
@@ -307,6 +317,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     if output.exists() and not output.is_dir():
         raise InputError(output, "a batch needs an output folder, but this is a file")
     pairs = shard(plan_batch(source, output, direction), shard_spec)
+    if options.get("dicom"):  # each DICOM series becomes a series folder: OUT/<name>_T2w/
+        pairs = [(file, sidecar_path(target).with_suffix("")) for file, target in pairs]
     if not pairs:
         raise InputError(source, "no convertible scans found (NIfTI, DICOM, 2D images or BIDS *_T1w/_T2w)")
     output.mkdir(parents=True, exist_ok=True)
