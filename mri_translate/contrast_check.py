@@ -1,0 +1,197 @@
+"""Know when not to trust a translation: is the input the contrast the direction expects, and does the
+translation look like the model's training domain?
+
+Contrast check (cheap, before translating). Inside the brain, T1w and T2w order the tissues the opposite way:
+T1w CSF < GM < WM, T2w WM < GM < CSF. Seen as an intensity histogram of a central brain region (white matter is
+the largest class, CSF a small one), a T1w has a long *dark* tail (CSF) below a bulk of bright white matter and
+a T2w a long *bright* tail (CSF) above a bulk of dark white matter. FLAIR has the dark tail of a T1w but its
+grey matter is brighter than its white matter; PD has little contrast at all. The
+features (:func:`contrast_features`) measure exactly that on the volume resampled to about 2 mm:
+
+- ``tail``: ``log((q95 - q50) / (q50 - q5))`` of the region's intensities: < 0 T1w-like, > 0 T2w-like;
+- ``contrast``: ``(q95 - q5) / q50``: the spread of tissue intensities (PD, CT, flat images: low);
+- ``rim``: the tissue two voxels from the darkest tenth (what borders CSF: cortex) against the median tissue,
+  over ``q95 - q5``: < 0 in T1w (grey darker than white), > 0 in FLAIR (grey brighter than white).
+
+The region (:func:`brain_region`) is the centre of each axial slice (an ellipse at 60 % of the head's extent
+in that slice) from 20 to 80 mm below the top of the head, so skull, scalp, neck and face stay out of it in
+whole-head scans; skull-stripped scans, slabs and single 2D slices use the same rule on what they contain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+
+#: Target sampling (mm) of the features; finer volumes are subsampled by an integer stride.
+FEATURE_SPACING_MM = 2.0
+#: Decision thresholds of :func:`classify_contrast` (measured margins: docs/benchmarks.md, bench_checks).
+MIN_VOXELS = 200
+MIN_CONTRAST = 0.3
+T1W_MAX_TAIL = 0.0
+T2W_MIN_TAIL = 0.4
+T1W_MAX_RIM = 0.0
+
+
+@dataclass(frozen=True)
+class ContrastVerdict:
+    """What an input looks like.
+
+    Attributes:
+        label: ``"T1w"``, ``"T2w"``, ``"other"`` (neither: FLAIR, PD, CT, a mask, not a head) or ``"unknown"``
+            (too little tissue to tell; the check abstains).
+        scores: the features of :func:`contrast_features` (plain floats).
+        reason: one short phrase for messages.
+    """
+
+    label: str
+    scores: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+def _subsample(x: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    step = np.maximum(1, np.round(FEATURE_SPACING_MM / np.asarray(spacing, dtype=np.float64))).astype(int)
+    return x[:: step[0], :: step[1], :: step[2]], np.asarray(spacing, dtype=np.float64) * step
+
+
+def brain_region(x: np.ndarray, spacing) -> np.ndarray:
+    """Central brain region of a RAS volume in [0, 1].
+
+    Args:
+        x: ``(X, Y, Z)`` RAS (Z = superior), background near 0.
+        spacing: voxel size (mm) along X, Y, Z.
+
+    Returns:
+        Boolean ``(X, Y, Z)``: per axial slice, the ellipse at 60 % of the head's extent in that slice, in the
+        slices 20-80 mm below the top of the head (the middle half of the slices when the volume is thinner).
+    """
+    head = x > 0.1
+    labels, count = ndimage.label(head)
+    if count:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        head = labels == np.argmax(sizes)
+    region = np.zeros_like(head)
+    area = head.sum(axis=(0, 1))
+    filled = np.flatnonzero(area > 0.05 * area.max()) if area.max() else np.array([], dtype=int)
+    if not len(filled):
+        return region
+    top, bottom = filled[-1], filled[0]
+    extent_mm = (top - bottom + 1) * spacing[2]
+    if extent_mm > 100:
+        slices = range(max(bottom, top - int(80 / spacing[2])), top - int(20 / spacing[2]) + 1)
+    else:
+        quarter = (top - bottom + 1) // 4
+        slices = range(bottom + quarter, top - quarter + 1)
+    gx, gy = np.indices(head.shape[:2], dtype=np.float64)
+    for z in slices:
+        idx = np.argwhere(head[:, :, z])
+        if len(idx) < 4:
+            continue
+        lo, hi = idx.min(axis=0), idx.max(axis=0)
+        centre, radius = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1) * 0.6
+        region[:, :, z] = (((gx - centre[0]) / radius[0]) ** 2 + ((gy - centre[1]) / radius[1]) ** 2 <= 1) & head[:, :, z]
+    return region
+
+
+def contrast_features(x: np.ndarray, spacing) -> dict:
+    """The features of the contrast check (see the module docstring).
+
+    Args:
+        x: ``(X, Y, Z)`` RAS volume scaled to [0, 1] (``(RobustNormalize + 1) / 2``).
+        spacing: voxel size (mm) along X, Y, Z.
+
+    Returns:
+        ``{"tail", "contrast", "rim", "voxels"}`` as plain floats (``voxels``: size of the region at ~2 mm;
+        the others are NaN when it holds fewer than :data:`MIN_VOXELS`).
+    """
+    x, spacing = _subsample(np.asarray(x, dtype=np.float32), spacing)
+    region = brain_region(x, spacing)
+    values = x[region]
+    features = {"tail": float("nan"), "contrast": float("nan"), "rim": float("nan"), "voxels": float(values.size)}
+    if values.size < MIN_VOXELS:
+        return features
+    q5, q10, q50, q95 = np.percentile(values, [5, 10, 50, 95])
+    spread = max(q95 - q5, 1e-6)
+    # Rim: tissue two voxels (in-plane) away from the darkest tenth, i.e. what borders dark CSF.
+    cross = ndimage.generate_binary_structure(2, 1)[..., None]
+    dark = region & (x < q10)
+    near = ndimage.binary_dilation(dark, cross)
+    rim = ndimage.binary_dilation(near, cross) & region & ~near
+    tissue = x[region & ~dark]
+    features.update(
+        tail=float(np.log(max(q95 - q50, 1e-6) / max(q50 - q5, 1e-6))),
+        contrast=float(spread / max(q50, 1e-6)),
+        rim=float((np.median(x[rim]) - np.median(tissue)) / spread) if rim.any() and tissue.size else 0.0)
+    return features
+
+
+def classify_contrast(volume) -> ContrastVerdict:
+    """Does a scan look like T1w, T2w or neither?
+
+    Args:
+        volume: a ``MetaTensor`` ``(1, X, Y, Z)`` from :func:`~mri_translate.io.load_volume` (any orientation;
+            2D images are ``(1, H, W, 1)``).
+
+    Returns:
+        The :class:`ContrastVerdict`; its rules, in order: fewer than :data:`MIN_VOXELS` region voxels ->
+        ``unknown``; ``contrast`` < :data:`MIN_CONTRAST` -> ``other``; ``tail`` < :data:`T1W_MAX_TAIL` ->
+        ``T1w``, unless ``rim`` > :data:`T1W_MAX_RIM` (FLAIR-like) -> ``other``; ``tail`` >
+        :data:`T2W_MIN_TAIL` -> ``T2w``; else ``other``.
+    """
+    import torch
+    from monai.data import MetaTensor
+
+    from .io import voxel_spacing
+    from .transforms import RobustNormalize, to_canonical
+
+    canonical = to_canonical(volume)
+    x, spacing = _subsample(canonical[0].numpy(), voxel_spacing(canonical.affine))
+    normalized = RobustNormalize()(MetaTensor(torch.from_numpy(np.ascontiguousarray(x))[None], meta=canonical.meta))
+    scores = contrast_features((normalized[0].numpy() + 1) / 2, spacing)
+    shown = ", ".join(f"{key} {value:.2f}" for key, value in scores.items() if key != "voxels")
+    if scores["voxels"] < MIN_VOXELS:
+        return ContrastVerdict("unknown", scores, f"too little tissue to tell ({scores['voxels']:.0f} voxels at 2 mm)")
+    if scores["contrast"] < MIN_CONTRAST:
+        return ContrastVerdict("other", scores, f"almost no tissue contrast, like PD, CT, a mask or no head ({shown})")
+    if scores["tail"] < T1W_MAX_TAIL:
+        if scores["rim"] > T1W_MAX_RIM:
+            return ContrastVerdict("other", scores, f"dark CSF but grey matter brighter than white, like FLAIR ({shown})")
+        return ContrastVerdict("T1w", scores, f"dark CSF, bright white matter ({shown})")
+    if scores["tail"] > T2W_MIN_TAIL:
+        return ContrastVerdict("T2w", scores, f"bright CSF, dark white matter ({shown})")
+    return ContrastVerdict("other", scores, f"no clear T1w or T2w tissue order ({shown})")
+
+
+class ContrastMismatchError(InputError):
+    """The input does not look like the contrast ``--direction`` translates from (exit status 2)."""
+
+
+def check_direction(volume, direction: str, source) -> ContrastVerdict:
+    """Refuse a scan whose contrast contradicts ``direction``.
+
+    Args:
+        volume: the loaded scan, ``(1, X, Y, Z)``.
+        direction: ``t1-to-t2`` or ``t2-to-t1``.
+        source: the input's path, named in the message.
+
+    Returns:
+        The verdict (``T1w``/``T2w`` matching the direction, or ``unknown``: the check abstains).
+
+    Raises:
+        ContrastMismatchError: the scan looks like the other contrast or like neither.
+    """
+    verdict = classify_contrast(volume)
+    expected = "T1w" if direction == "t1-to-t2" else "T2w"
+    if verdict.label in (expected, "unknown"):
+        return verdict
+    if verdict.label == "other":
+        raise ContrastMismatchError(source, f"does not look like a {expected} ({verdict.reason}); translate it "
+                                            "anyway with --force")
+    other = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
+    raise ContrastMismatchError(source, f"looks like a {verdict.label}, not a {expected} ({verdict.reason}); use "
+                                        f"--direction {other}, or --force to translate it anyway")
