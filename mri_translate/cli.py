@@ -67,10 +67,21 @@ def convert_entry(args) -> int:
                      batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
-                     series_uid=args.series, dicom=args.dicom)
+                     series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def bids_entry(args) -> int:
+    """BIDS App: translate the selected participants into a BIDS derivative dataset; exit 1 if any failed."""
+    from .bids import GROUP_LEVEL_NOTE, run_bids_app
+
+    report = run_bids_app(args.bids_dir, args.output_dir, args.analysis_level, args.participant_label,
+                          args.session_label, model=args.model, direction=args.direction, device=args.device,
+                          batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress)
+    print(GROUP_LEVEL_NOTE if report is None else report.summary())
+    return EXIT_FAILED if report is not None and report.failed else EXIT_OK
 
 
 def evaluate_entry(args) -> int:
@@ -149,11 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true",
                    help="write a derived DICOM series (OUTPUT = its folder) from a DICOM series input")
     p.add_argument("--shard", help="I/N: convert only this worker's share of a batch (SLURM arrays)")
+    p.add_argument("--force", action="store_true",
+                   help="translate even when the input does not look like the --direction's source contrast")
+    p.add_argument("--strict", action="store_true",
+                   help="run the --qc checks and refuse (exit 2) a translation outside the model's training domain")
     p.add_argument("--qc", action="store_true",
                    help="reference-free checks in the sidecar and a *_cycle-error.nii.gz map")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=convert_entry)
+
+    p = commands.add_parser("bids", help="BIDS App: BIDS_DIR OUTPUT_DIR participant|group -> a derivative dataset")
+    p.add_argument("bids_dir", help="BIDS dataset (dataset_description.json, sub-*/[ses-*/]anat/*_T1w.nii.gz)")
+    p.add_argument("output_dir", help="derivative dataset to write, e.g. BIDS_DIR/derivatives/mri-translate")
+    p.add_argument("analysis_level", choices=["participant", "group"], help="group has nothing to do")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", dest="participant_label", metavar="LABEL",
+                   help="participants to process, e.g. 01 02 (with or without sub-; default: all)")
+    p.add_argument("--session-label", "--session_label", "--session", nargs="+", dest="session_label", metavar="LABEL",
+                   help="sessions to process (with or without ses-; default: all)")
+    p.add_argument("--model", help="run directory or model.pt (default: the model shipped with the package)")
+    p.add_argument("--direction", default="t1-to-t2", choices=["t1-to-t2", "t2-to-t1"])
+    p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(entry=bids_entry)
 
     p = commands.add_parser("evaluate", help="score a translation against a real volume (in the brain mask)")
     p.add_argument("--pred", required=True, help="translated volume (or folder of 2D slices)")

@@ -64,7 +64,8 @@ def write_dicom_series(nifti, folder) -> Path:
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = MRImageStorage, ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID, ds.PatientName, ds.Modality = "TEST-01", "Test^Synthetic", "MR"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 5, k + 1, "t1 test"

@@ -1,0 +1,94 @@
+"""The BIDS App entry point: ``mri-translate bids BIDS_DIR OUTPUT_DIR participant|group [options]``.
+
+It follows the BIDS Apps conventions (Gorgolewski et al., PLoS Comput Biol 2017): the dataset, the output
+folder and the analysis level are positional; ``--participant-label`` (with or without ``sub-``) and
+``--session-label`` pick what to process, so a cluster array runs one participant per task. The
+participant level translates every ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (``*_T2w`` for ``t2-to-t1``) into
+``OUTPUT_DIR/sub-*/[ses-*/]anat/*_desc-synthetic_T2w.nii.gz`` with a JSON sidecar (Sources, model SHA-256,
+software versions) and writes ``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``):
+:func:`mri_translate.convert.plan_batch` is the index, :func:`~mri_translate.convert.convert_batch` does the
+work, so finished files are skipped on a rerun. The group level has nothing to aggregate and says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InputError
+
+ANALYSIS_LEVELS = ("participant", "group")
+GROUP_LEVEL_NOTE = "group level: nothing to do (mri-translate writes every output at the participant level)"
+
+
+def _labels(values, prefix: str) -> list[str] | None:
+    """``["sub-01", "02"]`` -> ``["01", "02"]``; ``None`` stays ``None`` (= all)."""
+    return None if not values else [v[len(prefix):] if v.startswith(prefix) else v for v in map(str, values)]
+
+
+def _entity(path: Path, root: Path, prefix: str) -> str | None:
+    """The label of the ``sub-``/``ses-`` folder that holds ``path`` below ``root``, or ``None``."""
+    return next((part[len(prefix):] for part in path.relative_to(root).parts[:-1] if part.startswith(prefix)), None)
+
+
+def select(pairs, root, participants=None, sessions=None) -> list[tuple[Path, Path]]:
+    """Keep the ``(input, output)`` pairs whose input lies under ``sub-<label>`` for a label in
+    ``participants`` and, when ``sessions`` is given, under ``ses-<label>`` for a label in ``sessions``.
+
+    Raises:
+        InputError: a requested participant has no folder in the dataset.
+    """
+    root = Path(root)
+    participants, sessions = _labels(participants, "sub-"), _labels(sessions, "ses-")
+    if participants is not None:
+        present = sorted(p.name[4:] for p in root.glob("sub-*") if p.is_dir())
+        missing = [label for label in participants if label not in present]
+        if missing:
+            raise InputError(root, f"no participant {', '.join(missing)} (found: {', '.join(present) or 'none'})")
+    return [(source, output) for source, output in pairs
+            if (participants is None or _entity(source, root, "sub-") in participants)
+            and (sessions is None or _entity(source, root, "ses-") in sessions)]
+
+
+def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", participant_labels=None,
+                 session_labels=None, model=None, direction: str = "t1-to-t2", device: str = "auto",
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True):
+    """Run the BIDS App at one analysis level.
+
+    Args:
+        bids_dir: a BIDS dataset (``dataset_description.json`` and ``sub-*`` folders).
+        output_dir: the derivative dataset to write (e.g. ``BIDS_DIR/derivatives/mri-translate``).
+        analysis_level: ``participant`` (translate) or ``group`` (nothing to do: returns ``None``).
+        participant_labels: e.g. ``["01", "sub-02"]``; ``None`` = every participant.
+        session_labels: e.g. ``["pre"]``; ``None`` = every session (and files outside sessions).
+        model, direction, device, batch_size: see :meth:`~mri_translate.inference.Translator.from_run`.
+        overwrite: redo finished outputs.
+        progress: progress bar.
+
+    Returns:
+        The :class:`~mri_translate.convert.BatchReport` of the participant level, ``None`` for the group level.
+
+    Raises:
+        InputError: not a BIDS dataset, output folder equal to the dataset, unknown level or participant,
+            nothing to translate.
+    """
+    from .convert import CONTRASTS, convert_batch, plan_batch, write_derivative_description
+    from .inference import Translator
+
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    if not (bids_dir / "dataset_description.json").is_file() or not any(bids_dir.glob("sub-*")):
+        raise InputError(bids_dir, "not a BIDS dataset (expected dataset_description.json and sub-* folders)")
+    if analysis_level not in ANALYSIS_LEVELS:
+        raise InputError(analysis_level, f"unknown analysis level (expected {' or '.join(ANALYSIS_LEVELS)})")
+    if output_dir.resolve() == bids_dir.resolve():
+        raise InputError(output_dir, "the output folder must differ from the BIDS dataset (e.g. "
+                                     f"{bids_dir / 'derivatives' / 'mri-translate'})")
+    if analysis_level == "group":
+        return None
+    pairs = select(plan_batch(bids_dir, output_dir, direction), bids_dir, participant_labels, session_labels)
+    if not pairs:
+        raise InputError(bids_dir, f"no sub-*/[ses-*/]anat/*_{CONTRASTS[direction][0]}.nii[.gz] for the selected "
+                                   "participants and sessions")
+    translator = Translator.from_run(model, direction, device, batch_size)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivative_description(output_dir, direction)
+    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress)

@@ -1,0 +1,164 @@
+"""Tests of the BIDS App entry point (mri_translate.bids and ``mri-translate bids``) on a dataset built in
+tmp_path: two subjects, one of them with two sessions; outputs named and described as a BIDS derivative
+dataset (file names checked with the bids-validator package), reruns skip finished files, participant and
+session labels are honoured, the group level does nothing, bad calls fail in one line."""
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bids_validator import BIDSValidator
+
+from conftest import SYNTHETIC_AFFINE, run_cli, synthetic_volume
+from mri_translate import __version__
+from mri_translate.bids import GROUP_LEVEL_NOTE, select
+from mri_translate.convert import plan_batch
+from mri_translate.errors import InputError
+from mri_translate.inference import sha256
+from mri_translate.io import load_volume
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+INPUTS = ("sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz",
+          "sub-02/ses-pre/anat/sub-02_ses-pre_T1w.nii.gz", "sub-02/ses-post/anat/sub-02_ses-post_T1w.nii.gz")
+T1W_OUTPUTS = ("sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz",
+               "sub-02/ses-post/anat/sub-02_ses-post_desc-synthetic_T2w.nii.gz",
+               "sub-02/ses-pre/anat/sub-02_ses-pre_desc-synthetic_T2w.nii.gz")
+
+
+@pytest.fixture
+def bids_dataset(tmp_path) -> Path:
+    """A BIDS dataset with tiny 13 x 11 x 7 volumes: sub-01 (T1w and T2w), sub-02 with sessions pre and post
+    (T1w), a participants.tsv and a derivatives/ folder that must be left alone."""
+    root = tmp_path / "bids"
+    for i, relative in enumerate(INPUTS):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(synthetic_volume() * np.float32(1 + i), SYNTHETIC_AFFINE), str(path))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    (root / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    (root / "derivatives" / "other" / "sub-01" / "anat").mkdir(parents=True)
+    return root
+
+
+def bids_name_is_valid(relative: str) -> bool:
+    """BIDS file-name check of a derivative file by the bids-validator package. Its rules are those of raw
+    data; BIDS Derivatives adds the ``desc-<label>`` entity as the last entity before the suffix. So a name is
+    valid when the raw name is valid and ``desc-<alphanumeric>`` (if present) sits in that place."""
+    path = "/" + relative
+    match = re.fullmatch(r"(.*)_desc-[a-zA-Z0-9]+(_[a-zA-Z0-9]+\.(?:nii\.gz|nii|json))", path)
+    return BIDSValidator().is_bids(match.group(1) + match.group(2) if match else path)
+
+
+def bids(capsys, *args):
+    return run_cli(capsys, "bids", *args)
+
+
+def test_validator_check_can_fail():
+    """The name check used below rejects what BIDS rejects."""
+    assert bids_name_is_valid("sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz")
+    assert not bids_name_is_valid("sub-01/anat/sub-02_desc-synthetic_T2w.nii.gz")  # subject mismatch
+    assert not bids_name_is_valid("sub-01/anat/sub-01_desc-synthetic_run-1_T2w.nii.gz")  # desc not last
+    assert not bids_name_is_valid("sub-01/anat/sub-01_desc-syn_thetic_T2w.nii.gz")
+    assert not bids_name_is_valid("sub-01/ses-1/anat/sub-01_desc-synthetic_T2w.nii.gz")  # session missing
+
+
+def test_participant_level_writes_a_valid_derivative_dataset(capsys, bids_dataset, tmp_path, tiny_run):
+    out = tmp_path / "derivatives" / "mri-translate"
+    status, stdout, _ = bids(capsys, bids_dataset, out, "participant", "--model", tiny_run, "--device", "cpu",
+                             "--no-progress")
+    assert status == 0 and "3 converted, 0 skipped (already done), 0 failed" in stdout
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    expected = sorted([*T1W_OUTPUTS, *(o.replace(".nii.gz", ".json") for o in T1W_OUTPUTS), "dataset_description.json"])
+    assert files == expected
+    assert all(bids_name_is_valid(f) for f in files), [f for f in files if not bids_name_is_valid(f)]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
+    assert description["GeneratedBy"][0]["Name"] == "mri-translate"
+    assert description["GeneratedBy"][0]["Version"] == __version__
+    for output in T1W_OUTPUTS:
+        source = bids_dataset / output.replace("_desc-synthetic_T2w", "_T1w")
+        sidecar = json.loads((out / output.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Sources"] == [str(source)] and sidecar["InputSHA256"] == sha256(source)
+        assert sidecar["ModelSHA256"] == sha256(Path(tiny_run) / "models" / "model.pt")
+        assert sidecar["Software"]["mri-translate"] == __version__ and sidecar["Direction"] == "t1-to-t2"
+        translated, original = load_volume(out / output), load_volume(source)
+        assert translated.shape == original.shape
+        np.testing.assert_allclose(translated.meta["original_affine"], original.meta["original_affine"])
+    assert not any((bids_dataset / "derivatives" / "other").rglob("*.nii.gz"))
+
+
+def test_rerun_skips_finished_files(capsys, bids_dataset, tmp_path, tiny_run):
+    out = tmp_path / "out"
+    arguments = (bids_dataset, out, "participant", "--model", tiny_run, "--device", "cpu", "--no-progress")
+    assert bids(capsys, *arguments)[0] == 0
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    (out / T1W_OUTPUTS[0]).unlink()  # an interrupted run: only this file is redone
+    status, stdout, _ = bids(capsys, *arguments)
+    assert status == 0 and "1 converted, 2 skipped" in stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in written.items() if p != out / T1W_OUTPUTS[0])
+    status, stdout, _ = bids(capsys, *arguments)
+    assert status == 0 and "0 converted, 3 skipped" in stdout
+
+
+@pytest.mark.parametrize("labels, sessions, expected", [
+    (["02"], None, T1W_OUTPUTS[1:]),
+    (["sub-01"], None, T1W_OUTPUTS[:1]),
+    (["01", "02"], ["pre"], T1W_OUTPUTS[2:]),
+    (None, ["ses-post"], T1W_OUTPUTS[1:2]),
+])
+def test_participant_and_session_labels(capsys, bids_dataset, tmp_path, tiny_run, labels, sessions, expected):
+    out = tmp_path / "out"
+    arguments = [bids_dataset, out, "participant", "--model", tiny_run, "--device", "cpu", "--no-progress"]
+    arguments += ["--participant_label", *labels] if labels else []
+    arguments += ["--session", *sessions] if sessions else []
+    status, stdout, _ = bids(capsys, *arguments)
+    assert status == 0 and f"{len(expected)} converted" in stdout
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz")) == sorted(expected)
+
+
+def test_direction_t2_to_t1(capsys, bids_dataset, tmp_path, tiny_run):
+    out = tmp_path / "out"
+    status, stdout, _ = bids(capsys, bids_dataset, out, "participant", "--direction", "t2-to-t1",
+                             "--model", tiny_run, "--device", "cpu", "--no-progress")
+    assert status == 0 and "1 converted" in stdout
+    assert [str(p.relative_to(out)) for p in out.rglob("*.nii.gz")] == ["sub-01/anat/sub-01_desc-synthetic_T1w.nii.gz"]
+    assert bids_name_is_valid("sub-01/anat/sub-01_desc-synthetic_T1w.nii.gz")
+
+
+def test_group_level_does_nothing(capsys, bids_dataset, tmp_path):
+    status, stdout, _ = bids(capsys, bids_dataset, tmp_path / "out", "group")
+    assert status == 0 and GROUP_LEVEL_NOTE in stdout and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown participant", "no participant 03 (found: 01, 02)"),
+    ("not bids", "not a BIDS dataset"),
+    ("output is input", "the output folder must differ from the BIDS dataset"),
+    ("no such session", "no sub-*/[ses-*/]anat/*_T1w.nii[.gz] for the selected participants and sessions"),
+])
+def test_bad_calls_fail_in_one_line(capsys, bids_dataset, tmp_path, tiny_run, case, message):
+    source, out, extra = bids_dataset, tmp_path / "out", []
+    if case == "unknown participant":
+        extra = ["--participant-label", "01", "03"]
+    elif case == "not bids":
+        (bids_dataset / "dataset_description.json").unlink()
+    elif case == "output is input":
+        out = bids_dataset
+    else:
+        extra = ["--session", "followup"]
+    status, _, stderr = bids(capsys, source, out, "participant", "--model", tiny_run, *extra)
+    assert status == 2 and stderr.count("\n") == 1 and message in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_keeps_labelled_pairs(bids_dataset, tmp_path):
+    pairs = plan_batch(bids_dataset, tmp_path / "out")
+    assert [s.name for s, _ in select(pairs, bids_dataset, ["02"], ["post", "pre"])] == [
+        "sub-02_ses-post_T1w.nii.gz", "sub-02_ses-pre_T1w.nii.gz"]
+    assert len(select(pairs, bids_dataset)) == 3
+    with pytest.raises(InputError, match="no participant 7"):
+        select(pairs, bids_dataset, ["7"])
