@@ -67,7 +67,7 @@ def convert_entry(args) -> int:
                      batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
-                     series_uid=args.series, dicom=args.dicom)
+                     series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true",
                    help="write a derived DICOM series (OUTPUT = its folder) from a DICOM series input")
     p.add_argument("--shard", help="I/N: convert only this worker's share of a batch (SLURM arrays)")
+    p.add_argument("--force", action="store_true",
+                   help="translate even when the input does not look like the --direction's source contrast")
+    p.add_argument("--strict", action="store_true",
+                   help="run the --qc checks and refuse (exit 2) a translation outside the model's training domain")
     p.add_argument("--qc", action="store_true",
                    help="reference-free checks in the sidecar and a *_cycle-error.nii.gz map")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -20,6 +20,7 @@ whole-head scans; skull-stripped scans, slabs and single 2D slices use the same 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +95,8 @@ def brain_region(x: np.ndarray, spacing) -> np.ndarray:
             continue
         lo, hi = idx.min(axis=0), idx.max(axis=0)
         centre, radius = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1) * 0.6
-        region[:, :, z] = (((gx - centre[0]) / radius[0]) ** 2 + ((gy - centre[1]) / radius[1]) ** 2 <= 1) & head[:, :, z]
+        ellipse = ((gx - centre[0]) / radius[0]) ** 2 + ((gy - centre[1]) / radius[1]) ** 2 <= 1
+        region[:, :, z] = ellipse & head[:, :, z]
     return region
 
 
@@ -153,18 +155,17 @@ def classify_contrast(volume) -> ContrastVerdict:
     x, spacing = _subsample(canonical[0].numpy(), voxel_spacing(canonical.affine))
     normalized = RobustNormalize()(MetaTensor(torch.from_numpy(np.ascontiguousarray(x))[None], meta=canonical.meta))
     scores = contrast_features((normalized[0].numpy() + 1) / 2, spacing)
-    shown = ", ".join(f"{key} {value:.2f}" for key, value in scores.items() if key != "voxels")
     if scores["voxels"] < MIN_VOXELS:
-        return ContrastVerdict("unknown", scores, f"too little tissue to tell ({scores['voxels']:.0f} voxels at 2 mm)")
+        return ContrastVerdict("unknown", scores, f"too little tissue to tell ({scores['voxels']:.0f} voxels)")
     if scores["contrast"] < MIN_CONTRAST:
-        return ContrastVerdict("other", scores, f"almost no tissue contrast, like PD, CT, a mask or no head ({shown})")
+        return ContrastVerdict("other", scores, "almost no tissue contrast, like PD, CT, a mask or no head")
     if scores["tail"] < T1W_MAX_TAIL:
         if scores["rim"] > T1W_MAX_RIM:
-            return ContrastVerdict("other", scores, f"dark CSF but grey matter brighter than white, like FLAIR ({shown})")
-        return ContrastVerdict("T1w", scores, f"dark CSF, bright white matter ({shown})")
+            return ContrastVerdict("other", scores, "dark CSF but grey brighter than white matter, like FLAIR")
+        return ContrastVerdict("T1w", scores, "dark CSF, bright white matter")
     if scores["tail"] > T2W_MIN_TAIL:
-        return ContrastVerdict("T2w", scores, f"bright CSF, dark white matter ({shown})")
-    return ContrastVerdict("other", scores, f"no clear T1w or T2w tissue order ({shown})")
+        return ContrastVerdict("T2w", scores, "bright CSF, dark white matter")
+    return ContrastVerdict("other", scores, "no clear T1w or T2w tissue order")
 
 
 class ContrastMismatchError(InputError):
@@ -186,12 +187,91 @@ def check_direction(volume, direction: str, source) -> ContrastVerdict:
         ContrastMismatchError: the scan looks like the other contrast or like neither.
     """
     verdict = classify_contrast(volume)
+    shown = ", ".join(f"{key} {value:.2f}" for key, value in verdict.scores.items() if key != "voxels")
     expected = "T1w" if direction == "t1-to-t2" else "T2w"
     if verdict.label in (expected, "unknown"):
         return verdict
     if verdict.label == "other":
-        raise ContrastMismatchError(source, f"does not look like a {expected} ({verdict.reason}); translate it "
+        raise ContrastMismatchError(source, f"does not look like a {expected}: {verdict.reason} ({shown}); translate it "
                                             "anyway with --force")
     other = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
-    raise ContrastMismatchError(source, f"looks like a {verdict.label}, not a {expected} ({verdict.reason}); use "
+    raise ContrastMismatchError(source, f"looks like a {verdict.label}, not a {expected}: {verdict.reason} ({shown}); use "
                                         f"--direction {other}, or --force to translate it anyway")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Out-of-domain flag: the reference-free checks of convert --qc against thresholds stored in the model.
+
+#: Key of the thresholds in ``model.pt``: ``{"t1-to-t2": {check: limit}, "t2-to-t1": {...}, "Calibration": note}``.
+CHECKS_KEY = "checks"
+#: Upper limits used when a model file has no :data:`CHECKS_KEY`: generous round numbers above what the shipped
+#: model scores on held-out right-contrast volumes (synthetic and real; docs/benchmarks.md "bench_checks").
+DEFAULT_CHECKS = {"CycleErrorMAE": 0.30, "HistogramDistance": 0.10, "InterSliceConsistency": 2.5}
+
+
+class OutOfDomainError(InputError):
+    """``--strict``: the translation's reference-free checks exceed the model's thresholds (exit status 2)."""
+
+
+def model_checks(model_path, direction: str) -> tuple[dict, str]:
+    """Thresholds of ``direction`` stored in a model file, or :data:`DEFAULT_CHECKS`.
+
+    Returns:
+        ``({check: upper limit}, source)`` with ``source`` the calibration note or ``"defaults"``.
+    """
+    from .runtime import read_checkpoint
+
+    stored = read_checkpoint(model_path).get(CHECKS_KEY) if model_path is not None else None
+    if not stored or direction not in stored:
+        return dict(DEFAULT_CHECKS), "defaults"
+    return {**DEFAULT_CHECKS, **stored[direction]}, str(stored.get("Calibration", "model"))
+
+
+def domain_verdict(qc: dict, thresholds: dict, source: str = "defaults") -> dict:
+    """Compare the checks of :func:`~mri_translate.convert.quality_checks` with their upper limits.
+
+    Returns:
+        ``{"InDomain": bool, "Exceeded": [names], "Values": {...}, "Thresholds": {...}, "ThresholdSource": str}``
+        (a check whose value is ``None`` is not judged).
+    """
+    values = {name: qc.get(name) for name in thresholds}
+    exceeded = [name for name, limit in thresholds.items() if values[name] is not None and values[name] > limit]
+    return {"InDomain": not exceeded, "Exceeded": exceeded, "Values": values, "Thresholds": dict(thresholds),
+            "ThresholdSource": source}
+
+
+def out_of_domain_message(verdict: dict) -> str:
+    """One phrase naming each exceeded check with its value and limit."""
+    values, limits = verdict["Values"], verdict["Thresholds"]
+    parts = [f"{name} {values[name]:.3f} > {limits[name]:.3f}" for name in verdict["Exceeded"]]
+    return f"looks outside the model's training domain ({', '.join(parts)}); the translation may not be trustworthy"
+
+
+def judge_domain(qc: dict, checks: tuple[dict, str], source, strict: bool = False) -> dict:
+    """:func:`domain_verdict` of one translation; out of domain prints a warning line on stderr, or raises.
+
+    Args:
+        qc: the reference-free checks.
+        checks: ``(thresholds, source)`` from :func:`model_checks`.
+        source: the input's path, named in the warning or error.
+        strict: raise instead of warning.
+
+    Raises:
+        OutOfDomainError: out of domain and ``strict``.
+    """
+    verdict = domain_verdict(qc, *checks)
+    if not verdict["InDomain"]:
+        if strict:
+            raise OutOfDomainError(source, out_of_domain_message(verdict) + "; refused by --strict")
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {source}: {out_of_domain_message(verdict)}", file=sys.stderr)
+    return verdict
+
+
+def contrast_record(verdict: ContrastVerdict | None) -> dict:
+    """The sidecar's ``ContrastCheck`` entry (``verdict`` None: skipped by ``--force``)."""
+    if verdict is None:
+        return {"Label": None, "Skipped": "--force"}
+    return {"Label": verdict.label, "Scores": {key: round(value, 4) for key, value in verdict.scores.items()},
+            "Reason": verdict.reason}

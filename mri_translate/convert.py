@@ -20,6 +20,7 @@ import torch
 from monai.transforms import MapTransform
 
 from . import __version__
+from .contrast_check import check_direction, contrast_record, judge_domain, model_checks
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, list_images_2d,
@@ -46,7 +47,8 @@ def _versions() -> dict:
 
 def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
                  reference=None, overwrite: bool = False, series_uid: str | None = None,
-                 cycle: Translator | None = None, dicom: bool = False) -> dict:
+                 cycle: Translator | None = None, dicom: bool = False, force: bool = False, strict: bool = False,
+                 checks: tuple[dict, str] | None = None) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -62,12 +64,16 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             voxel-wise cycle-error map is written beside the output (``*_cycle-error.nii.gz``).
         dicom: write ``output`` as a derived DICOM series folder (see :mod:`mri_translate.dicom`); ``source``
             must be a DICOM series (or single-frame file).
+        force: skip the contrast check (:func:`~mri_translate.contrast_check.check_direction`).
+        strict: with ``cycle``, refuse a translation out of the model's domain instead of warning.
+        checks: ``(thresholds, source)`` of the out-of-domain flag (default: read from the model file).
 
     Returns:
         The sidecar dictionary.
 
     Raises:
-        InputError: bad input, output equal to input, output exists without ``overwrite``, unwritable output.
+        InputError: bad input, output equal to input, output exists without ``overwrite``, unwritable output;
+            ``ContrastMismatchError`` / ``OutOfDomainError`` (see :mod:`mri_translate.contrast_check`).
     """
     start = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -92,10 +98,13 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if reference_volume is not None and reference_volume.shape != volume.shape:
         raise InputError(reference, f"reference shape {tuple(reference_volume.shape[1:])} differs from the "
                                     f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
+    contrast = None if force else check_direction(volume, translator.direction, source)
     canonical, normalized = translator.translate_normalized(volume)
     translated = translator.restore(normalized, volume)
     a, b = CONTRASTS[translator.direction]
     qc, error_map = quality_checks(translator, cycle, canonical, normalized, volume) if cycle else (None, None)
+    if qc is not None:
+        domain = judge_domain(qc, checks or model_checks(translator.model_path, translator.direction), source, strict)
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
@@ -108,7 +117,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
-        **({"QC": qc} if qc is not None else {}),
+        "ContrastCheck": contrast_record(contrast),
+        **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
         "Software": _versions(),
     }
     # Every output goes to a temporary file first; all are renamed only when each was written, the sidecar
@@ -285,7 +295,7 @@ def is_batch_input(source) -> bool:
 
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
-            progress: bool = True, qc: bool = False, **options) -> BatchReport:
+            progress: bool = True, qc: bool = False, strict: bool = False, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -296,18 +306,22 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         device, batch_size, axis: see :class:`~mri_translate.inference.Translator`.
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
-        qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`).
+        qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
+            against the model's out-of-domain thresholds (a warning line when exceeded).
+        strict: like ``qc``, and an out-of-domain translation is refused (exit 2) instead of a warning.
         progress: progress bar for batches.
-        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom`` of :func:`convert_file`
+        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom``, ``force`` of
+            :func:`convert_file`
             (``gif``/``reference`` for single scans only).
 
     Returns:
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis)
-    if qc:
+    if qc or strict:
         reverse = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
         options["cycle"] = Translator.from_run(model, reverse, device, batch_size, axis=axis)
+        options.update(strict=strict, checks=model_checks(translator.model_path, direction))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)
         return BatchReport(done=[Path(output)])

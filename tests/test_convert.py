@@ -489,7 +489,8 @@ def test_bundle_inference_equals_cli(capsys, shared_data, tmp_path, tiny_run):
          "--dataset_dir", str(folder), "--output_dir", str(bundle_out)],
         cwd=tiny_run, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    status, _, stderr = cli(capsys, "convert", folder, cli_out, "--model", tiny_run, "--no-progress")
+    status, _, stderr = cli(capsys, "convert", folder, cli_out, "--model", tiny_run, "--no-progress",
+                            "--force")  # the bundle has no contrast check; a phantom is among the inputs
     assert status == 0, stderr
     names = ["avg152T1_T2w.nii.gz", "thick_sagittal_T2w.nii.gz"]
     assert sorted(p.name for p in bundle_out.glob("*.nii.gz")) == names

@@ -126,7 +126,7 @@ def test_info_json_shows_no_identifiers(phi_series, capsys):
 def test_convert_outputs_hold_no_identifiers(phi_series, tiny_run, tmp_path, capsys, caplog):
     out, gif = tmp_path / "out.nii.gz", tmp_path / "g.gif"
     status = main([str(a) for a in ["convert", phi_series, out, "--model", tiny_run, "--gif", gif,
-                                    "--no-progress"]])
+                                    "--no-progress", "--force"]])  # a phantom: no brain to check
     captured = capsys.readouterr()
     assert status == 0, captured.err
     sidecar = tmp_path / "out.json"
@@ -181,7 +181,7 @@ def test_killed_batch_conversion_is_finished_by_a_rerun(tmp_path, tiny_run, caps
     source, out = tmp_path / "in", tmp_path / "out"
     sources = batch_inputs(source)
     command = [sys.executable, "-m", "mri_translate.cli", "convert", str(source), str(out), "--model", str(tiny_run),
-               "--no-progress", "--batch-size", "2"]
+               "--no-progress", "--batch-size", "2", "--force"]  # phantoms: no brain to check
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = tmp_path / "convert.log"
     with open(log, "wb") as handle:
@@ -201,7 +201,7 @@ def test_killed_batch_conversion_is_finished_by_a_rerun(tmp_path, tiny_run, caps
     stale = tmp_files(out)
     assert not stale, f"the kill landed mid-write and the rerun must clean {stale} (see the test below)"
 
-    status = main([str(a) for a in ["convert", source, out, "--model", tiny_run, "--no-progress"]])
+    status = main([str(a) for a in ["convert", source, out, "--model", tiny_run, "--no-progress", "--force"]])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert captured.out.strip() == (f"{BATCH - len(done_before)} converted, {len(done_before)} skipped "
