@@ -51,7 +51,7 @@ def select(pairs, root, participants=None, sessions=None) -> list[tuple[Path, Pa
 
 def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", participant_labels=None,
                  session_labels=None, model=None, direction: str = "t1-to-t2", device: str = "auto",
-                 batch_size: int = 8, overwrite: bool = False, progress: bool = True):
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True, force: bool = False):
     """Run the BIDS App at one analysis level.
 
     Args:
@@ -63,6 +63,7 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         model, direction, device, batch_size: see :meth:`~mri_translate.inference.Translator.from_run`.
         overwrite: redo finished outputs.
         progress: progress bar.
+        force: skip the contrast check of each input (see :mod:`mri_translate.contrast_check`).
 
     Returns:
         The :class:`~mri_translate.convert.BatchReport` of the participant level, ``None`` for the group level.
@@ -91,4 +92,4 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
     translator = Translator.from_run(model, direction, device, batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_derivative_description(output_dir, direction)
-    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress)
+    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force)

@@ -129,6 +129,22 @@ def test_direction_t2_to_t1(capsys, bids_dataset, tmp_path, tiny_run):
     assert bids_name_is_valid("sub-01/anat/sub-01_desc-synthetic_T1w.nii.gz")
 
 
+def test_contrast_check_applies_and_force_skips_it(capsys, monkeypatch, bids_dataset, tmp_path, tiny_run):
+    from mri_translate import convert as convert_module
+    from mri_translate.contrast_check import ContrastMismatchError
+
+    def refuse(volume, direction, source):
+        raise ContrastMismatchError(source, "looks like a T2w scan")
+
+    monkeypatch.setattr(convert_module, "check_direction", refuse)
+    arguments = (bids_dataset, tmp_path / "out", "participant", "--model", tiny_run, "--device", "cpu", "--no-progress")
+    status, stdout, stderr = bids(capsys, *arguments)
+    assert status == 1 and "0 converted, 0 skipped (already done), 3 failed" in stdout
+    assert stderr.count("looks like a T2w scan") == 3
+    status, stdout, _ = bids(capsys, *arguments, "--force")
+    assert status == 0 and "3 converted" in stdout
+
+
 def test_group_level_does_nothing(capsys, bids_dataset, tmp_path):
     status, stdout, _ = bids(capsys, bids_dataset, tmp_path / "out", "group")
     assert status == 0 and GROUP_LEVEL_NOTE in stdout and not (tmp_path / "out").exists()
