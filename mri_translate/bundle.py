@@ -51,12 +51,7 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     train_config["config"] = config.to_dict()
     train_config["sources"] = sources  # train_bundle trains on these when no dataset_dir is given
     _write_text(configs / "train.json", json.dumps(train_config, indent=2) + "\n")
-    inference = json.loads((TEMPLATE / "configs" / "inference.json").read_text())
-    inference["network_def"]["k"] = k
-    inference["network_def"]["channels"] = list(config.model.channels)
-    inference["network_def"]["res_units"] = config.model.res_units
-    _write_text(configs / "inference.json", json.dumps(inference, indent=2) + "\n")
-    for name in ("logging.conf",):
+    for name in ("inference.json", "logging.conf"):  # inference rebuilds the network from models/model.pt
         _write_text(configs / name, (TEMPLATE / "configs" / name).read_text())
     license_file = TEMPLATE / "docs" / "data_license.txt"
     text = (TEMPLATE / "docs" / "README.md").read_text()
@@ -72,16 +67,27 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
         shutil.copyfile(license_file, run_dir / "docs" / "data_license.txt")
 
 
-def export_model(trainer, run_dir: Path, normalization: dict) -> Path:
-    """Write ``models/model.pt``: both generators' weights, the model configuration, the normalisation
-    ranges (``A``, ``B``) and intensity histograms (``histogram_A``, ``histogram_B``) of both domains and the
-    iteration; plain tensors and numbers only (loads with ``weights_only=True``)."""
+def export_state(normalization: dict) -> dict:
+    """What a model file and a checkpoint carry besides weights and configuration: the normalisation (the
+    percentiles of :class:`~mri_translate.transforms.RobustNormalize` and, per domain, the intensity range
+    ``A``/``B`` outputs are mapped back to and the histogram ``histogram_A``/``histogram_B``)."""
+    from .transforms import RobustNormalize
+
+    defaults = RobustNormalize()
+    return {"normalization": {"lower": defaults.lower, "upper": defaults.upper,
+                              **{k: list(v) for k, v in normalization.items()}}}
+
+
+def export_model(trainer, run_dir: Path) -> Path:
+    """Write ``models/model.pt``: both generators' weights, the configuration, the trainer's
+    :attr:`~mri_translate.engine.CycleGANTrainer.export_state` (:func:`export_state`) and the iteration; plain
+    tensors and numbers only (loads with ``weights_only=True``)."""
     state = {
         "format": MODEL_FORMAT,
         "G_AB": trainer.nets["G_AB"].state_dict(),
         "G_BA": trainer.nets["G_BA"].state_dict(),
         "config": trainer.config.to_dict(),
-        "normalization": {"lower": 0.5, "upper": 99.5, **{k: list(v) for k, v in normalization.items()}},
+        **trainer.export_state,
         "iteration": int(trainer.state.iteration),
         "version": __version__,
     }

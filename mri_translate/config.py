@@ -68,10 +68,21 @@ class DataConfig:
     num_workers: int = 0
 
 
+#: ``train.amp`` values: ``True`` = bf16 where the GPU supports it, else fp16 (CUDA only; full precision on
+#: CPU); ``"bf16"`` / ``"fp16"`` force that dtype on any device; ``False`` = full precision.
+AMP_CHOICES = (True, False, "bf16", "fp16")
+
+
+def is_amp_choice(value) -> bool:
+    """``value`` is one of :data:`AMP_CHOICES` (``1`` and ``0`` are not booleans here)."""
+    return value is True or value is False or value in AMP_CHOICES[2:]
+
+
 @dataclass
 class TrainConfig:
     """Length and bookkeeping of a run: ``iterations`` optimisation steps (``epoch_length`` per epoch),
-    checkpoint and progress-montage intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``."""
+    checkpoint and progress-montage intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``
+    (mixed precision, one of :data:`AMP_CHOICES`)."""
 
     iterations: int = 2000
     epoch_length: int = 100
@@ -79,7 +90,7 @@ class TrainConfig:
     progress_every: int = 100
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = True
 
 
 @dataclass
@@ -123,6 +134,8 @@ class RunConfig:
                                      f"16 = 2 ** 4), got {len(self.model.channels)}")
         if self.train.iterations < 1 or self.train.epoch_length < 1:
             raise InputError(source, "train.iterations and train.epoch_length must be >= 1")
+        if not is_amp_choice(self.train.amp):
+            raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 
 
 def _plain(value):

@@ -34,8 +34,9 @@ FEATURE_SPACING_MM = 2.0
 MIN_VOXELS = 200
 MIN_CONTRAST = 0.3
 T1W_MAX_TAIL = 0.0
-T2W_MIN_TAIL = 0.4
 T1W_MAX_RIM = 0.0
+T2W_MIN_TAIL = 0.6
+T2W_MIN_CONTRAST = 0.6
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def classify_contrast(volume) -> ContrastVerdict:
         The :class:`ContrastVerdict`; its rules, in order: fewer than :data:`MIN_VOXELS` region voxels ->
         ``unknown``; ``contrast`` < :data:`MIN_CONTRAST` -> ``other``; ``tail`` < :data:`T1W_MAX_TAIL` ->
         ``T1w``, unless ``rim`` > :data:`T1W_MAX_RIM` (FLAIR-like) -> ``other``; ``tail`` >
-        :data:`T2W_MIN_TAIL` -> ``T2w``; else ``other``.
+        :data:`T2W_MIN_TAIL` -> ``T2w``, unless ``contrast`` < :data:`T2W_MIN_CONTRAST` (PD-like) -> ``other``;
+        else ``other``.
     """
     import torch
     from monai.data import MetaTensor
@@ -164,6 +166,8 @@ def classify_contrast(volume) -> ContrastVerdict:
             return ContrastVerdict("other", scores, "dark CSF but grey brighter than white matter, like FLAIR")
         return ContrastVerdict("T1w", scores, "dark CSF, bright white matter")
     if scores["tail"] > T2W_MIN_TAIL:
+        if scores["contrast"] < T2W_MIN_CONTRAST:
+            return ContrastVerdict("other", scores, "bright CSF but too little contrast for a T2w, like PD")
         return ContrastVerdict("T2w", scores, "bright CSF, dark white matter")
     return ContrastVerdict("other", scores, "no clear T1w or T2w tissue order")
 
@@ -192,11 +196,11 @@ def check_direction(volume, direction: str, source) -> ContrastVerdict:
     if verdict.label in (expected, "unknown"):
         return verdict
     if verdict.label == "other":
-        raise ContrastMismatchError(source, f"does not look like a {expected}: {verdict.reason} ({shown}); translate it "
-                                            "anyway with --force")
+        raise ContrastMismatchError(source, f"does not look like a {expected}: {verdict.reason} ({shown}); "
+                                            "translate it anyway with --force")
     other = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
-    raise ContrastMismatchError(source, f"looks like a {verdict.label}, not a {expected}: {verdict.reason} ({shown}); use "
-                                        f"--direction {other}, or --force to translate it anyway")
+    raise ContrastMismatchError(source, f"looks like a {verdict.label}, not a {expected}: {verdict.reason} "
+                                        f"({shown}); use --direction {other}, or --force to translate it anyway")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
-from .distributed import average_gradients
+from .config import LossConfig
 
 
 class ImagePool:
@@ -49,7 +49,7 @@ class ImagePool:
 class CycleGANLoss:
     """Loss terms of the CycleGAN; weights come from a :class:`~mri_translate.config.LossConfig`."""
 
-    def __init__(self, lambda_cycle: float = 10.0, identity: float = 0.5):
+    def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity):
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = identity * lambda_cycle
         # LSGAN: MSE against 1/0 on raw scores; MONAI would otherwise put a LeakyReLU in front.
@@ -137,9 +137,8 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
 
 
 def _backward_step(total: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
-    """Backward, average gradients over torchrun ranks (no-op in one process), optimiser step."""
+    """Backward (under ``DistributedDataParallel`` this also averages the gradients over the ranks), step."""
     (total if scaler is None else scaler.scale(total)).backward()
-    average_gradients([p for group in optimizer.param_groups for p in group["params"]])
     if scaler is None:
         optimizer.step()
     else:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from .distributed import Context
 from .errors import ConstantImageError, InputError
 from .io import list_images_2d, load_volume, voxel_spacing
 from .slabs import through_plane_axis, volume_to_slabs
@@ -142,3 +143,26 @@ class UnpairedSlabDataset(Dataset):
         if self.flip and bool(torch.rand((), generator=rng) < 0.5):
             slab = slab.flip(-2)  # axis X of a RAS axial slice: patient left-right
         return slab.contiguous()
+
+
+def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:
+    """``count`` evenly spaced slabs of each domain, centre-cropped/padded to ``crop``, for the montages."""
+    def pick(slices: Slices) -> torch.Tensor:
+        index = np.linspace(0, len(slices.slabs) - 1, count + 2)[1:-1].round().astype(int)
+        return pad_to(slices.slabs[index], crop, crop)
+    return {"A": pick(a), "B": pick(b)}
+
+
+def make_loader(a: Slices, b: Slices, config, context: Context = Context()) -> DataLoader:
+    """DataLoader of :class:`UnpairedSlabDataset` (settings from a :class:`~mri_translate.config.RunConfig`) with
+    one epoch = ``train.epoch_length`` batches per rank;
+    under torchrun a ``DistributedSampler`` gives each rank its own share of the items."""
+    from torch.utils.data import DistributedSampler
+
+    data = config.data
+    dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
+                                  length=config.train.epoch_length * data.batch_size * context.world)
+    sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
+                                 drop_last=True) if context.active else None
+    return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,
+                      num_workers=data.num_workers, drop_last=True)

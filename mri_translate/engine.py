@@ -1,13 +1,14 @@
-"""The MONAI training workflow: a ``Trainer`` subclass that owns one CycleGAN step, and the handlers that
-hook into its events (learning-rate schedule, checkpoints and resume, console stats, progress bar,
-progress montages and loss curves)."""
+"""The MONAI training workflow: a ``Trainer`` subclass that owns one CycleGAN step, its plan (how long the run
+is, which fixes the learning-rate decay and the prior's fade), and the handlers that hook into its events
+(learning-rate schedule, checkpoints and resume, console stats, progress bar, progress montages and loss
+curves). Training only: inference never imports this module."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,103 +16,139 @@ import torch
 from ignite.engine import Events
 from monai.engines import Trainer
 from monai.handlers import LrScheduleHandler
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import visualize
 from .config import RunConfig
 from .cyclegan import CycleGANLoss, ImagePool, cyclegan_step
-from .data import Slices, UnpairedSlabDataset, pad_to
-from .distributed import Context, broadcast_parameters
-from .errors import InputError, ModelError, TrainingError
+from .errors import ModelError, TrainingError
 from .io import atomic_path
 from .networks import build_networks
+from .runtime import precision_for, read_checkpoint
 
 log = logging.getLogger("mri_translate.train")
 CHECKPOINT = "checkpoint.pt"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is present (this torchrun process's ``LOCAL_RANK`` GPU), else ``cpu``;
-    anything else as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"--device {name}: no CUDA GPU is available here")
-    return device
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """Autocast factory for mixed precision: bf16 where the GPU supports it, else fp16; ``None`` (full
-    precision) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
-        return None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
-
-
-def amp_context(device: torch.device, enabled: bool):
-    """Autocast factory (:func:`autocast_for`) and, for fp16, the grad scaler training needs."""
-    autocast = autocast_for(device, enabled)
-    scaler = torch.amp.GradScaler("cuda") if autocast and not torch.cuda.is_bf16_supported() else None
-    return autocast, scaler
-
-
 def linear_decay(total: int, decay_fraction: float):
-    """LambdaLR factor: 1 for the first ``(1 - decay_fraction) * total`` iterations, then linearly to 0."""
+    """LambdaLR factor of the step count: 1 for the first ``(1 - decay_fraction) * total`` steps, then linearly
+    to 0 at ``total``."""
     start = int(total * (1 - decay_fraction))
 
-    def factor(iteration: int) -> float:
-        return 1.0 if iteration < start else max(0.0, 1 - (iteration - start) / max(1, total - start))
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, total - start))
     return factor
+
+
+def prior_fade(total: int, fraction: float):
+    """Prior weight factor of the 1-based iteration: 1 at the first, linearly to 0 at ``fraction * total``."""
+    end = fraction * total
+
+    def factor(iteration: int) -> float:
+        return max(0.0, 1 - (iteration - 1) / end) if end > 0 else 0.0
+    return factor
+
+
+@dataclass
+class Plan:
+    """How long a run is planned to be, which fixes its schedules (learning-rate decay, prior fade).
+
+    Extending (or shortening) a run on resume (``--resume --iterations N``) re-plans each schedule so that it
+    continues from its value at the resumed iteration ``anchor`` and ends where it would end in a run planned
+    for ``N``: ``factor(i) = scale * base_N(i) / base_N(anchor)``, ``scale`` being the old schedule's value at
+    ``anchor``. The learning rate never jumps back up and a faded prior stays faded. Saved in every checkpoint.
+    """
+
+    iterations: int
+    anchor: int = 0
+    lr_scale: float = 1.0
+    prior_scale: float = 1.0
+
+    def lr_factor(self, decay_fraction: float):
+        """LambdaLR factor of the scheduler's step count (= iterations done)."""
+        return _continued(linear_decay(self.iterations, decay_fraction), self.anchor, self.lr_scale)
+
+    def prior_factor(self, fraction: float):
+        """Prior weight factor of the 1-based iteration."""
+        return _continued(prior_fade(self.iterations, fraction), self.anchor + 1, self.prior_scale)
+
+    def extended(self, iterations: int, done: int, decay_fraction: float, prior_fraction: float) -> Plan:
+        """The plan for ``iterations`` in all, continuing both schedules after ``done`` iterations."""
+        return Plan(iterations, done, self.lr_factor(decay_fraction)(done),
+                    self.prior_factor(prior_fraction)(done + 1))
+
+
+def _continued(base, anchor: int, scale: float):
+    """``base`` rescaled to equal ``scale`` at ``anchor`` (``base`` itself for a fresh plan)."""
+    if anchor == 0:
+        return base
+    reference = base(anchor)
+    return lambda i: scale * base(i) / reference if reference > 0 else 0.0
 
 
 class CycleGANTrainer(Trainer):
     """MONAI trainer running one CycleGAN step per iteration.
 
     ``engine.state.output`` holds the float loss terms of :func:`~mri_translate.cyclegan.cyclegan_step`;
-    ``engine.state.history`` accumulates them for the loss plot. Checkpoints, montages and logging attach
-    to events from outside (see :func:`attach_handlers`).
+    ``engine.state.history`` accumulates them for the loss plot. Under torchrun the four networks run wrapped
+    in ``DistributedDataParallel`` (gradients averaged over the ranks during backward); ``nets`` always holds
+    the plain modules, which are what checkpoints store. Checkpoints, montages and logging attach to events
+    from outside (see :func:`attach_handlers`).
+
+    Args:
+        config: the run's configuration; ``config.train.iterations`` is the plan of a new run.
+        loader: batches ``{"A": (B, k, H, W), "B": (B, k, H, W)}`` in [-1, 1].
+        device: where the networks live.
+        nets: the four networks (default: built from ``config.model``).
+        rank: this process's rank (seeds its image pools).
+        priors: contrast priors ``{"AB", "BA"}`` (:mod:`~mri_translate.contrast_prior`) or ``None``.
+        distributed: wrap the networks in ``DistributedDataParallel`` (the process group must be up).
     """
 
     def __init__(self, config: RunConfig, loader: DataLoader, device: torch.device, nets=None, rank: int = 0,
-                 priors=None):
+                 priors=None, distributed: bool = False):
         self.config = config
         train = config.train
         super().__init__(device=device, max_epochs=math.ceil(train.iterations / train.epoch_length),
                          data_loader=loader, epoch_length=train.epoch_length)
         torch.manual_seed(train.seed)
         self.nets = {name: net.to(device) for name, net in (nets or build_networks(config.model)).items()}
-        broadcast_parameters(self.nets)
+        self.step_nets = self.nets
+        if distributed:  # DDP broadcasts rank 0's weights at construction and averages gradients in backward
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_nets = {name: DistributedDataParallel(net, device_ids=ids) for name, net in self.nets.items()}
         opt = config.optim
         adam = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2))
         self.optimizers = {
             "G": torch.optim.Adam([*self.nets["G_AB"].parameters(), *self.nets["G_BA"].parameters()], **adam),
             "D": torch.optim.Adam([*self.nets["D_A"].parameters(), *self.nets["D_B"].parameters()], **adam),
         }
-        factor = linear_decay(train.iterations, opt.decay_fraction)
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.optimizers.items()}
+        self.plan = Plan(train.iterations)
+        # the lambdas read self.plan at every step, so a plan re-made on resume takes effect
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: self.plan.lr_factor(
+            self.config.optim.decay_fraction)(step)) for k, o in self.optimizers.items()}
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
         self.priors = priors
-        self.autocast, self.scaler = amp_context(device, train.amp)
+        self.precision = precision_for(device, train.amp)
+        # not ``self.scaler``: MONAI's Trainer.run() resets that attribute from its own ``amp`` flag
+        self.grad_scaler = self.precision.grad_scaler()
+        self.export_state: dict = {}  # what model.pt and checkpoints carry besides weights (normalisation)
         self.state.history = {}
 
     def prior_weight(self, iteration: int) -> float:
-        """Weight of the contrast prior at ``iteration`` (1-based): ``loss.prior``, fading linearly to zero at
-        ``loss.prior_fraction`` of the run."""
-        loss, total = self.config.loss, self.config.train.iterations
-        end = loss.prior_fraction * total
-        return loss.prior * max(0.0, 1 - (iteration - 1) / end) if end > 0 else 0.0
+        """Weight of the contrast prior at ``iteration`` (1-based): ``loss.prior`` times the plan's fade."""
+        loss = self.config.loss
+        return loss.prior * self.plan.prior_factor(loss.prior_fraction)(iteration)
 
     def _iteration(self, engine, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a = batchdata["A"].to(engine.state.device, non_blocking=True)
         real_b = batchdata["B"].to(engine.state.device, non_blocking=True)
-        losses = cyclegan_step(self.nets, self.optimizers, real_a, real_b, self.loss, self.pools,
-                               self.autocast, self.scaler, self.priors, self.prior_weight(engine.state.iteration))
+        losses = cyclegan_step(self.step_nets, self.optimizers, real_a, real_b, self.loss, self.pools,
+                               self.precision.autocast, self.grad_scaler, self.priors,
+                               self.prior_weight(engine.state.iteration))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingError(f"loss {', '.join(bad)} is not finite at iteration {engine.state.iteration}; "
@@ -124,49 +161,61 @@ class CycleGANTrainer(Trainer):
         """Everything that is saved and restored: networks, optimisers, schedulers, scaler and trainer state."""
         objects = {**self.nets, **{f"opt_{k}": o for k, o in self.optimizers.items()},
                    **{f"sched_{k}": s for k, s in self.schedulers.items()}, "trainer": self}
-        if self.scaler is not None:
-            objects["scaler"] = self.scaler
+        if self.grad_scaler is not None:
+            objects["scaler"] = self.grad_scaler
         return objects
 
-    def save_checkpoint(self, path: Path, extra: dict) -> None:
-        """Write a resumable checkpoint atomically (temporary file, then rename)."""
+    def save_checkpoint(self, path: Path) -> None:
+        """Write a resumable checkpoint atomically (temporary file, then rename): the objects of
+        :meth:`checkpoint_objects`, the loss history, the configuration, the plan and :attr:`export_state`."""
         state = {name: obj.state_dict() for name, obj in self.checkpoint_objects().items()}
         state["history"] = {k: [list(p) for p in v] for k, v in self.state.history.items()}
-        state.update(extra)
+        state.update(config=self.config.to_dict(), plan=asdict(self.plan), **self.export_state)
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (``weights_only=True``: nothing executes)."""
+        """Restore a checkpoint written by :meth:`save_checkpoint` (``weights_only=True``: nothing executes).
+
+        The model configuration must equal the checkpoint's. When ``train.iterations`` differs from the saved
+        plan, the run is re-planned (see :class:`Plan`) and the change is logged.
+
+        Raises:
+            ModelError: the checkpoint does not fit this model or configuration.
+        """
         state = read_checkpoint(path, self.state.device)
-        saved_k = state.get("config", {}).get("model", {}).get("k")
-        if saved_k != self.config.model.k:
-            raise ModelError(f"{path}: checkpoint has k={saved_k} but the configuration asks for k="
-                             f"{self.config.model.k}")
+        saved = RunConfig.from_dict(state["config"], str(path)).model
+        differ = [key for key, value in asdict(saved).items() if value != getattr(self.config.model, key)]
+        if differ:
+            had = ", ".join(f"model.{key}={getattr(saved, key)!r}" for key in differ)
+            asked = ", ".join(f"model.{key}={getattr(self.config.model, key)!r}" for key in differ)
+            raise ModelError(f"{path}: checkpoint has {had} but the configuration asks for {asked}; "
+                             "a resumed run keeps its model")
+        objects = self.checkpoint_objects()
+        if "scaler" in objects and "scaler" not in state:
+            objects.pop("scaler")  # resumed with fp16 after a run without: a fresh scaler
+            log.info("%s: no grad scaler saved (the run was not fp16); starting a fresh one", path)
         try:
-            for name, obj in self.checkpoint_objects().items():
+            for name, obj in objects.items():
                 obj.load_state_dict(state[name])
         except (KeyError, RuntimeError, ValueError) as err:
             raise ModelError(f"{path}: checkpoint does not fit this model ({type(err).__name__}: "
                              f"{str(err).splitlines()[0]})") from err
         self.state.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
-        train = self.config.train
+        self.plan = Plan(**state["plan"]) if "plan" in state else Plan(state["config"]["train"]["iterations"])
+        train, done = self.config.train, self.state.iteration
+        if train.iterations != self.plan.iterations and done < train.iterations:
+            old = self.plan
+            if old.lr_factor(self.config.optim.decay_fraction)(done) == 0:
+                raise ModelError(f"{path}: this run's learning rate has already decayed to 0 (iteration {done} of "
+                                 f"{old.iterations}), so extending it to {train.iterations} would change nothing; "
+                                 "start a new run planned for the length you want")
+            self.plan = old.extended(train.iterations, done, self.config.optim.decay_fraction,
+                                     self.config.loss.prior_fraction)
+            log.info("re-planned from %d to %d iterations at iteration %d: learning-rate factor %.4g and prior "
+                     "weight factor %.4g continue from here and reach 0 as in a %d-iteration run", old.iterations,
+                     train.iterations, done, self.plan.lr_scale, self.plan.prior_scale, train.iterations)
         self.state.max_epochs = max(self.state.epoch, math.ceil(train.iterations / train.epoch_length))
-
-
-def read_checkpoint(path, device="cpu") -> dict:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, corrupt or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise ModelError(f"{path}: not a loadable mri-translate checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
-    if not isinstance(state, dict) or "G_AB" not in state or "config" not in state:
-        raise ModelError(f"{path}: not an mri-translate checkpoint (no G_AB weights or config inside)")
-    return state
 
 
 def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, torch.Tensor], on_save,
@@ -190,7 +239,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
     montages: list[np.ndarray] = []
 
     def checkpoint(engine):
-        trainer.save_checkpoint(run_dir / CHECKPOINT, {"config": trainer.config.to_dict()})
+        trainer.save_checkpoint(run_dir / CHECKPOINT)
         on_save(engine)
 
     def montage(engine):
@@ -249,25 +298,3 @@ def progress_montage(nets, fixed: dict[str, torch.Tensor], device) -> np.ndarray
             panels = [t[i, centre].float().cpu().numpy() for t in (real, fake, cycled)]
             rows.append([visualize.window(visualize.display_slice(p[..., None], 0)) for p in panels])
     return visualize.montage(rows)
-
-
-def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:
-    """``count`` evenly spaced slabs of each domain, centre-cropped/padded to ``crop``, for the montages."""
-    def pick(slices: Slices) -> torch.Tensor:
-        index = np.linspace(0, len(slices.slabs) - 1, count + 2)[1:-1].round().astype(int)
-        return pad_to(slices.slabs[index], crop, crop)
-    return {"A": pick(a), "B": pick(b)}
-
-
-def make_loader(a: Slices, b: Slices, config: RunConfig, context: Context = Context()) -> DataLoader:
-    """DataLoader of :class:`UnpairedSlabDataset` with one epoch = ``train.epoch_length`` batches per rank;
-    under torchrun a ``DistributedSampler`` gives each rank its own share of the items."""
-    from torch.utils.data import DistributedSampler
-
-    data = config.data
-    dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
-                                  length=config.train.epoch_length * data.batch_size * context.world)
-    sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
-                                 drop_last=True) if context.active else None
-    return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,
-                      num_workers=data.num_workers, drop_last=True)

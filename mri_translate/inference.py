@@ -8,7 +8,6 @@ intensities to the target domain's training range -> original orientation and af
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from .bundle import DIRECTIONS, TEMPLATE
-from .engine import autocast_for, read_checkpoint, resolve_device
+from .config import RunConfig
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
 from .networks import ModifiedUNet
+from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
 from .transforms import RobustNormalize, denormalize, from_canonical, to_canonical
 
@@ -53,6 +53,23 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
+    """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
+    (read with :func:`~mri_translate.runtime.read_checkpoint`).
+
+    Raises:
+        ModelError: the weights do not fit the stored configuration.
+    """
+    model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
+    generator = ModifiedUNet(model.k, model.channels, model.res_units)
+    try:
+        generator.load_state_dict(state[DIRECTIONS[direction]])
+    except RuntimeError as err:
+        raise ModelError(f"{path}: generator weights do not fit its configuration "
+                         f"({str(err).splitlines()[0]})") from err
+    return generator
+
+
 class SlabInferer(Inferer):
     """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
     into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
@@ -63,10 +80,6 @@ class SlabInferer(Inferer):
     def __init__(self, k: int = 3, axis: int | None = None, batch_size: int = 8, amp: bool = True):
         super().__init__()
         self.k, self.axis, self.batch_size, self.amp = k, axis, batch_size, amp
-
-    def _autocast(self, device: torch.device):
-        autocast = autocast_for(device, self.amp)
-        return autocast() if autocast else contextlib.nullcontext()
 
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
@@ -81,7 +94,7 @@ class SlabInferer(Inferer):
             predictions = torch.empty(slabs.shape, dtype=torch.float32)
             for start in range(0, len(slabs), self.batch_size):
                 batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
-                with self._autocast(device):
+                with precision_for(device, self.amp).autocast():
                     predictions[start: start + len(batch)] = network(batch).float().cpu()
             outputs.append(slabs_to_volume(predictions, layout)[None].to(inputs.device))
         result = torch.stack(outputs)
@@ -133,18 +146,15 @@ class Translator:
             raise ModelError(f"unknown direction '{direction}' (expected {' or '.join(DIRECTIONS)})")
         path = resolve_model_path(model)
         state = read_checkpoint(path)
-        config = state["config"].get("model", {})
-        k = int(config.get("k", 3))
-        generator = ModifiedUNet(k, tuple(config.get("channels", (32, 64, 128, 256))), int(config.get("res_units", 2)))
-        try:
-            generator.load_state_dict(state[DIRECTIONS[direction]])
-        except RuntimeError as err:
-            raise ModelError(f"{path}: generator weights do not fit its configuration "
-                             f"({str(err).splitlines()[0]})") from err
+        generator = load_generator(state, direction, path)
         target = "B" if direction == "t1-to-t2" else "A"
-        normalization = state.get("normalization", {})
-        translator = cls(generator, k, normalization.get(target, (0.0, 1.0)), resolve_device(device), batch_size,
+        normalization = state.get("normalization")
+        if normalization is None or target not in normalization:
+            raise ModelError(f"{path}: holds no intensity normalisation (a checkpoint of an older version?); "
+                             "use the run's models/model.pt")
+        translator = cls(generator, generator.k, normalization[target], resolve_device(device), batch_size,
                          amp, direction, path, axis)
+        translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
         translator.target_histogram = normalization.get(f"histogram_{target}")
         return translator
 

@@ -14,10 +14,11 @@ from ignite.engine import Events
 from . import bundle, distributed
 from .config import RunConfig, load_config, merge_overrides
 from .contrast_prior import ContrastPrior
-from .data import load_slices
-from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers, fixed_slabs, make_loader, read_checkpoint
+from .data import fixed_slabs, load_slices, make_loader
+from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
 from .errors import InputError
 from .io import remove_stale_temporaries
+from .runtime import read_checkpoint
 
 log = logging.getLogger("mri_translate.train")
 RUN_OUTPUTS = ("configs", "models", "docs", "tensorboard", CHECKPOINT, "progress.gif", "progress.png",
@@ -95,21 +96,22 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if config.loss.prior > 0:
         priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs),
                   "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs)}
-    trainer = CycleGANTrainer(config, loader, device, rank=context.rank, priors=priors)
+    trainer = CycleGANTrainer(config, loader, device, rank=context.rank, priors=priors, distributed=context.active)
     trainer.run_dir = out
     if resume:
         trainer.load_checkpoint(out / CHECKPOINT)
         log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
     normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range(),
                      "histogram_A": domain_a.intensity_histogram(), "histogram_B": domain_b.intensity_histogram()}
+    trainer.export_state = bundle.export_state(normalization)
     if context.main:
         bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))
     attach_handlers(trainer, out, fixed_slabs(domain_a, domain_b, crop=config.data.crop),
-                    on_save=lambda e: bundle.export_model(trainer, out, normalization),
+                    on_save=lambda e: bundle.export_model(trainer, out),
                     progress_bar=progress_bar and context.main, main=context.main)
     log.info("training %d iterations on %s (AMP: %s, %d process(es))", config.train.iterations, device,
-             "on" if trainer.autocast else "off", context.world)
+             trainer.precision.describe(), context.world)
     try:
         if trainer.state.iteration < config.train.iterations:
             trainer.run()

@@ -30,8 +30,8 @@ def bench_train(channels, res_units, size, iterations, device, amp) -> dict:
 
     from mri_translate.config import RunConfig
     from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step
-    from mri_translate.engine import amp_context
     from mri_translate.networks import build_networks
+    from mri_translate.runtime import precision_for
 
     config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units}})
     torch.manual_seed(0)
@@ -39,7 +39,8 @@ def bench_train(channels, res_units, size, iterations, device, amp) -> dict:
     adam = dict(lr=2e-4, betas=(0.5, 0.999))
     optimizers = {"G": torch.optim.Adam([*nets["G_AB"].parameters(), *nets["G_BA"].parameters()], **adam),
                   "D": torch.optim.Adam([*nets["D_A"].parameters(), *nets["D_B"].parameters()], **adam)}
-    autocast, scaler = amp_context(torch.device(device), amp)
+    precision = precision_for(torch.device(device), amp)
+    autocast, scaler = precision.autocast, precision.grad_scaler()
     pools = {"A": ImagePool(), "B": ImagePool()}
     a = torch.rand(1, 3, size, size, device=device) * 2 - 1
     b = torch.rand(1, 3, size, size, device=device) * 2 - 1

@@ -120,8 +120,8 @@ TINY_NORMALIZATION = {"lower": 0.5, "upper": 99.5, "A": [0.0, 100.0], "B": [0.0,
 def tiny_run(tmp_path_factory) -> Path:
     """A run directory (a MONAI bundle) with an untrained, seeded tiny model: ``models/model.pt`` (k 3,
     channels (8, 16), one residual unit; G_AB and G_BA differ) and ``configs/inference.json`` +
-    ``metadata.json`` from the bundle template with ``network_def`` fitted to it. Treat it as read-only."""
-    import json
+    ``metadata.json`` from the bundle template (inference rebuilds the network from model.pt). Treat it as
+    read-only."""
     import shutil
 
     import torch
@@ -133,16 +133,15 @@ def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("tiny_run")
     config = RunConfig.from_dict({"model": {"k": 3, "channels": [8, 16], "res_units": 1}})
     torch.manual_seed(0)
-    g_ab, g_ba = ModifiedUNet(3, (8, 16), 1), ModifiedUNet(3, (8, 16), 1)
+    model = config.model
+    g_ab, g_ba = (ModifiedUNet(model.k, model.channels, model.res_units) for _ in range(2))
     (run / "models").mkdir()
     torch.save({"format": "mri-translate-generators/1", "G_AB": g_ab.state_dict(), "G_BA": g_ba.state_dict(),
                 "config": config.to_dict(), "normalization": TINY_NORMALIZATION, "iteration": 0,
                 "version": "0.1.0"}, run / "models" / "model.pt")
     (run / "configs").mkdir()
-    inference = json.loads((TEMPLATE / "configs" / "inference.json").read_text())
-    inference["network_def"].update({"k": 3, "channels": [8, 16], "res_units": 1})
-    (run / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
-    shutil.copyfile(TEMPLATE / "configs" / "metadata.json", run / "configs" / "metadata.json")
+    for name in ("inference.json", "metadata.json"):
+        shutil.copyfile(TEMPLATE / "configs" / name, run / "configs" / name)
     return run
 
 

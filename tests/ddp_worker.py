@@ -21,9 +21,9 @@ saves = []
 original_save = engine.CycleGANTrainer.save_checkpoint
 
 
-def counting_save(self, path, extra):
+def counting_save(self, path):
     saves.append(str(path))
-    original_save(self, path, extra)
+    original_save(self, path)
 
 
 engine.CycleGANTrainer.save_checkpoint = counting_save

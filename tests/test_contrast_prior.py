@@ -7,7 +7,7 @@ import torch
 from mri_translate.config import RunConfig
 from mri_translate.contrast_prior import FOREGROUND, ContrastPrior, foreground_quantiles
 from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step
-from mri_translate.engine import CycleGANTrainer
+from mri_translate.engine import CycleGANTrainer, Plan
 
 from test_cyclegan import batches, tiny_setup
 
@@ -70,7 +70,7 @@ def test_prior_term_enters_the_generator_loss():
 def test_prior_weight_fades_to_zero_over_its_fraction_of_the_run():
     config = RunConfig.from_dict({"loss": {"prior": 10.0, "prior_fraction": 0.25}, "train": {"iterations": 100}})
     trainer = CycleGANTrainer.__new__(CycleGANTrainer)
-    trainer.config = config
+    trainer.config, trainer.plan = config, Plan(config.train.iterations)
     assert trainer.prior_weight(1) == pytest.approx(10.0)
     assert trainer.prior_weight(13.5) == pytest.approx(5.0)
     assert trainer.prior_weight(26) == 0.0 and trainer.prior_weight(100) == 0.0

@@ -39,13 +39,13 @@ def test_step_returns_all_losses_and_updates_all_four_networks():
     before = {name: copy.deepcopy(net.state_dict()) for name, net in nets.items()}
     real_a, real_b = batches()
     pools = {"A": ImagePool(50), "B": ImagePool(50)}
-    losses = cyclegan_step(nets, optimizers, real_a, real_b, CycleGANLoss(), pools)
+    losses = cyclegan_step(nets, optimizers, real_a, real_b, CycleGANLoss(identity=0.5), pools)
     assert set(losses) == LOSS_KEYS
     assert all(isinstance(v, float) and math.isfinite(v) for v in losses.values())
     assert all(v >= 0 for v in losses.values())
     parts = ("G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
     assert losses["G"] == pytest.approx(sum(losses[p] for p in parts), rel=1e-5)
-    assert losses["idt_A"] > 0 and losses["idt_B"] > 0  # identity 0.5 by default
+    assert losses["idt_A"] > 0 and losses["idt_B"] > 0
     assert losses["prior_A"] == losses["prior_B"] == 0.0  # no contrast prior given
     for name, net in nets.items():
         changed = any(not torch.equal(before[name][key], value) for key, value in net.state_dict().items())
@@ -69,6 +69,15 @@ def test_identity_zero_switches_the_identity_terms_off():
 def test_cycle_and_identity_weights():
     loss = CycleGANLoss(lambda_cycle=4.0, identity=0.25)
     assert loss.lambda_cycle == 4.0 and loss.lambda_identity == pytest.approx(1.0)
+
+
+def test_loss_defaults_are_the_configuration_defaults():
+    """One home for the loss weights: CycleGANLoss() weighs as LossConfig() says."""
+    from mri_translate.config import LossConfig
+
+    config, loss = LossConfig(), CycleGANLoss()
+    assert loss.lambda_cycle == config.lambda_cycle
+    assert loss.lambda_identity == pytest.approx(config.identity * config.lambda_cycle)
 
 
 def test_lsgan_generator_and_discriminator_values():

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) train together through torchrun: same weights, different data, one writer."""
+"""Two CPU processes (gloo) train together through torchrun: DistributedDataParallel gives the weights of one
+process over the same global batch; same weights on every rank, different data, one writer."""
 
 import json
 import os
@@ -13,9 +14,11 @@ from mri_translate.synthetic import write_dataset
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("ddp_worker.py")
+STEP_WORKER = Path(__file__).with_name("ddp_step_worker.py")
 PRESET = """
 model: {k: 3, channels: [8, 16], res_units: 1, disc_channels: 8, disc_layers: 2}
 data: {crop: 32}
+optim: {decay_fraction: 0.0}
 train: {iterations: 4, epoch_length: 2, checkpoint_every: 2, progress_every: 2, seed: 3}
 """
 
@@ -41,6 +44,29 @@ def ddp_run(tmp_path_factory):
 
 def load(record, rank):
     return torch.load(record / f"rank{rank}.pt", weights_only=True)
+
+
+def test_two_processes_reach_the_weights_of_one_process_over_the_same_global_batch(tmp_path):
+    """Each rank steps on its half of every global batch of 4 with the networks wrapped in DDP (ranks start from
+    different seeds: DDP must broadcast rank 0's); one process steps on the whole batches."""
+    sys.path.insert(0, str(STEP_WORKER.parent))
+    try:
+        from ddp_step_worker import global_batches, setup
+    finally:
+        sys.path.pop(0)
+    from mri_translate.cyclegan import cyclegan_step
+
+    torchrun(STEP_WORKER, tmp_path / "ddp.pt", 3)
+    distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    nets, optimizers, loss, pools = setup(seed=0)
+    start = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in nets.items()}
+    for a, b in global_batches(3):
+        cyclegan_step(nets, optimizers, a, b, loss, pools)
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(distributed[name][key], value, rtol=0, atol=1e-6, msg=f"{name}.{key}")
+        moved = max(float((value - start[name][key]).abs().max()) for key, value in net.state_dict().items())
+        assert moved > 1e-3, f"{name} did not train"
 
 
 def test_ranks_hold_identical_weights(ddp_run):

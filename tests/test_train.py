@@ -2,6 +2,7 @@
 reproducibility, resume (also after SIGKILL), refusal to mix runs, unusable checkpoints, NaN losses, and a
 short run on synthetic data that must learn something."""
 
+import json
 import os
 import shlex
 import signal
@@ -96,8 +97,8 @@ def test_seeded_cpu_runs_are_reproducible(sources, tiny_config, tmp_path):
     assert any(not torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
 
 
-def test_resume_continues_to_the_new_budget(sources, tiny_config, tmp_path):
-    config = tiny_config()
+def test_resume_extends_a_run_whose_learning_rate_has_not_decayed(sources, tiny_config, tmp_path):
+    config = tiny_config(optim={"decay_fraction": 0.0})
     out = run(sources, tmp_path / "run", config, overrides={"train": {"iterations": 4}})
     assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
     run(sources, out, config, resume=True)  # iterations 8
@@ -107,34 +108,123 @@ def test_resume_continues_to_the_new_budget(sources, tiny_config, tmp_path):
     assert [p[0] for p in state["history"]["G"]] == list(range(1, 9))
     for name in ("opt_G", "opt_D"):
         assert {float(s["step"]) for s in state[name]["state"].values()} == {8.0}
+    assert state["plan"]["iterations"] == 8 and state["config"]["train"]["iterations"] == 8
     assert load(out / "models" / "model.pt")["iteration"] == 8
     assert len(iio.imread(out / "progress.gif", index=None)) >= 1
 
 
-def test_resume_matches_an_uninterrupted_run(sources, tiny_config, tmp_path):
-    """Constant learning rate (decay_fraction 0), no contrast prior (its weight, like the learning rate, fades
-    over the planned run) and a pool that never fills: 4 + 4 resumed iterations give exactly the weights of 8
-    uninterrupted ones (same samples per epoch, optimiser moments restored)."""
-    config = tiny_config(optim={"decay_fraction": 0.0}, loss={"prior": 0.0})
+class StopAt:
+    """Interrupt a run (like Ctrl-C) when it is about to start iteration ``at``."""
+
+    def __init__(self, monkeypatch, at: int):
+        from mri_translate import engine
+
+        real = engine.CycleGANTrainer._iteration
+
+        def iteration(trainer, engine_, batch):
+            if engine_.state.iteration == at:
+                raise KeyboardInterrupt
+            return real(trainer, engine_, batch)
+
+        monkeypatch.setattr(engine.CycleGANTrainer, "_iteration", iteration)
+        self.undo = monkeypatch.undo
+
+
+def test_resume_matches_an_uninterrupted_run_with_decay_and_prior(sources, tiny_config, tmp_path, monkeypatch):
+    """With the learning-rate decay AND the fading contrast prior on: a run of 8 planned iterations interrupted
+    after its checkpoint at 4 and resumed gives exactly the weights, learning rates and loss history of 8
+    uninterrupted ones (the plan is saved in the checkpoint; a pool that never fills)."""
+    config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0, "prior_fraction": 1.0})
     straight = run(sources, tmp_path / "straight", config)
-    split = run(sources, tmp_path / "split", config, overrides={"train": {"iterations": 4}})
-    run(sources, split, config, resume=True)
+    StopAt(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "split", config)
+    monkeypatch.undo()
+    split = tmp_path / "split"
+    assert load(split / "checkpoint.pt")["trainer"]["iteration"] == 4
+    run(sources, split, None, resume=True)  # the configuration, and so the plan, from the checkpoint
     a, b = load(straight / "checkpoint.pt"), load(split / "checkpoint.pt")
     for name in ("G_AB", "G_BA", "D_A", "D_B"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
-    assert a["history"]["G"] == b["history"]["G"]
+    assert a["history"] == b["history"]
+    assert a["opt_G"]["param_groups"][0]["lr"] == b["opt_G"]["param_groups"][0]["lr"]
+    prior = [value for _, value in b["history"]["prior_A"]]
+    assert prior[4] > 0 and prior[-1] > 0  # the prior was on across the resume
 
 
-def test_resume_with_a_different_k_is_refused(sources, tiny_config, tmp_path):
+def test_extending_a_run_continues_its_schedules_instead_of_restarting_them(sources, tiny_config, tmp_path,
+                                                                            monkeypatch):
+    """Planned for 8, interrupted at 4, resumed with 16: the learning rate and the prior weight continue from
+    their values at iteration 4 (no jump back up) and reach 0 at 16, as the stated rule (engine.Plan) says."""
+    from mri_translate.engine import Plan
+
+    config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0})
+    StopAt(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "run", config)
+    monkeypatch.undo()
+    lrs, weights = [], []
+    from mri_translate import engine
+
+    real = engine.CycleGANTrainer._iteration
+
+    def record(trainer, engine_, batch):
+        lrs.append(trainer.optimizers["G"].param_groups[0]["lr"])
+        weights.append(trainer.prior_weight(engine_.state.iteration))
+        return real(trainer, engine_, batch)
+
+    monkeypatch.setattr(engine.CycleGANTrainer, "_iteration", record)
+    run(sources, tmp_path / "run", config, overrides={"train": {"iterations": 16}}, resume=True)
+    old, lr = Plan(8), 2e-4  # optim.lr's default
+    assert len(lrs) == 12
+    assert lrs[0] == pytest.approx(lr * old.lr_factor(0.75)(4))             # where the 8-iteration plan was
+    assert weights[0] == pytest.approx(5.0 * old.prior_factor(1.0)(5))      # ... and its prior
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0         # never back up
+    assert all(b < a for a, b in zip(weights, weights[1:])) and weights[-1] > 0
+    state = load(tmp_path / "run" / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 16 and state["plan"]["iterations"] == 16
+    assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed at the new end
+
+
+def test_extending_a_run_whose_learning_rate_reached_zero_is_refused(sources, tiny_config, tmp_path, capsys):
     config = tiny_config(train={"iterations": 4})
     out = run(sources, tmp_path / "run", config)
+    t1, t2 = (str(p[0]) for p in sources)
+    code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--resume", "--iterations", "8",
+                     "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "checkpoint.pt" in err[0] and "decayed to 0" in err[0] and "iteration 4 of 4" in err[0]
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
+
+
+@pytest.mark.parametrize("override, field", [({"k": 5}, "k"), ({"channels": [8, 24]}, "channels"),
+                                             ({"res_units": 2}, "res_units"), ({"disc_channels": 16}, "disc_channels")])
+def test_resume_with_a_different_model_is_refused(override, field, sources, tiny_config, tmp_path):
+    config = tiny_config(train={"iterations": 4}, optim={"decay_fraction": 0.0})
+    out = run(sources, tmp_path / "run", config)
     with pytest.raises(ModelError) as info:
-        run(sources, out, config, overrides={"model": {"k": 5}}, resume=True)
+        run(sources, out, config, overrides={"model": override, "train": {"iterations": 6}}, resume=True)
     message = str(info.value)
-    assert "k=3" in message and "k=5" in message and "checkpoint.pt" in message
+    assert f"model.{field}=" in message and "checkpoint.pt" in message and "keeps its model" in message
+    assert str(list(override.values())[0]).replace("[", "(").replace("]", ")") in message
     # nothing of the refused run was written
     assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
-    assert '"k": 3' in (out / "configs" / "inference.json").read_text()
+    assert json.loads((out / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"][
+        "num_channels"] == 3
+
+
+def test_fp16_training_keeps_its_grad_scaler_through_checkpoint_and_resume(sources, tiny_config, tmp_path):
+    """fp16 autocast (forced on the CPU here; on a GPU without bf16 ``amp: true`` picks it) trains with a
+    GradScaler, whose state is checkpointed and restored on resume."""
+    config = tiny_config(train={"iterations": 4, "amp": "fp16"}, optim={"decay_fraction": 0.0})
+    out = run(sources, tmp_path / "run", config)
+    saved = load(out / "checkpoint.pt")["scaler"]
+    assert 0 < saved["scale"] < 65536.0  # the default initial scale, lowered after fp16 overflows: it was used
+    resumed = train(*sources, out, config=None, resume=True, progress_bar=False)  # nothing left to train
+    assert resumed.precision.dtype == torch.float16 and resumed.grad_scaler.state_dict() == saved
+    train(*sources, out, config=None, overrides={"train": {"iterations": 6}}, resume=True, progress_bar=False)
+    assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 6 and "scaler" in load(out / "checkpoint.pt")
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(sources, tiny_config, tmp_path):
@@ -174,7 +264,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(sources, tiny_config, tmp_p
 
 
 def test_resume_removes_temporaries_left_by_a_killed_run(sources, tiny_config, tmp_path):
-    config = tiny_config(train={"iterations": 4})
+    config = tiny_config(train={"iterations": 4}, optim={"decay_fraction": 0.0})
     out = run(sources, tmp_path / "run", config)
     stale = [out / ".checkpoint.pt.tmp-4194300.pt", out / "models" / ".model.pt.tmp-4194300.pt"]
     for path in stale:
@@ -370,3 +460,23 @@ def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
     r_output = pearson(output, t2_image.get_fdata(), mask)
     assert r_input < -0.3  # the synthetic contrasts are inverted
     assert r_output > 0.1, (r_output, r_input)
+
+
+def test_a_checkpoint_translates_like_the_exported_model(sources, tiny_config, tmp_path):
+    """checkpoint.pt carries the normalisation too: Translator.from_run gives the same intensities from it as
+    from models/model.pt; a checkpoint without one is refused instead of mapping outputs to (0, 1)."""
+    from mri_translate.inference import Translator
+
+    out = run(sources, tmp_path / "run", tiny_config(train={"iterations": 4}))
+    volume = sources[0][0]
+    for direction in ("t1-to-t2", "t2-to-t1"):
+        exported = Translator.from_run(out / "models" / "model.pt", direction, device="cpu")(volume)
+        checkpointed = Translator.from_run(out / "checkpoint.pt", direction, device="cpu")(volume)
+        torch.testing.assert_close(checkpointed.as_tensor(), exported.as_tensor(), rtol=0, atol=0)
+    ranges = load(out / "models" / "model.pt")["normalization"]
+    assert ranges["A"] != ranges["B"] and tuple(ranges["B"]) != (0.0, 1.0)  # so a lost range would show
+    state = load(out / "checkpoint.pt")
+    del state["normalization"]
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(ModelError, match="old.pt: holds no intensity normalisation"):
+        Translator.from_run(tmp_path / "old.pt", device="cpu")

@@ -1,0 +1,94 @@
+"""What training and inference share at run time: the device, the mixed-precision policy and reading
+checkpoints. Imports nothing of the package but its configuration and errors, so the engine and inference
+can both depend on it without a cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import is_amp_choice
+from .errors import InputError, ModelError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is present (this torchrun process's ``LOCAL_RANK`` GPU), else ``cpu``;
+    anything else as given.
+
+    Raises:
+        ModelError: a CUDA device was asked for and there is none.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: no CUDA GPU is available here")
+    return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A mixed-precision policy: autocast to ``dtype`` on ``device_type`` (``dtype`` None = full precision).
+
+    fp16 needs a gradient scaler in training (:meth:`grad_scaler`); bf16 and full precision do not.
+    """
+
+    device_type: str
+    dtype: torch.dtype | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self):
+        """A fresh context manager: ``torch.autocast`` for this policy, or a no-op."""
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.enabled else contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A new ``GradScaler`` for fp16, ``None`` otherwise."""
+        return torch.amp.GradScaler(self.device_type) if self.dtype == torch.float16 else None
+
+    def describe(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def precision_for(device: torch.device, amp: bool | str = True) -> Precision:
+    """The mixed-precision policy for ``device`` and a ``train.amp`` value (see
+    :data:`~mri_translate.config.AMP_CHOICES`).
+
+    Raises:
+        ModelError: an unknown ``amp`` value.
+    """
+    if not is_amp_choice(amp):
+        raise ModelError(f"amp must be one of true, false, bf16, fp16; got {amp!r}")
+    if amp is False or (amp is True and device.type != "cuda"):
+        return Precision(device.type)
+    if amp is True:
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, corrupt or foreign files.
+
+    Raises:
+        InputError: no such file. ModelError: not a loadable mri-translate checkpoint or model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise ModelError(f"{path}: not a loadable mri-translate checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if not isinstance(state, dict) or "G_AB" not in state or "config" not in state:
+        raise ModelError(f"{path}: not an mri-translate checkpoint (no G_AB weights or config inside)")
+    return state

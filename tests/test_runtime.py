@@ -1,0 +1,67 @@
+"""Tests of mri_translate.runtime (device, mixed-precision policy) and of the layering it makes possible:
+the maths and inference import no training infrastructure."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mri_translate.config import RunConfig
+from mri_translate.errors import InputError, ModelError
+from mri_translate.runtime import precision_for
+
+
+def test_amp_is_off_on_the_cpu_unless_a_dtype_is_forced():
+    assert not precision_for(torch.device("cpu"), True).enabled
+    assert not precision_for(torch.device("cpu"), False).enabled
+    forced = precision_for(torch.device("cpu"), "fp16")
+    assert forced.dtype == torch.float16 and isinstance(forced.grad_scaler(), torch.amp.GradScaler)
+    assert precision_for(torch.device("cpu"), "bf16").grad_scaler() is None
+
+
+@pytest.mark.parametrize("bf16, dtype, scaled", [(True, torch.bfloat16, False), (False, torch.float16, True)])
+def test_a_gpu_without_bf16_gets_fp16_and_a_grad_scaler(bf16, dtype, scaled, monkeypatch):
+    """T4 / V100: ``amp: true`` falls back to fp16, which needs a GradScaler (bf16 does not)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    precision = precision_for(torch.device("cuda", 0), True)
+    assert precision.dtype == dtype and precision.device_type == "cuda"
+    assert (precision.grad_scaler() is not None) == scaled
+
+
+def test_autocast_runs_in_the_chosen_dtype():
+    with precision_for(torch.device("cpu"), "bf16").autocast():
+        y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert y.dtype == torch.bfloat16
+    with precision_for(torch.device("cpu"), False).autocast():
+        assert torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", ["fp32", 1, "yes"])
+def test_unknown_amp_values_are_refused(value):
+    with pytest.raises(ModelError, match="amp must be"):
+        precision_for(torch.device("cpu"), value)
+    with pytest.raises(InputError, match="train.amp"):
+        RunConfig.from_dict({"train": {"amp": value}})
+
+
+def loaded_modules(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+def test_inference_imports_no_training_code():
+    modules = loaded_modules("import mri_translate.inference")
+    # (``import monai`` itself loads ignite and matplotlib when installed: no sign of our layering)
+    for training in ("mri_translate.engine", "mri_translate.train", "mri_translate.data",
+                     "mri_translate.visualize", "mri_translate.distributed"):
+        assert training not in modules, f"import mri_translate.inference loads {training}"
+
+
+def test_the_cyclegan_maths_imports_no_infrastructure():
+    modules = loaded_modules("import mri_translate.cyclegan")
+    for infrastructure in ("mri_translate.distributed", "mri_translate.engine", "mri_translate.io",
+                           "mri_translate.runtime", "mri_translate.data"):
+        assert infrastructure not in modules, f"import mri_translate.cyclegan loads {infrastructure}"
