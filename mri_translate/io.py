@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -81,8 +82,10 @@ def _check_readable(path: Path) -> None:
             raise InputError(path, "is a broken symbolic link or a symbolic link loop")
         raise InputError(path, "no such file or folder")
     if path.is_file():
-        if not os.access(path, os.R_OK):
-            raise InputError(path, "permission denied (file is not readable)")
+        try:  # opening is the true test (os.access asks for the real user, not this process's rights)
+            path.open("rb").close()
+        except PermissionError as err:
+            raise InputError(path, "permission denied (file is not readable)") from err
         if path.stat().st_size == 0:
             raise InputError(path, "file is empty (0 bytes)")
 
@@ -272,7 +275,12 @@ def atomic_paths(*paths, suffixes=None):
     with contextlib.ExitStack() as stack:
         suffixes = suffixes or [None] * len(paths)
         temporaries = [stack.enter_context(_temporary(Path(p), ext)) for p, ext in zip(paths, suffixes)]
-        yield temporaries
+        try:
+            yield temporaries
+        except OSError as err:  # name the output whose temporary failed (else the first), never the temporary
+            names = [str(t) for t in temporaries]
+            failed = Path(paths[names.index(err.filename) if err.filename in names else 0])
+            raise InputError(_target(failed), f"cannot write ({err.strerror or err})") from err
         done = []
         try:
             for tmp, path in zip(temporaries, map(Path, paths)):
@@ -290,11 +298,18 @@ def _temporary(path: Path, ext: str | None = None):
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}{suffix(path) if ext is None else ext}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
     except OSError as err:
-        raise InputError(path, f"cannot write ({err.strerror or err})") from err
+        raise InputError(_target(path), f"cannot write ({err.strerror or err})") from err
+    try:
+        yield tmp
     finally:
         _remove(tmp)
+
+
+def _target(path: Path) -> Path:
+    """The output a temporary path (``.NAME.tmp-PID[.ext]``, e.g. of a nested atomic write) stands for."""
+    match = re.match(r"\.(.+)\.tmp-\d+", path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def _replace(tmp: Path, path: Path) -> None:

@@ -1,5 +1,7 @@
 """Shared fixtures: the real-MRI folder beside the project (skipped when absent) and a small synthetic NIfTI."""
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,35 @@ def write_zero_sized_nifti(folder) -> Path:
     except Exception as err:  # pragma: no cover - depends on the nibabel version
         pytest.skip(f"nibabel refuses to write a zero-sized dimension: {err}")
     return path
+
+
+@contextlib.contextmanager
+def ordinary_permissions():
+    """File permissions as an ordinary user meets them, also when the tests run as root (as CI does): the
+    calling thread's effective CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are dropped for the duration (Linux
+    capset; they stay permitted, so they are restored after), so a chmod 000 file is unreadable and a 0o500
+    folder unwritable. Files the process owns with ordinary modes stay usable."""
+    if os.geteuid() != 0:
+        yield
+        return
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, saved = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    if libc.capget(ctypes.byref(header), saved) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    reduced = (Data * 2)()
+    ctypes.memmove(reduced, saved, ctypes.sizeof(saved))
+    reduced[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), reduced) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    try:
+        yield
+    finally:
+        libc.capset(ctypes.byref(Header(0x20080522, 0)), saved)

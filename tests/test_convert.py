@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, run_cli, synthetic_volume
+from conftest import (SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, ordinary_permissions, run_cli,
+                      synthetic_volume)
 from mri_translate.convert import (BatchReport, convert, convert_file, output_path, plan_batch, shard,
                                    sidecar_path)
 from mri_translate.errors import InputError
@@ -241,10 +242,9 @@ def test_unwritable_output_folder(capsys, tmp_path, synthetic_nifti, tiny_run):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: a 0o500 folder stays writable")
         out = folder / "x.nii.gz"
-        status, _, stderr = cli(capsys, "convert", synthetic_nifti, out, "--model", tiny_run, "--no-progress")
+        with ordinary_permissions():  # also as root (CI): the 0o500 folder is unwritable
+            status, _, stderr = cli(capsys, "convert", synthetic_nifti, out, "--model", tiny_run, "--no-progress")
         assert status == 2
         assert str(out) in stderr and "cannot write" in stderr and "Traceback" not in stderr
         assert list(folder.iterdir()) == []

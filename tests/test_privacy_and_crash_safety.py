@@ -188,7 +188,9 @@ def test_killed_batch_conversion_is_finished_by_a_rerun(tmp_path, tiny_run, caps
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=PROJECT)
         try:
             deadline = time.monotonic() + 60
-            while not (out.is_dir() and any(out.glob("*.json"))):
+            # a finished file = image AND sidecar under their final names (a glob on "*.json" would also match
+            # the hidden temporary ".x.json.tmp-PID.json" and kill the batch before anything was finished)
+            while not (out.is_dir() and finished(out, sources)):
                 assert proc.poll() is None, f"convert exited early:\n{log.read_text()}"
                 assert time.monotonic() < deadline, f"no finished file after 60 s:\n{log.read_text()}"
                 time.sleep(0.01)

@@ -431,35 +431,32 @@ def pearson(a, b, mask):
 
 
 @pytest.mark.slow
-def test_short_run_on_synthetic_data_learns(tiny_config, tmp_path):
-    """250 iterations (about 20 s on one core) with the contrast prior weighted above the cycle loss: the G
-    loss falls, and the translated held-out T1w correlates POSITIVELY with its true T2w, while the T1w itself
-    is anti-correlated with it (without the prior this run stays at r = -0.49: texture, not contrast)."""
+def test_short_run_on_synthetic_data_learns_without_the_prior(tiny_config, tmp_path):
+    """250 iterations (about 20 s on one core) of the plain CycleGAN (contrast prior OFF, so nothing hands the
+    generators the answer): the cycle loss falls, and the held-out T1w translated by G_AB moves towards the
+    T2w domain: its in-brain intensity histogram lies clearly nearer the true T2w's than the input's does."""
     from mri_translate.inference import Translator
+    from mri_translate.metrics import histogram_distance
     from mri_translate.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "data", n_subjects=3, resolution=3.0)
-    config = tiny_config(model={"channels": [16, 32, 64], "disc_channels": 16}, data={"crop": 64}, loss={"prior": 30.0},
-                         train={"iterations": 250, "epoch_length": 50, "checkpoint_every": 250,
+    config = tiny_config(model={"channels": [16, 32, 64], "disc_channels": 16}, data={"crop": 64}, loss={"prior": 0.0},
+                         train={"iterations": 250, "epoch_length": 50, "checkpoint_every": 50,
                                 "progress_every": 250})
     out = run(([data["t1"][0]], [data["t2"][1]]), tmp_path / "run", config)
+    history = load(out / "checkpoint.pt")["history"]
+    cycle = [a + b for (_, a), (_, b) in zip(history["cycle_A"], history["cycle_B"])]
+    assert len(cycle) == 250 and np.mean(cycle[-50:]) < 0.7 * np.mean(cycle[:50])
+    assert all(value == 0 for _, value in history["prior_A"])
 
-    g = [value for _, value in load(out / "checkpoint.pt")["history"]["G"]]
-    assert len(g) == 250
-    fifth = len(g) // 5
-    assert np.mean(g[-fifth:]) < np.mean(g[:fifth])
-
-    translated = Translator.from_run(out, device="cpu")(data["t1"][2])
-    t1_image, t2_image = nib.load(data["t1"][2]), nib.load(data["t2"][2])
+    t1_path = data["t1"][2]
+    t2 = nib.load(data["t2"][2]).get_fdata()
     mask = np.asarray(nib.load(data["mask"][2]).dataobj) > 0
-    assert translated.shape == (1, *t1_image.shape)
-    np.testing.assert_allclose(np.asarray(translated.affine), t1_image.affine, atol=1e-4)
-    output = translated[0].numpy()
-    assert np.isfinite(output).all()
-    r_input = pearson(t1_image.get_fdata(), t2_image.get_fdata(), mask)
-    r_output = pearson(output, t2_image.get_fdata(), mask)
-    assert r_input < -0.3  # the synthetic contrasts are inverted
-    assert r_output > 0.1, (r_output, r_input)
+    trained = Translator.from_run(out, device="cpu")(t1_path)[0].numpy()
+    assert trained.shape == t2.shape and np.isfinite(trained).all()
+    t1 = nib.load(t1_path).get_fdata()
+    distance = {name: histogram_distance(image, t2, mask, mask) for name, image in (("trained", trained), ("input", t1))}
+    assert distance["trained"] < 0.85 * distance["input"], distance  # measured: 0.21 vs 0.29
 
 
 def test_a_checkpoint_translates_like_the_exported_model(sources, tiny_config, tmp_path):
