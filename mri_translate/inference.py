@@ -23,7 +23,7 @@ from .io import load_volume, voxel_spacing
 from .networks import ModifiedUNet
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
-from .transforms import RobustNormalize, denormalize, from_canonical, to_canonical
+from .transforms import RobustNormalize, denormalize, foreground_mask, from_canonical, to_canonical
 
 DEFAULT_MODEL = TEMPLATE / "models" / "model.pt"
 
@@ -70,11 +70,24 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
     return generator
 
 
+def background_of(volume: torch.Tensor) -> torch.Tensor:
+    """Background voxels of a normalised ``(X, Y, Z)`` volume in [-1, 1]: at the background value (-1, where
+    :class:`~mri_translate.transforms.RobustNormalize` clips everything up to its lower percentile) and not
+    enclosed by the head (holes of the filled foreground mask are kept as tissue, e.g. dark CSF or a
+    resection cavity). A skull-stripped input's zeros are all background."""
+    from scipy import ndimage
+
+    volume = torch.as_tensor(volume).cpu()
+    inside = ndimage.binary_fill_holes(foreground_mask(volume + 1).numpy())
+    return (volume <= -1) & ~torch.from_numpy(inside)
+
+
 class SlabInferer(Inferer):
     """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
     into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
     through the network ``batch_size`` slabs at a time (autocast on GPU when ``amp``), and each slice's k
-    predictions are averaged. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with the
+    predictions are averaged. Where the input is background (:func:`background_of`) the output is exactly -1,
+    the target's background. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with the
     input's meta when the input is one."""
 
     def __init__(self, k: int = 3, axis: int | None = None, batch_size: int = 8, amp: bool = True):
@@ -96,7 +109,9 @@ class SlabInferer(Inferer):
                 batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
                 with precision_for(device, self.amp).autocast():
                     predictions[start: start + len(batch)] = network(batch).float().cpu()
-            outputs.append(slabs_to_volume(predictions, layout)[None].to(inputs.device))
+            translated = slabs_to_volume(predictions, layout)
+            translated[background_of(volume[0])] = -1.0  # background stays background, exactly
+            outputs.append(translated[None].to(inputs.device))
         result = torch.stack(outputs)
         if isinstance(inputs, MetaTensor):  # keep meta and applied operations, so Invertd can undo them
             result = MetaTensor(result)

@@ -354,3 +354,21 @@ def test_resolve_model_path(tmp_path, tiny_run):
     empty.mkdir()
     with pytest.raises(InputError, match="neither"):
         resolve_model_path(empty)
+
+
+def test_background_stays_exactly_background(tiny_run, synthetic_nifti):
+    """A skull-stripped-style input (zero outside the head): every background voxel of the output is exactly
+    the target's background value (the low end of its range), with no haze; inside the head the network's
+    values vary; a dark voxel enclosed by the head is not background."""
+    translator = Translator.from_run(tiny_run, device="cpu")
+    source = nib.load(str(synthetic_nifti)).get_fdata()
+    out = translator(synthetic_nifti)[0].numpy()
+    low = translator.target_range[0]
+    assert np.all(out[source == 0] == np.float32(low))
+    assert np.ptp(out[source > 0]) > 0 and np.mean(out[source > 0] == np.float32(low)) < 0.01
+
+    holed = torch.as_tensor(source, dtype=torch.float32)[None]
+    holed[0, 6, 5, 3] = 0  # a zero in the middle of the head (e.g. a resection cavity): kept as tissue
+    background = inference.background_of(RobustNormalize()(holed)[0])
+    assert not background[6, 5, 3] and bool(background[0, 0, 0])
+    assert int(background.sum()) == int((source == 0).sum())  # all zeros outside the head, not the hole
