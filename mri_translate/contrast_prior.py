@@ -9,61 +9,92 @@ translation. Each generator is pulled towards it by an L1 term whose weight fade
 while the adversarial and cycle losses learn what the map cannot (context, texture).
 
 Only the two domains' marginal intensity distributions are used: no paired data.
+
+The pull is brain-aware: it acts only inside the foreground with a soft edge (:func:`weight_map`: the mask
+eroded, then blurred), so the skull, scalp and the dark rim of the head are left to the adversarial and cycle
+losses, and the loss is continuous in the input (no jump where a voxel crosses the background threshold).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .standardize import piecewise_linear
 from .transforms import strided_sample
 
 #: Normalised intensity above which a voxel is foreground (tissue); the background sits at -1.
 FOREGROUND = -0.8
+#: Blur radius (pixels) of :func:`weight_map`; the erosion is twice as deep. The weight is 0 in the outer
+#: ``EDGE`` pixels of the foreground (6 mm at 1 mm pixels: scalp and skull) and 1 from ``3 * EDGE`` on.
+EDGE = 6
 
 
-def foreground_quantiles(slabs: torch.Tensor, levels: int = 256) -> torch.Tensor:
-    """Quantiles ``(levels,)`` of the foreground values of ``slabs`` ``(N, k, H, W)`` in [-1, 1] (of a strided
+def weight_map(x: torch.Tensor, edge: int = EDGE) -> torch.Tensor:
+    """Soft brain weight of slabs ``x`` ``(B, k, H, W)`` in [-1, 1], per slice: the foreground (> -0.8)
+    eroded by ``2 * edge`` pixels, then box-blurred over ``2 * edge + 1`` pixels.
+
+    Returns:
+        ``(B, k, H, W)`` in [0, 1], no gradient: exactly 0 outside the foreground and in its outer ``edge``
+        pixels (the blur never reaches past the erosion), then rising by at most ``1 / (2 * edge + 1)`` per
+        pixel: continuous, no jump at the edge.
+    """
+    mask = (x.detach() > FOREGROUND).float()
+    eroded = -torch.nn.functional.max_pool2d(-mask, 4 * edge + 1, stride=1, padding=2 * edge)
+    return torch.nn.functional.avg_pool2d(eroded, 2 * edge + 1, stride=1, padding=edge, count_include_pad=True)
+
+
+def foreground_quantiles(slabs: torch.Tensor, levels: int = 256, edge: int = EDGE) -> torch.Tensor:
+    """Quantiles ``(levels,)`` of the brain values of ``slabs`` ``(N, k, H, W)`` in [-1, 1]: voxels whose
+    :func:`weight_map` is above 1/2, or all foreground voxels when heads are too small for that (of a strided
     subsample, :func:`~mri_translate.transforms.strided_sample`)."""
-    values = slabs[slabs > FOREGROUND].float()
+    values = slabs[weight_map(slabs, edge) > 0.5]
+    values = (values if values.numel() else slabs[slabs > FOREGROUND]).float()
     if values.numel() == 0:
         raise ValueError("no foreground voxels to take quantiles of")
     return torch.quantile(strided_sample(values), torch.linspace(0, 1, levels))
 
 
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear ``fp(xp)`` at ``x`` (``xp`` increasing), constant beyond the ends, like ``np.interp``."""
-    index = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
-    x0, x1, f0, f1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
-    weight = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
-    return f0 + weight * (f1 - f0)
-
-
 class ContrastPrior:
-    """Inverted quantile map from a source domain to a target domain, in normalised intensities.
+    """Inverted quantile map from a source domain to a target domain, in normalised intensities, applied inside
+    the brain only.
 
-    A foreground value at source quantile ``u`` goes to the target's quantile ``1 - u`` (the darkest source
-    tissue becomes the brightest target tissue); background (<= :data:`FOREGROUND`) is kept.
+    A brain value at source quantile ``u`` goes to the target's quantile ``1 - u`` (the darkest source tissue
+    becomes the brightest target tissue). The generator is pulled towards it with the L1 :meth:`loss`, weighted
+    by :func:`weight_map` of the input: zero on the background, the skull and scalp rim, continuous everywhere.
 
     Args:
-        source, target: foreground quantiles ``(L,)`` of the two domains (:func:`foreground_quantiles`).
+        source, target: brain quantiles ``(L,)`` of the two domains (:func:`foreground_quantiles`).
+        edge: :func:`weight_map`'s edge in pixels (6 = 6 mm at the 1 mm training spacing).
     """
 
-    def __init__(self, source: torch.Tensor, target: torch.Tensor):
+    def __init__(self, source: torch.Tensor, target: torch.Tensor, edge: int = EDGE):
+        self.edge = edge
         self.source = source.float().cummax(0).values  # ties can make quantiles non-increasing in float
         self.target = target.float().cummax(0).values
         self.levels = torch.linspace(0, 1, len(source))
 
     @classmethod
-    def between(cls, source_slabs: torch.Tensor, target_slabs: torch.Tensor) -> ContrastPrior:
-        """The prior from two domains' slabs ``(N, k, H, W)`` in [-1, 1]."""
-        return cls(foreground_quantiles(source_slabs), foreground_quantiles(target_slabs))
+    def between(cls, source_slabs: torch.Tensor, target_slabs: torch.Tensor, edge: int = EDGE) -> ContrastPrior:
+        """The prior from two domains' slabs ``(N, k, H, W)`` in [-1, 1] (e.g. ``Slices.slabs``, a sample)."""
+        return cls(foreground_quantiles(source_slabs, edge=edge), foreground_quantiles(target_slabs, edge=edge), edge)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(...)`` in [-1, 1]. Returns: the mapped values, same shape and device, no gradient."""
+    def mapped(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverted quantile map of every value of ``x`` (any shape; ends held constant), no gradient."""
         if self.source.device != x.device:  # move the tables once, not every step
             self.source, self.target, self.levels = (t.to(x.device) for t in (self.source, self.target, self.levels))
         flat = x.detach().float().reshape(-1)
-        rank = _interp(flat, self.source, self.levels)
-        mapped = _interp(1 - rank, self.levels, self.target)
-        out = torch.where(flat > FOREGROUND, mapped, flat)
-        return out.reshape(x.shape).to(x.dtype)
+        rank = piecewise_linear(flat, self.source, self.levels, extrapolate=False)
+        return piecewise_linear(1 - rank, self.levels, self.target, extrapolate=False).reshape(x.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The soft target ``x + w * (mapped(x) - x)``, ``w`` = :func:`weight_map` (``x`` itself outside the brain).
+
+        Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: same shape, dtype and device, no gradient.
+        """
+        x = x.detach()
+        return (x.float() + weight_map(x, self.edge) * (self.mapped(x) - x.float())).to(x.dtype)
+
+    def loss(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Brain-weighted L1 pull ``mean(w * |output - mapped(x)|)`` of a generator's ``output`` for input ``x``,
+        both ``(B, k, H, W)``; zero wherever ``w`` is (background, skull and scalp rim)."""
+        return (weight_map(x, self.edge) * (output.float() - self.mapped(x)).abs()).mean()

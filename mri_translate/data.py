@@ -1,9 +1,17 @@
 """Unpaired 2.5D slab datasets: domain A (T1w) and domain B (T2w) drawn independently from any mix of
-volumes, DICOM series and folders of 2D slices."""
+volumes, DICOM series and folders of 2D slices.
+
+Memory stays bounded: each source is loaded once, put in RAS, resampled in-plane to one pixel size
+(``data.spacing``, 1 mm), normalised and stored once as float16 slices ``(N, H, W)`` cropped to its head (no
+padding to other sources' sizes, no k copies). Slabs of k neighbouring slices are cut when an item is drawn,
+from a slice picked in proportion to its foreground area, then randomly cropped, flipped left-right where the
+slice has a left-right axis and augmented (small affine, bias field, gamma) with MONAI random transforms.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +20,98 @@ from torch.utils.data import DataLoader, Dataset
 
 from .distributed import Context
 from .errors import ConstantImageError, InputError
-from .io import list_images_2d, load_volume, voxel_spacing
-from .slabs import through_plane_axis, volume_to_slabs
-from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, to_canonical
+from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
+from .slabs import through_plane_axis
+from .standardize import LandmarkStandardizer, volume_landmarks
+from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, resample_inplane, to_canonical
+
+#: Largest axial cross-section (cm^2) of a skull-stripped brain; whole heads measured 236-298, brains 157-202.
+SKULL_STRIPPED_AREA_CM2 = 220.0
+#: In-plane margin (pixels) kept around a source's foreground when it is stored.
+MARGIN = 8
+#: Slabs in :attr:`Slices.slabs`, the domain's bounded sample for statistics and montages.
+SAMPLE = 64
+
+
+@dataclass
+class SourceVolume:
+    """One source, stored once.
+
+    Attributes:
+        name: file name, for messages.
+        slices: ``(N, H, W)`` float16 in [-1, 1]: the canonical volume's slices along ``axis``, cropped to the
+            head, only those within k // 2 of a kept slice.
+        first: index in the source of ``slices[0]`` (for names).
+        axis: through-plane axis in RAS (0 sagittal, 1 coronal, 2 axial); 1 and 2 have X (left-right) first.
+        kept: ``(M,)`` positions in ``slices`` of the usable slices (centre foreground >= ``min_foreground``).
+        weights: ``(M,)`` their foreground areas in pixels: how often each is drawn.
+        range: raw ``(low, high)`` mapped to -1 and +1.
+        head_area_cm2: largest axial cross-section of the foreground (:func:`head_area_cm2`).
+    """
+
+    name: str
+    slices: torch.Tensor
+    first: int
+    axis: int
+    kept: torch.Tensor
+    weights: torch.Tensor
+    range: tuple[float, float]
+    head_area_cm2: float
+
+    def slab(self, position: int, k: int) -> torch.Tensor:
+        """The ``(k, H, W)`` float32 slab centred on ``slices[position]`` (edges replicated)."""
+        index = (torch.arange(position - k // 2, position + k // 2 + 1)).clamp(0, len(self.slices) - 1)
+        return self.slices[index].float()
+
+    @property
+    def skull_stripped(self) -> bool:
+        """True when the head is no larger than a brain (:data:`SKULL_STRIPPED_AREA_CM2`)."""
+        return self.head_area_cm2 < SKULL_STRIPPED_AREA_CM2
 
 
 @dataclass
 class Slices:
-    """The usable slices of one domain, normalised: ``slabs`` ``(N, k, H, W)`` in [-1, 1], where they came
-    from (``names``, for messages) and the ``(low, high)`` intensity range of every source."""
+    """The usable slices of one domain: ``volumes`` (each stored once), ``k`` slices per slab, and the
+    ``standardizer`` that normalised them (``None``: :class:`~mri_translate.transforms.RobustNormalize`)."""
 
-    slabs: torch.Tensor
-    names: list[str]
-    ranges: list[tuple[float, float]]
+    volumes: list[SourceVolume]
+    k: int
+    standardizer: LandmarkStandardizer | None = None
+
+    def __len__(self) -> int:
+        return sum(len(v.kept) for v in self.volumes)
+
+    @property
+    def names(self) -> list[str]:
+        """``file[i]`` of every usable slice, ``i`` its index along the through-plane axis of the RAS volume."""
+        return [f"{v.name}[{v.first + int(p)}]" for v in self.volumes for p in v.kept]
+
+    @property
+    def ranges(self) -> list[tuple[float, float]]:
+        """The raw ``(low, high)`` of every source."""
+        return [v.range for v in self.volumes]
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        """``(len(self),)`` float64 sampling weights of the usable slices (foreground area)."""
+        return torch.cat([v.weights for v in self.volumes]).double()
+
+    def slab(self, index: int) -> tuple[torch.Tensor, int]:
+        """Usable slice ``index`` (order of :attr:`names`) as ``(slab (k, H, W) float32, through-plane axis)``."""
+        for volume in self.volumes:
+            if index < len(volume.kept):
+                return volume.slab(int(volume.kept[index]), self.k), volume.axis
+            index -= len(volume.kept)
+        raise IndexError("slice index out of range")
+
+    @cached_property
+    def slabs(self) -> torch.Tensor:
+        """A bounded sample: up to :data:`SAMPLE` evenly spaced usable slabs ``(S, k, H, W)``, centred and padded
+        with background to their largest size: for statistics (the contrast prior, histograms) and montages."""
+        index = np.unique(np.linspace(0, len(self) - 1, min(SAMPLE, len(self))).round().astype(int))
+        sample = [self.slab(int(i))[0] for i in index]
+        height, width = max(s.shape[-2] for s in sample), max(s.shape[-1] for s in sample)
+        return torch.stack([pad_to(s, height, width) for s in sample])
 
     def typical_range(self) -> tuple[float, float]:
         """Median ``(low, high)`` over the sources: the range outputs in this domain are mapped back to."""
@@ -32,25 +119,12 @@ class Slices:
         return float(low), float(high)
 
     def intensity_histogram(self, bins: int = 64) -> list[float]:
-        """In-foreground histogram of the centre slices (:func:`~mri_translate.metrics.in_mask_histogram`):
+        """In-foreground histogram of the sample's centre slices (:func:`~mri_translate.metrics.in_mask_histogram`):
         the domain's intensity distribution, against which ``convert --qc`` compares its outputs."""
         from .metrics import in_mask_histogram
 
-        centre = self.slabs[:, self.slabs.shape[1] // 2].movedim(0, -1)  # (H, W, N) in [-1, 1]
+        centre = self.slabs[:, self.k // 2].movedim(0, -1)  # (H, W, S) in [-1, 1]
         return in_mask_histogram((centre + 1) / 2, foreground_mask(centre + 1), bins).tolist()
-
-
-def prepare_volume(volume, k: int, normalize: RobustNormalize):
-    """Canonical orientation, normalisation and slabs of one loaded volume ``(1, X, Y, Z)``.
-
-    Returns:
-        ``(slabs (N, k, H', W'), layout, canonical normalised volume)``; the slicing axis is the through-plane
-        (largest spacing) axis of the canonical volume.
-    """
-    canonical = normalize(to_canonical(volume))
-    axis = through_plane_axis(voxel_spacing(canonical.affine))
-    slabs, layout = volume_to_slabs(canonical[0].as_tensor(), k, axis)
-    return slabs, layout, canonical
 
 
 def expand_sources(paths) -> list[Path]:
@@ -62,35 +136,127 @@ def expand_sources(paths) -> list[Path]:
     return files
 
 
-def load_slices(paths, k: int = 3, min_foreground: float = 0.05) -> Slices:
-    """Load every source of one domain and keep the slabs whose centre slice is not empty background.
+def effective_k(paths_a, paths_b, k: int) -> tuple[int, str | None]:
+    """The k to train with, given both domains' sources (2D images are single slices, see :func:`expand_sources`).
+
+    Returns:
+        ``(k, None)``, or ``(1, reason)`` when every source is a 2D image and ``k > 1``: a slab of one slice
+        would be k identical copies, unlike the neighbours it sees in a volume at inference. Log the reason
+        and record it in the run.
+
+    Raises:
+        InputError: 2D images mixed with 3D sources and ``k > 1`` (names the first 2D image).
+    """
+    files = expand_sources(paths_a) + expand_sources(paths_b)
+    flat = [f for f in files if suffix(f) in IMAGE_SUFFIXES]
+    if k == 1 or not flat:
+        return k, None
+    if len(flat) == len(files):
+        return 1, f"every source is a 2D image: k = 1 instead of {k} (a slab of one slice is {k} identical copies)"
+    raise InputError(flat[0], f"a 2D image among 3D sources has no neighbouring slices for k = {k}; "
+                              "train 2D and 3D sources separately or set model.k: 1")
+
+
+def head_area_cm2(mask: torch.Tensor, spacing) -> float:
+    """Largest axial cross-section of a RAS foreground ``mask`` ``(X, Y, Z)`` with voxel ``spacing`` (mm), in
+    cm^2: the 98th percentile over axial slices of the area spanned row by row (holes and sulci filled)."""
+    index = torch.arange(mask.shape[1])[None, :, None]
+    first = torch.where(mask, index, mask.shape[1]).amin(1)
+    last = torch.where(mask, index, -1).amax(1)
+    area = (last - first + 1).clamp_min(0).sum(0).float() * float(spacing[0] * spacing[1]) / 100
+    return float(torch.quantile(area, 0.98))
+
+
+def skull_stripping_mismatch(a: Slices, b: Slices) -> str | None:
+    """A one-line warning when one domain is all skull-stripped and the other all whole-head (the generator
+    would learn to add or remove a skull), else ``None``."""
+    stripped_a, stripped_b = ([v.skull_stripped for v in d.volumes] for d in (a, b))
+    if all(stripped_a) and not any(stripped_b):
+        which = "A (T1w)"
+    elif all(stripped_b) and not any(stripped_a):
+        which = "B (T2w)"
+    else:
+        return None
+    return (f"domain {which} looks skull-stripped and the other whole-head (largest axial head area < "
+            f"{SKULL_STRIPPED_AREA_CM2:g} cm^2): the generators will learn to remove or add the skull")
+
+
+def _prepare(volume, spacing_mm: float | None) -> tuple[torch.Tensor, int, np.ndarray]:
+    """RAS, in-plane resampling to ``spacing_mm`` (``None``: none): raw ``(X, Y, Z)`` float32, through-plane
+    axis, voxel spacing (mm)."""
+    canonical = to_canonical(volume)
+    spacing = voxel_spacing(canonical.affine)
+    axis = through_plane_axis(spacing)
+    if spacing_mm is None:
+        return canonical[0].as_tensor().float(), axis, spacing
+    resampled = resample_inplane(canonical[0].as_tensor(), spacing, axis, spacing_mm)
+    return resampled, axis, np.where(np.arange(3) == axis, spacing, spacing_mm)
+
+
+def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foreground: float, landmarks: bool):
+    """Normalise one prepared volume and keep what training needs.
+
+    Returns:
+        ``None`` (no usable slice) or ``(SourceVolume, (raw crop, its volume's landmarks))``, the second item
+        only with ``landmarks`` (for standardisation, which needs the landmarks of the whole volume).
+    """
+    normalized = RobustNormalize()(raw[None])
+    low_high = tuple(normalized.meta[RANGE_KEY])
+    normalized = normalized.as_tensor()[0]
+    mask = foreground_mask(normalized + 1)
+    area = head_area_cm2(mask, spacing)
+    mask, normalized, slices = (t.movedim(axis, 0) for t in (mask, normalized, raw))  # (N, H, W)
+    kept = torch.nonzero(mask.flatten(1).float().mean(1) >= min_foreground).flatten()
+    if not len(kept):
+        return None
+    lo, hi = max(0, int(kept[0]) - k // 2), min(len(mask), int(kept[-1]) + k // 2 + 1)
+    rows, cols = torch.nonzero(mask.any(0).any(1)).flatten(), torch.nonzero(mask.any(0).any(0)).flatten()
+    top, bottom = max(0, int(rows[0]) - MARGIN), int(rows[-1]) + MARGIN + 1
+    left, right = max(0, int(cols[0]) - MARGIN), int(cols[-1]) + MARGIN + 1
+    crop = (slice(lo, hi), slice(top, bottom), slice(left, right))
+    source = SourceVolume(name, normalized[crop].half().contiguous(), lo, axis, kept - lo,
+                          mask[kept].flatten(1).sum(1).double(), low_high, area)
+    return source, ((slices[crop].contiguous(), volume_landmarks(raw)) if landmarks else None)
+
+
+def load_slices(paths, k: int = 3, min_foreground: float = 0.05, spacing: float | None = None,
+                standardize: bool | LandmarkStandardizer = False) -> Slices:
+    """Load every source of one domain, one at a time, and keep its usable slices (see :class:`SourceVolume`).
 
     Args:
         paths: volumes, DICOM series folders, 2D image files or folders of 2D images.
         k: slices per slab.
-        min_foreground: least fraction of foreground pixels in the centre slice.
+        min_foreground: least fraction of foreground pixels in a slab's centre slice (at ``spacing``).
+        spacing: in-plane pixel size (mm) everything is resampled to (``data.spacing``, 1 mm); the through-plane
+            axis is kept. ``None``: each source keeps its own (inference must then do the same).
+        standardize: ``False``: each source normalised on its own (RobustNormalize, per image for 2D images, as
+            in ``convert``); ``True``: a :class:`~mri_translate.standardize.LandmarkStandardizer` fitted on these
+            sources maps them (kept in ``Slices.standardizer``); a fitted standardizer: that one maps them.
 
     Raises:
         InputError: a source cannot be loaded, or no source yields a usable slice.
     """
-    normalize = RobustNormalize()
-    kept, names, ranges = [], [], []
-    files = expand_sources(paths)
+    volumes, raws, files = [], [], expand_sources(paths)
     for file in files:
         try:
-            slabs, _, canonical = prepare_volume(load_volume(file), k, normalize)
+            raw, axis, voxel = _prepare(load_volume(file), spacing)
+            stored = _store(file.name, raw, axis, voxel, k, min_foreground, standardize is not False)
         except ConstantImageError:
             continue  # an all-black (or uniform) image has no usable slice, like an empty slice of a volume
-        ranges.append(canonical.meta[RANGE_KEY])
-        centre = slabs[:, k // 2]
-        fraction = foreground_mask(centre + 1).flatten(1).float().mean(1)
-        keep = fraction >= min_foreground
-        kept.append(slabs[keep])
-        names += [f"{file.name}[{i}]" for i in torch.nonzero(keep).flatten().tolist()]
-    if not names:
+        if stored is not None:
+            volumes.append(stored[0])
+            raws.append(stored[1])
+    if not volumes:
         where = ", ".join(str(p) for p in paths) or "(no paths)"
         raise InputError(where, f"no usable slices (foreground >= {min_foreground:.0%}) in {len(files)} source(s)")
-    return Slices(_to_common_size(kept), names, ranges)
+    standardizer = None
+    if standardize is not False:
+        standardizer = standardize if isinstance(standardize, LandmarkStandardizer) else \
+            LandmarkStandardizer.from_landmarks([landmarks for _, landmarks in raws])
+        for volume, (raw, landmarks) in zip(volumes, raws):
+            standardized = standardizer(raw[None], landmarks)
+            volume.slices, volume.range = standardized[0].as_tensor().half(), tuple(standardized.meta[RANGE_KEY])
+    return Slices(volumes, k, standardizer)
 
 
 def pad_to(slabs: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -100,25 +266,45 @@ def pad_to(slabs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(slabs, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
 
 
-def _to_common_size(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Pad every slab to the largest in-plane size (with background -1) and stack them."""
-    height = max(p.shape[-2] for p in parts)
-    width = max(p.shape[-1] for p in parts)
-    return torch.cat([pad_to(p, height, width) for p in parts])
+class SlabAugment:
+    """MONAI random intensity/geometry transforms of one slab ``(k, H, W)`` in [-1, 1], the same for all k
+    channels: a small affine (rotation up to ``degrees``, scale +-``scale``), a smooth bias field and a gamma
+    change, each with its probability; applied to ``x + 1`` so the background stays at -1 (0 there).
+    Draws come from :meth:`__call__`'s torch generator, so they follow the dataset's seed."""
+
+    def __init__(self, degrees: float = 5.0, scale: float = 0.1, prob: float = 0.5):
+        from monai.transforms import RandAdjustContrast, RandAffine, RandBiasField
+
+        self.transforms = [
+            RandAffine(prob=prob, rotate_range=(np.deg2rad(degrees),), scale_range=(scale, scale),
+                       padding_mode="zeros", mode="bilinear"),
+            RandBiasField(degree=3, coeff_range=(0.0, 0.2), prob=prob),
+            RandAdjustContrast(prob=prob, gamma=(0.7, 1.5)),
+        ]
+
+    def __call__(self, slab: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        out = slab + 1
+        for transform in self.transforms:
+            transform.set_random_state(seed=int(torch.randint(2**31, (1,), generator=rng)))
+            out = torch.as_tensor(transform(out)).float()
+        return (out - 1).clamp(-1, 1)
 
 
 class UnpairedSlabDataset(Dataset):
-    """Item ``i`` = ``{"A": slab, "B": slab}``: a random slab of domain A and an independent one of B,
-    each randomly cropped (padded first when smaller) to ``crop`` x ``crop`` and left-right flipped.
+    """Item ``i`` = ``{"A": slab, "B": slab}``: a slab of domain A and an independent one of B, each centred on a
+    usable slice drawn in proportion to its foreground area, randomly cropped to ``crop`` x ``crop`` (padded with
+    background first when smaller), flipped left-right with probability 1/2 where the slice has a left-right
+    axis (axial and coronal slices: their first in-plane axis is X; sagittal: none) and augmented.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
     of workers; call :meth:`set_epoch` each epoch.
     """
 
     def __init__(self, domain_a: Slices, domain_b: Slices, crop: int = 128, flip: bool = True, seed: int = 0,
-                 length: int | None = None):
-        self.a, self.b = domain_a.slabs, domain_b.slabs
+                 length: int | None = None, augment: bool = False):
+        self.a, self.b = domain_a, domain_b
         self.crop, self.flip, self.seed, self.epoch = crop, flip, seed, 0
+        self.augment = SlabAugment() if augment else None
         self.length = length or max(len(self.a), len(self.b))
 
     def set_epoch(self, epoch: int) -> None:
@@ -130,18 +316,19 @@ class UnpairedSlabDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**62)
-        a = self.a[int(torch.randint(len(self.a), (1,), generator=rng))]
-        b = self.b[int(torch.randint(len(self.b), (1,), generator=rng))]
-        return {"A": self._augment(a, rng), "B": self._augment(b, rng)}
+        return {name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))}
 
-    def _augment(self, slab: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """``(k, H, W)`` -> ``(k, crop, crop)``."""
+    def _draw(self, domain: Slices, rng: torch.Generator) -> torch.Tensor:
+        """One augmented ``(k, crop, crop)`` slab of ``domain``."""
+        slab, axis = domain.slab(int(torch.multinomial(domain.weights, 1, generator=rng)))
         slab = pad_to(slab, max(self.crop, slab.shape[-2]), max(self.crop, slab.shape[-1]))
         top = int(torch.randint(slab.shape[-2] - self.crop + 1, (1,), generator=rng))
         left = int(torch.randint(slab.shape[-1] - self.crop + 1, (1,), generator=rng))
         slab = slab[:, top: top + self.crop, left: left + self.crop]
-        if self.flip and bool(torch.rand((), generator=rng) < 0.5):
-            slab = slab.flip(-2)  # axis X of a RAS axial slice: patient left-right
+        if self.flip and bool(torch.rand((), generator=rng) < 0.5) and axis != 0:
+            slab = slab.flip(-2)  # X, patient left-right, is the first in-plane axis of axial/coronal slices
+        if self.augment is not None:
+            slab = self.augment(slab, rng)
         return slab.contiguous()
 
 
@@ -161,7 +348,8 @@ def make_loader(a: Slices, b: Slices, config, context: Context = Context()) -> D
 
     data = config.data
     dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
-                                  length=config.train.epoch_length * data.batch_size * context.world)
+                                  length=config.train.epoch_length * data.batch_size * context.world,
+                                  augment=getattr(data, "augment", False))
     sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
                                  drop_last=True) if context.active else None
     return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,

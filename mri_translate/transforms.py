@@ -40,6 +40,49 @@ def from_canonical(volume: MetaTensor, axcodes: str, affine=None) -> MetaTensor:
     return restored
 
 
+def inplane_shape(shape, spacing, axis: int, target_mm: float) -> tuple[int, int, int]:
+    """The ``(X, Y, Z)`` shape after resampling the two axes other than ``axis`` from ``spacing`` (mm) to
+    ``target_mm``: each in-plane size times ``spacing / target_mm``, rounded, at least 1; ``axis`` kept."""
+    return tuple(int(s) if i == axis else max(1, round(int(s) * float(sp) / target_mm))
+                 for i, (s, sp) in enumerate(zip(shape, spacing)))
+
+
+def resample_inplane(volume: torch.Tensor, spacing, axis: int, target_mm: float) -> torch.Tensor:
+    """Resample a volume in-plane to square ``target_mm`` pixels, leaving the through-plane ``axis`` as is.
+
+    Args:
+        volume: ``(X, Y, Z)`` tensor (intensities of any range).
+        spacing: voxel size (mm) of the three axes.
+        axis: through-plane axis (0, 1 or 2): not resampled.
+        target_mm: in-plane pixel size of the result.
+
+    Returns:
+        float32 ``(X', Y', Z')`` of :func:`inplane_shape`, bilinear, antialiased when shrinking; the field of
+        view is kept (pixel centres as in ``align_corners=False``), so :func:`resample_onto` undoes it.
+    """
+    return resample_onto(volume, inplane_shape(volume.shape, spacing, axis, target_mm), axis)
+
+
+def resample_onto(volume: torch.Tensor, shape, axis: int) -> torch.Tensor:
+    """Resample ``(X, Y, Z)`` in-plane onto ``shape`` (same size along ``axis``): the inverse of
+    :func:`resample_inplane`, e.g. a translation at the training spacing put back on the input's grid.
+
+    Returns:
+        float32 tensor of exactly ``shape``.
+    """
+    volume = torch.as_tensor(volume)
+    shape = tuple(int(s) for s in shape)
+    if volume.ndim != 3 or shape[axis] != volume.shape[axis]:
+        raise ValueError(f"cannot resample {tuple(volume.shape)} in-plane onto {shape} (through-plane axis {axis})")
+    if tuple(volume.shape) == shape:
+        return volume.float()
+    slices = volume.float().movedim(axis, 0)[:, None]  # (N, 1, H, W)
+    size = [s for i, s in enumerate(shape) if i != axis]
+    shrink = any(s < v for s, v in zip(size, slices.shape[-2:]))
+    out = torch.nn.functional.interpolate(slices, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return out[:, 0].movedim(0, axis).contiguous()
+
+
 def foreground_mask(image: torch.Tensor) -> torch.Tensor:
     """Voxels above 10 % of the way from the 1st to the 99th percentile: the head/brain, not the background
     (also for images whose values are all negative, and unmoved by a few outlier voxels)."""

@@ -1,6 +1,7 @@
-"""Speed and memory: training iterations/s and whole-file conversion of a 256x256x150 volume.
+"""Speed and memory: training iterations/s, whole-file conversion of a 256x256x150 volume, and the training
+data's load time and peak memory for 5, 10 and 21 real volumes (``--part data``: that part alone).
 
-    python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10]
+    python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10] [--part all|speed|data]
 
 Each measurement runs in its own subprocess so peak memory (max RSS; on GPU also torch's peak allocated) is
 the measurement's own. On a GPU the training and conversion run with AMP on and off.
@@ -20,6 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "volumes" / "train_real"
+#: (T1w, T2w) volumes of ``train_real`` loaded for each data-set size: 5, 10 and all 21.
+DATA_SIZES = ((3, 2), (7, 3), (16, 5))
 GENERATORS = {"default (32-64-128-256, 2 res units)": [[32, 64, 128, 256], 2],
               "light (16-32-64-128, 2 res units)": [[16, 32, 64, 128], 2]}
 
@@ -87,6 +91,31 @@ def bench_convert(channels, res_units, device, amp, batch_size) -> dict:
     return {"wall_s": round(seconds, 3), "slices_per_s": round(150 / seconds, 1)}
 
 
+def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batch_size: int = 1) -> dict:
+    """``load_slices`` of the first ``n_t1`` T1w and ``n_t2`` T2w volumes of ``train_real`` (1 mm in-plane,
+    k = 3), then ``iterations`` batches of augmented slabs from the training DataLoader."""
+    import torch
+
+    from mri_translate.config import RunConfig
+    from mri_translate.data import load_slices, make_loader
+
+    t1 = sorted(REAL.glob("*_T1w.nii.gz"))[:n_t1]
+    t2 = sorted(REAL.glob("*_T2w.nii.gz"))[:n_t2]
+    start = time.perf_counter()
+    a, b = load_slices(t1, 3, spacing=1.0), load_slices(t2, 3, spacing=1.0)
+    load_s = time.perf_counter() - start
+    config = RunConfig.from_dict({"data": {"crop": crop, "batch_size": batch_size},
+                                  "train": {"epoch_length": iterations}})
+    start = time.perf_counter()
+    for batch in make_loader(a, b, config):
+        assert batch["A"].shape == (batch_size, 3, crop, crop)
+    batches_s = time.perf_counter() - start
+    stored = sum(v.slices.numel() * v.slices.element_size() for d in (a, b) for v in d.volumes)
+    return {"volumes": n_t1 + n_t2, "load_s": round(load_s, 1), "batches_s": round(batches_s, 2),
+            "stored_mb": round(stored / 2**20, 1), "slices_A": len(a), "slices_B": len(b),
+            "kept": {v.name: len(v.kept) for d in (a, b) for v in d.volumes}, "torch_threads": torch.get_num_threads()}
+
+
 def _sync(device) -> None:
     import torch
 
@@ -99,7 +128,9 @@ def _child(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
-    if spec["kind"] == "train":
+    if spec["kind"] == "data":
+        result = bench_data(spec["t1"], spec["t2"])
+    elif spec["kind"] == "train":
         result = bench_train(spec["channels"], spec["res_units"], spec["size"], spec["iterations"], spec["device"],
                              spec["amp"])
     else:
@@ -121,6 +152,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench_speed.json"))
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
+    parser.add_argument("--part", choices=("all", "speed", "data"), default="all")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -128,6 +160,10 @@ def main() -> None:
         return
     import torch
 
+    if args.part in ("all", "data"):
+        bench_data_memory(args.markdown)
+    if args.part == "data":
+        return
     devices = [("cpu", False)] + ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() else [])
     results = []
     for name, (channels, res_units) in GENERATORS.items():
@@ -163,6 +199,32 @@ def main() -> None:
         from benchmarks_doc import replace_section
 
         replace_section("bench_speed", text, Path(args.markdown))
+
+
+def bench_data_memory(markdown: str) -> None:
+    """Peak RSS and load time of the training data for 5, 10 and 21 real volumes; its own docs section."""
+    if not REAL.is_dir():
+        print(f"{REAL} not found: data memory benchmark skipped")
+        return
+    results = [run({"kind": "data", "t1": n_t1, "t2": n_t2, "device": "cpu"}) for n_t1, n_t2 in DATA_SIZES]
+    lines = ["| volumes (T1w + T2w) | load | 50 batches | usable slices A / B | stored slices (MB) | peak RSS (MB) |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['volumes']} ({r['t1']} + {r['t2']}) | {r['load_s']} s | {r['batches_s']} s | "
+                     f"{r['slices_A']} / {r['slices_B']} | {r['stored_mb']} | {r['peak_rss_mb']} |")
+    kept = ", ".join(f"{name.replace('.nii.gz', '')} {n}" for name, n in results[-1]["kept"].items())
+    text = (f"## Training data memory (scripts/bench_speed.py --part data, {time.strftime('%Y-%m-%d')})\n\n"
+            f"`load_slices` of the first volumes of `../shared/data/volumes/train_real` (sorted by name; RAS, 1 mm "
+            "in-plane, k = 3, each stored once as float16 cropped to the head), then 50 batches of augmented "
+            f"128x128 slabs from `make_loader`, in one process per row ({os.cpu_count()} CPUs, "
+            f"{results[-1]['torch_threads']} torch threads).\n\n" + "\n".join(lines) +
+            f"\n\nUsable slices per volume (all 21): {kept}.\n")
+    print(text)
+    if markdown:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from benchmarks_doc import replace_section
+
+        replace_section("bench_data_memory", text, Path(markdown))
 
 
 if __name__ == "__main__":

@@ -1,55 +1,114 @@
-"""Tests of mri_translate.data: usable slices of a domain (empty slices skipped), folders of 2D images, and
-the unpaired, seeded slab dataset."""
+"""Tests of mri_translate.data: each source stored once (RAS, in-plane resampled, cropped to the head), usable
+slices drawn in proportion to their foreground, slabs cut lazily, left-right flips only, seeded augmentation,
+2D sources, the skull-stripping check, and the unpaired, seeded slab dataset."""
 
 from collections import Counter
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mri_translate.data import Slices, UnpairedSlabDataset, expand_sources, load_slices, prepare_volume
+from mri_translate.data import (SAMPLE, Slices, SourceVolume, UnpairedSlabDataset, effective_k, expand_sources,
+                                head_area_cm2, load_slices, skull_stripping_mismatch)
 from mri_translate.errors import InputError
 from mri_translate.io import load_volume
-from mri_translate.transforms import RobustNormalize, foreground_mask
+from mri_translate.standardize import LandmarkStandardizer
+from mri_translate.transforms import (RobustNormalize, foreground_mask, inplane_shape, resample_inplane, resample_onto,
+                                     to_canonical)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def foreground_fraction(slices: torch.Tensor) -> torch.Tensor:
-    """Per slice ``(N, H, W)`` in [-1, 1]: the fraction load_slices thresholds."""
-    return foreground_mask(slices + 1).flatten(1).float().mean(1)
-
-
-def test_load_slices_skips_empty_slices_of_a_volume(synthetic_4mm):
+def test_load_slices_stores_each_volume_once_and_keeps_its_usable_slices(synthetic_4mm):
     path = synthetic_4mm["t1"][0]
-    slices = load_slices([path], k=3, min_foreground=0.05)
-    all_slabs, layout, _ = prepare_volume(load_volume(path), 3, RobustNormalize())
-    n_slices = layout.shape[layout.axis]
-    assert n_slices == len(all_slabs) == 48  # 4 mm synthetic grid, axial through-plane axis
-    assert 0 < len(slices.slabs) < n_slices
-    assert len(slices.names) == len(slices.slabs)
-    assert all(name.startswith(path.name + "[") for name in slices.names)
-    assert slices.slabs.shape[1:] == (3, 64, 64)  # 50 x 59 in-plane padded to multiples of 16
-    assert slices.slabs.min() >= -1 and slices.slabs.max() <= 1
-    assert slices.slabs.min() == -1 and slices.slabs.max() == 1
-    # the kept ones are exactly those whose centre slice has >= 5 % foreground
-    fraction = foreground_fraction(all_slabs[:, 1])
-    kept = [int(name.split("[")[1].rstrip("]")) for name in slices.names]
-    assert kept == torch.nonzero(fraction >= 0.05).flatten().tolist()
-    assert (foreground_fraction(slices.slabs[:, 1]) >= 0.05).all()
-    torch.testing.assert_close(slices.slabs, all_slabs[kept])
-    assert slices.ranges and slices.typical_range()[1] > slices.typical_range()[0]
+    slices = load_slices([path], k=3, min_foreground=0.05, spacing=4.0)  # the grid's own spacing: no resampling
+    (volume,) = slices.volumes
+    full = RobustNormalize()(to_canonical(load_volume(path)))
+    normalized = full.as_tensor()[0]  # (X, Y, Z), axial through-plane axis
+    fraction = foreground_mask(normalized + 1).flatten(0, 1).float().mean(0)
+    expected = torch.nonzero(fraction >= 0.05).flatten().tolist()
+    assert 0 < len(expected) < 48
+    assert slices.names == [f"{path.name}[{i}]" for i in expected] and len(slices) == len(expected)
+    assert volume.axis == 2 and volume.slices.dtype == torch.float16
+    # stored once: only the slices within k // 2 of a usable one, cropped to the head (at most 50 x 59)
+    assert volume.slices.shape[0] == expected[-1] - expected[0] + 3
+    assert volume.slices.shape[1] <= 50 and volume.slices.shape[2] <= 59
+    assert volume.slices.numel() < normalized.numel()
+    # a slab is cut on demand: k neighbouring slices of the normalised volume, float32
+    middle = expected[len(expected) // 2]
+    slab, axis = slices.slab(len(expected) // 2)
+    assert slab.shape == (3, *volume.slices.shape[1:]) and slab.dtype == torch.float32 and axis == 2
+    top, left = _offset(normalized[..., middle], slab[1])
+    for c, z in enumerate((middle - 1, middle, middle + 1)):
+        torch.testing.assert_close(slab[c], normalized[top: top + slab.shape[1], left: left + slab.shape[2], z],
+                                   atol=1e-3, rtol=0)  # float16 storage
+    assert slices.typical_range() == pytest.approx(full.meta["intensity_range"])
 
 
-def test_load_slices_stacks_several_sources(synthetic_4mm):
-    both = load_slices(synthetic_4mm["t2"], k=5)
-    one = [load_slices([p], k=5) for p in synthetic_4mm["t2"]]
-    assert len(both.slabs) == sum(len(s.slabs) for s in one)
-    assert both.slabs.shape[1] == 5 and len(both.ranges) == 2
+def _offset(image: torch.Tensor, crop: torch.Tensor) -> tuple[int, int]:
+    """Where ``crop`` sits inside ``image`` (exhaustive search, small images only)."""
+    h, w = crop.shape
+    errors = {(t, l): float((image[t: t + h, l: l + w] - crop).abs().max())
+              for t in range(image.shape[0] - h + 1) for l in range(image.shape[1] - w + 1)}
+    return min(errors, key=errors.get)
+
+
+def test_load_slices_resamples_in_plane_to_the_training_spacing(synthetic_4mm):
+    path = synthetic_4mm["t2"][0]
+    coarse = load_slices([path], spacing=4.0).volumes[0]
+    fine = load_slices([path], spacing=2.0).volumes[0]
+    assert fine.slices.shape[0] == coarse.slices.shape[0]        # through-plane axis left as it is
+    assert fine.slices.shape[1] == pytest.approx(2 * coarse.slices.shape[1], abs=18)  # margin of 8 px each side
+    assert float(fine.weights.sum()) == pytest.approx(4 * float(coarse.weights.sum()), rel=0.1)  # area in pixels, 4x at 2 mm
+    assert fine.head_area_cm2 == pytest.approx(coarse.head_area_cm2, rel=0.1)
+    native = load_slices([path]).volumes[0]  # spacing None: each source's own pixels
+    assert torch.equal(native.slices, coarse.slices)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_resample_inplane_and_back_onto_the_input_grid(axis):
+    shape, spacing = [30, 41, 23], [0.43, 0.5, 0.9]
+    spacing[axis] = 3.0
+    ramp = torch.linspace(0, 1, shape[(axis + 1) % 3]).reshape([-1 if i == (axis + 1) % 3 else 1 for i in range(3)])
+    volume = ramp.expand(*shape).contiguous()
+    resampled = resample_inplane(volume, spacing, axis, 1.0)
+    assert resampled.shape == inplane_shape(shape, spacing, axis, 1.0)
+    assert resampled.shape[axis] == shape[axis]
+    assert [resampled.shape[i] for i in range(3) if i != axis] == [round(shape[i] * spacing[i]) for i in range(3)
+                                                                   if i != axis]
+    back = resample_onto(resampled, shape, axis)
+    assert back.shape == volume.shape and back.dtype == torch.float32
+    assert float((back - volume).abs()[1:-1, 1:-1, 1:-1].mean()) < 0.01  # a smooth ramp survives the round trip
+    torch.testing.assert_close(resample_onto(volume, shape, axis), volume)
+    with pytest.raises(ValueError, match="through-plane"):
+        resample_onto(volume, [s + (i == axis) for i, s in enumerate(shape)], axis)
+
+
+def test_several_sources_of_different_sizes_are_kept_apart(synthetic_4mm):
+    both = load_slices(synthetic_4mm["t2"], k=5, spacing=4.0)
+    one = [load_slices([p], k=5, spacing=4.0) for p in synthetic_4mm["t2"]]
+    assert len(both) == sum(len(s) for s in one) and len(both.volumes) == 2
+    assert both.names == one[0].names + one[1].names
     low, high = both.typical_range()
     assert low == pytest.approx(np.median([r[0] for r in both.ranges]))
     assert high == pytest.approx(np.median([r[1] for r in both.ranges]))
+    sample = both.slabs  # the bounded sample used for statistics and montages
+    assert sample.shape[1] == 5 and len(sample) == min(SAMPLE, len(both))
+    assert sample.min() >= -1 and sample.max() <= 1
+
+
+def test_standardized_loading_fits_or_applies_landmarks(synthetic_4mm):
+    fitted = load_slices(synthetic_4mm["t1"], spacing=4.0, standardize=True)
+    assert isinstance(fitted.standardizer, LandmarkStandardizer)
+    for volume in fitted.volumes:
+        assert volume.slices.min() >= -1 and volume.slices.max() <= 1
+        assert volume.range[1] > volume.range[0]
+    applied = load_slices(synthetic_4mm["t1"][:1], spacing=4.0, standardize=fitted.standardizer)
+    assert applied.standardizer is fitted.standardizer
+    torch.testing.assert_close(applied.volumes[0].slices, fitted.volumes[0].slices, atol=2e-3, rtol=0)
+    assert load_slices(synthetic_4mm["t1"][:1], spacing=4.0).standardizer is None
 
 
 def write_png(path, array):
@@ -76,35 +135,45 @@ def test_expand_sources_turns_a_folder_of_pngs_into_its_files(tmp_path):
     assert expand_sources([empty]) == [empty]  # not a folder of images: kept as given (e.g. DICOM series)
 
 
-def test_load_slices_on_a_folder_of_pngs(tmp_path):
+def test_load_slices_on_a_folder_of_pngs_normalises_each_image_as_convert_does(tmp_path):
     folder = tmp_path / "T1 #a"
     folder.mkdir()
     for i in range(3):
         write_png(folder / f"slice {i}.png", disc_image(value=100 + 50 * i))
     slices = load_slices([folder], k=3)
-    assert slices.slabs.shape == (3, 3, 48, 48)  # 40 x 48 padded to 48 x 48; one slab per image
     assert slices.names == ["slice 0.png[0]", "slice 1.png[0]", "slice 2.png[0]"]
-    for slab in slices.slabs:  # a single slice: edge replication gives k identical channels
-        torch.testing.assert_close(slab[0], slab[1])
+    for i, volume in enumerate(slices.volumes):
+        slab, _ = slices.slab(i)
+        assert slab.shape[0] == 3
+        torch.testing.assert_close(slab[0], slab[1])  # a single slice: k identical channels (hence effective_k)
+        # per image RobustNormalize, exactly as convert/Translator normalise a 2D input: every disc maps to +1
+        assert float(volume.slices.max()) == 1.0 and float(volume.slices.min()) == -1.0
+    normalized = RobustNormalize()(to_canonical(load_volume(folder / "slice 2.png")))[0, ..., 0]
+    assert torch.equal(slices.volumes[2].slices[0].float().unique(), normalized.unique().half().float())
 
 
-def test_load_slices_on_all_black_pngs_raises_input_error(tmp_path):
+def test_effective_k_for_2d_sources(tmp_path, synthetic_4mm):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    png = write_png(folder / "a.png", disc_image())
+    assert effective_k([folder], [png], 3)[0] == 1
+    assert "every source is a 2D image" in effective_k([folder], [png], 3)[1]
+    assert effective_k([folder], [png], 1) == (1, None)
+    assert effective_k(synthetic_4mm["t1"], synthetic_4mm["t2"], 5) == (5, None)
+    with pytest.raises(InputError) as info:
+        effective_k(synthetic_4mm["t1"], [folder], 3)
+    assert str(info.value).startswith(str(png)) and "\n" not in str(info.value) and "k = 3" in str(info.value)
+    assert effective_k(synthetic_4mm["t1"], [folder], 1) == (1, None)
+
+
+def test_load_slices_on_all_black_pngs_raises_a_one_line_input_error(tmp_path):
     folder = tmp_path / "black"
     folder.mkdir()
     for i in range(3):
         write_png(folder / f"b{i}.png", np.zeros((32, 32)))
-    with pytest.raises(InputError) as info:
+    with pytest.raises(InputError, match="no usable slices") as info:
         load_slices([folder])
     assert str(folder) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_load_slices_on_all_black_pngs_says_no_usable_slices(tmp_path):
-    folder = tmp_path / "black"
-    folder.mkdir()
-    for i in range(3):
-        write_png(folder / f"b{i}.png", np.zeros((32, 32)))
-    with pytest.raises(InputError, match="no usable slices"):
-        load_slices([folder])
 
 
 def test_load_slices_skips_a_black_png_among_good_ones(tmp_path):
@@ -112,8 +181,7 @@ def test_load_slices_skips_a_black_png_among_good_ones(tmp_path):
     folder.mkdir()
     write_png(folder / "a.png", disc_image())
     write_png(folder / "b.png", np.zeros((40, 48)))
-    slices = load_slices([folder])
-    assert slices.names == ["a.png[0]"]
+    assert load_slices([folder]).names == ["a.png[0]"]
 
 
 def test_load_slices_raises_when_every_slice_is_below_the_foreground_threshold(synthetic_4mm):
@@ -126,42 +194,68 @@ def test_load_slices_missing_file_is_an_input_error(tmp_path):
         load_slices([tmp_path / "missing.nii.gz"])
 
 
+def test_head_area_of_a_disc():
+    yy, xx = np.indices((100, 100))
+    disc = torch.as_tensor(((yy - 50) ** 2 + (xx - 50) ** 2 < 40 ** 2)[..., None].repeat(5, -1))
+    assert head_area_cm2(disc, (1.0, 1.0, 3.0)) == pytest.approx(np.pi * 40 ** 2 / 100, rel=0.02)
+    assert head_area_cm2(disc, (0.5, 0.5, 3.0)) == pytest.approx(np.pi * 40 ** 2 / 400, rel=0.02)
+    ring = disc & ~torch.as_tensor(((yy - 50) ** 2 + (xx - 50) ** 2 < 30 ** 2)[..., None].repeat(5, -1))
+    assert head_area_cm2(ring, (1.0, 1.0, 3.0)) == head_area_cm2(disc, (1.0, 1.0, 3.0))  # holes filled
+
+
+def test_skull_stripped_and_whole_head_domains_are_told_apart(shared_data):
+    real = shared_data / "volumes" / "train_real"
+    stripped = load_slices([real / "brats18_tcia04_192_T1w.nii.gz"])
+    whole = load_slices([real / "torchio_fpg_T2w.nii.gz", real / "brainix_T2w.nii.gz"])
+    assert stripped.volumes[0].skull_stripped and stripped.volumes[0].head_area_cm2 < 200
+    assert not any(v.skull_stripped for v in whole.volumes) and min(v.head_area_cm2 for v in whole.volumes) > 240
+    message = skull_stripping_mismatch(stripped, whole)
+    assert message.startswith("domain A (T1w) looks skull-stripped") and "\n" not in message
+    assert skull_stripping_mismatch(whole, stripped).startswith("domain B (T2w)")
+    assert skull_stripping_mismatch(whole, whole) is None
+
+
 # UnpairedSlabDataset ------------------------------------------------------------------------------------
 
 
-def labelled(n, k=3, size=40, offset=0.0):
-    """Slices whose slab i is constant ``offset + i / 100`` (identifiable after any crop or flip)."""
-    slabs = (offset + torch.arange(n, dtype=torch.float32) / 100)[:, None, None, None].expand(n, k, size, size)
-    return Slices(slabs.clone(), [f"s[{i}]" for i in range(n)], [(0.0, 1.0)] * n)
+def labelled(n, k=1, size=40, offset=0.0, weights=None):
+    """One source whose slice i is constant ``offset + i / 100`` (identifiable after any crop or flip)."""
+    stack = (offset + torch.arange(n, dtype=torch.float32) / 100)[:, None, None].expand(n, size, size)
+    weights = torch.ones(n, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+    return Slices([SourceVolume("s", stack.half().contiguous(), 0, 2, torch.arange(n), weights, (0.0, 1.0),
+                                100.0)], k)
 
 
 @pytest.fixture(scope="module")
 def real_slices(synthetic_4mm):
-    return load_slices([synthetic_4mm["t1"][0]]), load_slices([synthetic_4mm["t2"][1]])
+    return load_slices([synthetic_4mm["t1"][0]], spacing=4.0), load_slices([synthetic_4mm["t2"][1]], spacing=4.0)
 
 
 def test_dataset_items_have_the_crop_shape(real_slices):
     a, b = real_slices
-    for crop, k in ((32, 3), (96, 3)):  # 96 > 64: padded with background first
-        dataset = UnpairedSlabDataset(a, b, crop=crop, seed=0)
-        assert len(dataset) == max(len(a.slabs), len(b.slabs))
+    for crop, augment in ((32, True), (96, False)):  # 96 > the stored slices: padded with background first
+        dataset = UnpairedSlabDataset(a, b, crop=crop, seed=0, augment=augment)
+        assert len(dataset) == max(len(a), len(b))
         item = dataset[0]
         assert set(item) == {"A", "B"}
-        assert item["A"].shape == item["B"].shape == (k, crop, crop)
+        assert item["A"].shape == item["B"].shape == (3, crop, crop)
+        assert item["A"].dtype == torch.float32
         assert item["A"].min() >= -1 and item["A"].max() <= 1
     assert len(UnpairedSlabDataset(a, b, length=7)) == 7
 
 
-def test_dataset_is_deterministic_for_seed_epoch_index(real_slices):
+def test_dataset_is_deterministic_for_seed_epoch_index_whatever_the_workers(real_slices):
     a, b = real_slices
-    first = UnpairedSlabDataset(a, b, crop=32, seed=3)
-    second = UnpairedSlabDataset(a, b, crop=32, seed=3)
-    for index in (0, 5, 17):
+    first = UnpairedSlabDataset(a, b, crop=32, seed=3, augment=True, length=4)
+    second = UnpairedSlabDataset(a, b, crop=32, seed=3, augment=True, length=4)
+    for index in (0, 3):
         for domain in "AB":
             torch.testing.assert_close(first[index][domain], second[index][domain], rtol=0, atol=0)
     first.set_epoch(2)
     second.set_epoch(2)
-    torch.testing.assert_close(first[4]["A"], second[4]["A"], rtol=0, atol=0)
+    torch.testing.assert_close(first[1]["A"], second[1]["A"], rtol=0, atol=0)
+    loaded = next(iter(torch.utils.data.DataLoader(first, batch_size=4, num_workers=2)))
+    torch.testing.assert_close(loaded["A"], torch.stack([second[i]["A"] for i in range(4)]), rtol=0, atol=0)
 
 
 def test_dataset_changes_with_epoch_seed_and_index(real_slices):
@@ -174,6 +268,30 @@ def test_dataset_changes_with_epoch_seed_and_index(real_slices):
     other_seed = UnpairedSlabDataset(a, b, crop=32, seed=4)
     assert any(not torch.equal(x, other_seed[i]["A"]) for i, x in enumerate(epoch0))
     assert any(not torch.equal(epoch0[0], x) for x in epoch0[1:])
+
+
+def test_augmentation_changes_tissue_but_keeps_the_background(real_slices):
+    a, b = real_slices
+    plain = UnpairedSlabDataset(a, b, crop=48, flip=False, seed=5, length=20)
+    augmented = UnpairedSlabDataset(a, b, crop=48, flip=False, seed=5, length=20, augment=True)
+    changed = 0
+    for i in range(20):
+        x, y = plain[i]["A"], augmented[i]["A"]
+        changed += not torch.allclose(x, y, atol=1e-3)
+        assert y.min() >= -1 and y.max() <= 1
+        near_tissue = torch.nn.functional.max_pool2d((x > -1).float(), 17, stride=1, padding=8) > 0
+        assert torch.all(y[~near_tissue] == -1)  # background stays -1 (the affine moves tissue by < 8 px)
+    assert changed >= 10  # three transforms at probability 1/2: most items are changed
+
+
+def test_slices_are_drawn_in_proportion_to_their_foreground():
+    weights = [1.0, 0.0, 3.0, 6.0]
+    a = labelled(4, weights=weights)
+    dataset = UnpairedSlabDataset(a, a, crop=32, flip=False, seed=0, length=1000)
+    counts = Counter(round(float(dataset[i]["A"][0, 0, 0]) * 100) for i in range(len(dataset)))
+    assert counts[1] == 0
+    for i, w in enumerate(weights):
+        assert counts[i] / 1000 == pytest.approx(w / 10, abs=0.05)
 
 
 def test_domains_are_drawn_independently():
@@ -192,18 +310,41 @@ def test_domains_are_drawn_independently():
     assert abs(np.corrcoef(np.asarray(pairs).T)[0, 1]) < 0.2
 
 
-def test_flip_is_left_right_and_random():
-    n, size = 1, 32
-    ramp = torch.arange(size, dtype=torch.float32)[:, None].expand(size, size) / size  # varies along dim -2
-    slices = Slices(ramp[None, None].expand(n, 3, size, size).clone(), ["r[0]"], [(0.0, 1.0)])
-    dataset = UnpairedSlabDataset(slices, slices, crop=size, flip=True, seed=0, length=64)
-    flipped = 0
+def write_phantom(path, through_plane: int) -> None:
+    """A 32^3 RAS head whose left side (low X) and front (high Y) carry distinct markers; the thickest voxels
+    (3 mm) along ``through_plane`` make it the slicing axis."""
+    volume = np.zeros((32, 32, 32), np.float32)
+    volume[4:28, 4:28, 4:28] = 100
+    volume[4:10, 4:28, 4:28] = 200   # left
+    volume[4:28, 22:28, 4:28] = 300  # anterior
+    spacing = [1.0, 1.0, 1.0]
+    spacing[through_plane] = 3.0
+    nib.save(nib.Nifti1Image(volume, np.diag([*spacing, 1.0])), str(path))
+
+
+@pytest.mark.parametrize("through_plane", [0, 1, 2])
+def test_flips_are_left_right_only(tmp_path, through_plane):
+    write_phantom(tmp_path / "phantom.nii.gz", through_plane)
+    slices = load_slices([tmp_path / "phantom.nii.gz"], k=1, spacing=1.0)
+    assert slices.volumes[0].axis == through_plane
+    dataset = UnpairedSlabDataset(slices, slices, crop=32, flip=True, seed=0, length=40)
+    left = anterior = 0
     for i in range(len(dataset)):
-        out = dataset[i]["A"]
-        if torch.equal(out, ramp.flip(0).expand(3, size, size)):
-            flipped += 1
-        else:
-            assert torch.equal(out, ramp.expand(3, size, size))
-    assert 10 < flipped < 54
-    no_flip = UnpairedSlabDataset(slices, slices, crop=size, flip=False, seed=0, length=16)
-    assert all(torch.equal(no_flip[i]["A"], ramp.expand(3, size, size)) for i in range(16))
+        image = dataset[i]["A"][0]  # (H, W): (X, Y), (X, Z) or (Y, Z)
+        levels = image.unique().tolist()
+        marker = image == levels[-1]   # the brightest: anterior (300)
+        side = image == levels[-2]     # next: left (200)
+        if through_plane == 0:         # sagittal (Y, Z): no left-right axis, never flipped
+            rows = torch.nonzero(marker.any(1)).flatten()
+            assert rows.float().mean() > 16  # anterior stays at high Y
+            anterior += 1
+        elif len(levels) >= 3:         # axial (X, Y) / coronal (X, Z): X first, flipped with probability 1/2
+            rows = torch.nonzero(side.any(1)).flatten().float().mean()
+            left += bool(rows < 16)
+            anterior += 1
+            if through_plane == 2:
+                assert torch.nonzero(marker.any(0)).flatten().float().mean() > 16  # never flipped front-back
+    if through_plane == 0:
+        assert anterior == 40
+    else:
+        assert anterior > 20 and 0.2 < left / anterior < 0.8  # both orientations occur
