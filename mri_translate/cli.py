@@ -37,7 +37,7 @@ def train_entry(args) -> int:
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
-                    resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress)
+                    resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress, val=args.val)
     if os.environ.get("RANK", "0") == "0":
         print(f"run bundle: {trainer.run_dir}")
     return EXIT_OK
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, help="train in N processes on this machine (torchrun; one per GPU)")
+    p.add_argument("--val", nargs=2, action="append", metavar=("T1", "T2"),
+                   help="a co-registered T1w/T2w pair never trained on (repeatable): scored every train.val_every "
+                        "iterations; the best checkpoint becomes models/model.pt")
     p.set_defaults(entry=train_entry)
 
     p = commands.add_parser("convert", help="translate a scan, a folder, a glob or a BIDS dataset")

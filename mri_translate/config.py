@@ -81,13 +81,14 @@ def is_amp_choice(value) -> bool:
 @dataclass
 class TrainConfig:
     """Length and bookkeeping of a run: ``iterations`` optimisation steps (``epoch_length`` per epoch),
-    checkpoint and progress-montage intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``
+    checkpoint, progress-montage and validation (``val_every``, with ``train --val``) intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``
     (mixed precision, one of :data:`AMP_CHOICES`)."""
 
     iterations: int = 2000
     epoch_length: int = 100
     checkpoint_every: int = 200
     progress_every: int = 100
+    val_every: int = 500
     seed: int = 0
     device: str = "auto"
     amp: bool | str = True
@@ -132,8 +133,8 @@ class RunConfig:
         if not 1 <= len(self.model.channels) <= 4:
             raise InputError(source, f"model.channels needs 1 to 4 levels (slices are padded to a multiple of "
                                      f"16 = 2 ** 4), got {len(self.model.channels)}")
-        if self.train.iterations < 1 or self.train.epoch_length < 1:
-            raise InputError(source, "train.iterations and train.epoch_length must be >= 1")
+        if min(self.train.iterations, self.train.epoch_length, self.train.val_every) < 1:
+            raise InputError(source, "train.iterations, train.epoch_length and train.val_every must be >= 1")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 

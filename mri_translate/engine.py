@@ -136,7 +136,14 @@ class CycleGANTrainer(Trainer):
         # not ``self.scaler``: MONAI's Trainer.run() resets that attribute from its own ``amp`` flag
         self.grad_scaler = self.precision.grad_scaler()
         self.export_state: dict = {}  # what model.pt and checkpoints carry besides weights (normalisation)
+        self.validation: list[dict] = []  # every validation result, with its iteration
+        self.best: dict | None = None  # {"iteration", "score"} of the exported model when validating
         self.state.history = {}
+
+    def validation_curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Validation PSNR per direction against the iteration, named ``val_psnr_<direction>``."""
+        keys = [k for k in (self.validation[0] if self.validation else {}) if k.startswith("psnr_")]
+        return {f"val_{k}": [(v["iteration"], v[k]) for v in self.validation] for k in keys}
 
     def prior_weight(self, iteration: int) -> float:
         """Weight of the contrast prior at ``iteration`` (1-based): ``loss.prior`` times the plan's fade."""
@@ -171,6 +178,8 @@ class CycleGANTrainer(Trainer):
         state = {name: obj.state_dict() for name, obj in self.checkpoint_objects().items()}
         state["history"] = {k: [list(p) for p in v] for k, v in self.state.history.items()}
         state.update(config=self.config.to_dict(), plan=asdict(self.plan), **self.export_state)
+        if self.best is not None:
+            state["best"] = dict(self.best)
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
@@ -202,6 +211,7 @@ class CycleGANTrainer(Trainer):
             raise ModelError(f"{path}: checkpoint does not fit this model ({type(err).__name__}: "
                              f"{str(err).splitlines()[0]})") from err
         self.state.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
+        self.best = state.get("best")
         self.plan = Plan(**state["plan"]) if "plan" in state else Plan(state["config"]["train"]["iterations"])
         train, done = self.config.train, self.state.iteration
         if train.iterations != self.plan.iterations and done < train.iterations:
@@ -219,19 +229,23 @@ class CycleGANTrainer(Trainer):
 
 
 def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, torch.Tensor], on_save,
-                    progress_bar: bool = True, main: bool = True) -> None:
+                    progress_bar: bool = True, main: bool = True, validator=None) -> None:
     """Hook the workflow's side effects onto trainer events.
 
     Every rank gets the learning-rate schedule and the stop at ``train.iterations``; only the ``main`` rank
-    writes checkpoints, montages, plots and logs.
+    writes checkpoints, montages, plots and logs, and validates.
 
     Args:
         trainer: the trainer.
-        run_dir: run directory; ``checkpoint.pt``, ``progress.gif``, ``progress.png`` and ``losses.png`` go here.
+        run_dir: run directory; ``checkpoint.pt``, ``progress.gif``, ``progress.png``, ``losses.png`` and, with
+            a validator, ``validation.csv`` go here.
         fixed: fixed slabs ``{"A": (n, k, H, W), "B": (n, k, H, W)}`` translated for every montage.
-        on_save: called after every checkpoint (writes the run bundle's ``models/model.pt``).
+        on_save: writes the run bundle's ``models/model.pt``: after every checkpoint, or with a validator only
+            when the validation score is the best so far (:mod:`~mri_translate.validation`).
         progress_bar: show a tqdm bar.
         main: this process is rank 0.
+        validator: a :class:`~mri_translate.validation.Validator` run every ``train.val_every`` iterations and at
+            the end, or ``None``.
     """
     train = trainer.config.train
     for scheduler in trainer.schedulers.values():
@@ -240,7 +254,24 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
 
     def checkpoint(engine):
         trainer.save_checkpoint(run_dir / CHECKPOINT)
-        on_save(engine)
+        if validator is None:
+            on_save(engine)
+
+    def validate(engine):
+        iteration = engine.state.iteration
+        if trainer.validation and trainer.validation[-1]["iteration"] == iteration:
+            return  # already scored (the end of a run that stops on a validation iteration)
+        result = validator(trainer.nets, trainer.export_state, engine.state.device)
+        trainer.validation.append({"iteration": iteration, **result})
+        best = trainer.best is None or result["score"] > trainer.best["score"]
+        log.info("validation at iteration %d: score %.2f dB%s | %s", iteration, result["score"],
+                 " (best so far: exported)" if best else f" (best {trainer.best['score']:.2f} at "
+                 f"{trainer.best['iteration']})", " ".join(f"{k}={v:.3f}" for k, v in result.items()
+                                                           if k.startswith(("psnr", "ssim"))))
+        validator.write_csv(trainer.validation, run_dir / "validation.csv")
+        if best:
+            trainer.best = {"iteration": iteration, "score": result["score"]}
+            on_save(engine)
 
     def montage(engine):
         montages.append(progress_montage(trainer.nets, fixed, engine.state.device))
@@ -254,7 +285,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
             montage(engine)
         visualize.write_progress_gif(montages, run_dir / "progress.gif")
         visualize.write_png(montages[-1], run_dir / "progress.png")
-        visualize.plot_losses(engine.state.history, run_dir / "losses.png")
+        visualize.plot_losses({**engine.state.history, **trainer.validation_curves()}, run_dir / "losses.png")
 
     def stop_at_budget(engine):
         if engine.state.iteration >= train.iterations:
@@ -263,6 +294,9 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_at_budget)
     if not main:
         return
+    if validator is not None:  # before the checkpoints, so they hold the newest best
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.val_every), validate)
+        trainer.add_event_handler(Events.COMPLETED, validate)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.checkpoint_every), checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.progress_every), montage)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, train.epoch_length // 4)), log_stats)

@@ -161,14 +161,27 @@ class Translator:
             raise ModelError(f"unknown direction '{direction}' (expected {' or '.join(DIRECTIONS)})")
         path = resolve_model_path(model)
         state = read_checkpoint(path)
-        generator = load_generator(state, direction, path)
+        return cls.from_state(state, direction, load_generator(state, direction, path), resolve_device(device),
+                              batch_size, amp, axis, path)
+
+    @classmethod
+    def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
+                   batch_size: int = 8, amp: bool = True, axis: int | None = None,
+                   path: Path | None = None) -> Translator:
+        """A translator from what a model file holds besides weights (``normalization``, see
+        :func:`~mri_translate.bundle.export_state`) and a generator: the one home of how a model translates,
+        shared by :meth:`from_run` and validation during training.
+
+        Raises:
+            ModelError: the state holds no normalisation for the target domain.
+        """
         target = "B" if direction == "t1-to-t2" else "A"
         normalization = state.get("normalization")
         if normalization is None or target not in normalization:
-            raise ModelError(f"{path}: holds no intensity normalisation (a checkpoint of an older version?); "
-                             "use the run's models/model.pt")
-        translator = cls(generator, generator.k, normalization[target], resolve_device(device), batch_size,
-                         amp, direction, path, axis)
+            raise ModelError(f"{path or 'model'}: holds no intensity normalisation (a checkpoint of an older "
+                             "version?); use the run's models/model.pt")
+        translator = cls(generator, generator.k, normalization[target], device, batch_size, amp, direction, path,
+                         axis)
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
         translator.target_histogram = normalization.get(f"histogram_{target}")
         return translator

@@ -19,10 +19,11 @@ from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
 from .errors import InputError
 from .io import remove_stale_temporaries
 from .runtime import read_checkpoint
+from .validation import Validator
 
 log = logging.getLogger("mri_translate.train")
 RUN_OUTPUTS = ("configs", "models", "docs", "tensorboard", CHECKPOINT, "progress.gif", "progress.png",
-               "losses.png")
+               "losses.png", "validation.csv")
 
 
 def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -49,7 +50,7 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: dict | None = None,
           epochs: int | None = None, resume: bool = False, overwrite: bool = False,
-          progress_bar: bool = True) -> CycleGANTrainer:
+          progress_bar: bool = True, val=None) -> CycleGANTrainer:
     """Train a 2.5D CycleGAN T1w <-> T2w.
 
     Args:
@@ -62,6 +63,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         resume: continue from ``out/checkpoint.pt`` (iteration, optimisers and schedules restored).
         overwrite: replace an earlier run in ``out``.
         progress_bar: show a tqdm progress bar.
+        val: co-registered ``(t1, t2)`` pairs never trained on: scored every ``train.val_every`` iterations;
+            the best checkpoint becomes ``models/model.pt`` (:mod:`~mri_translate.validation`).
 
     Returns:
         The finished trainer: ``run_dir`` is the run directory, ``nets`` the four networks, ``state`` the
@@ -81,6 +84,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if epochs is not None:
         config.train.iterations = epochs * config.train.epoch_length
     context, device = distributed.setup(config.train.device)
+    validator = Validator(val) if val and context.main else None  # bad pairs refused before anything is written
     if context.main:
         _prepare_run_dir(out, resume, overwrite)
         _log_to_console()
@@ -109,7 +113,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))
     attach_handlers(trainer, out, fixed_slabs(domain_a, domain_b, crop=config.data.crop),
                     on_save=lambda e: bundle.export_model(trainer, out),
-                    progress_bar=progress_bar and context.main, main=context.main)
+                    progress_bar=progress_bar and context.main, main=context.main, validator=validator)
     log.info("training %d iterations on %s (AMP: %s, %d process(es))", config.train.iterations, device,
              trainer.precision.describe(), context.world)
     try:
