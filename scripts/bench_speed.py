@@ -94,6 +94,8 @@ def bench_convert(channels, res_units, device, amp, batch_size) -> dict:
 def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batch_size: int = 1) -> dict:
     """``load_slices`` of the first ``n_t1`` T1w and ``n_t2`` T2w volumes of ``train_real`` (1 mm in-plane,
     k = 3), then ``iterations`` batches of augmented slabs from the training DataLoader."""
+    import nibabel as nib
+    import numpy as np
     import torch
 
     from mri_translate.config import RunConfig
@@ -106,13 +108,16 @@ def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batc
     load_s = time.perf_counter() - start
     config = RunConfig.from_dict({"data": {"crop": crop, "batch_size": batch_size},
                                   "train": {"epoch_length": iterations}})
+    config.data.augment = True  # data.augment (read by make_loader), until DataConfig declares it
     start = time.perf_counter()
     for batch in make_loader(a, b, config):
         assert batch["A"].shape == (batch_size, 3, crop, crop)
     batches_s = time.perf_counter() - start
     stored = sum(v.slices.numel() * v.slices.element_size() for d in (a, b) for v in d.volumes)
+    sources = sum(4 * int(np.prod(nib.load(str(f)).shape)) for f in t1 + t2)
     return {"volumes": n_t1 + n_t2, "load_s": round(load_s, 1), "batches_s": round(batches_s, 2),
-            "stored_mb": round(stored / 2**20, 1), "slices_A": len(a), "slices_B": len(b),
+            "stored_mb": round(stored / 2**20, 1), "sources_mb": round(sources / 2**20, 1), "slices_A": len(a),
+            "slices_B": len(b),
             "kept": {v.name: len(v.kept) for d in (a, b) for v in d.volumes}, "torch_threads": torch.get_num_threads()}
 
 
@@ -207,10 +212,11 @@ def bench_data_memory(markdown: str) -> None:
         print(f"{REAL} not found: data memory benchmark skipped")
         return
     results = [run({"kind": "data", "t1": n_t1, "t2": n_t2, "device": "cpu"}) for n_t1, n_t2 in DATA_SIZES]
-    lines = ["| volumes (T1w + T2w) | load | 50 batches | usable slices A / B | stored slices (MB) | peak RSS (MB) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| volumes (T1w + T2w) | sources as float32 (MB) | load | 50 batches | usable slices A / B | "
+             "stored slices (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['volumes']} ({r['t1']} + {r['t2']}) | {r['load_s']} s | {r['batches_s']} s | "
+        lines.append(f"| {r['volumes']} ({r['t1']} + {r['t2']}) | {r['sources_mb']} | {r['load_s']} s | "
+                     f"{r['batches_s']} s | "
                      f"{r['slices_A']} / {r['slices_B']} | {r['stored_mb']} | {r['peak_rss_mb']} |")
     kept = ", ".join(f"{name.replace('.nii.gz', '')} {n}" for name, n in results[-1]["kept"].items())
     text = (f"## Training data memory (scripts/bench_speed.py --part data, {time.strftime('%Y-%m-%d')})\n\n"
@@ -218,7 +224,8 @@ def bench_data_memory(markdown: str) -> None:
             "in-plane, k = 3, each stored once as float16 cropped to the head), then 50 batches of augmented "
             f"128x128 slabs from `make_loader`, in one process per row ({os.cpu_count()} CPUs, "
             f"{results[-1]['torch_threads']} torch threads).\n\n" + "\n".join(lines) +
-            f"\n\nUsable slices per volume (all 21): {kept}.\n")
+            f"\n\nUsable slices per volume (all 21): {kept}. Before slabs were cut lazily (every slab of every "
+            "volume padded to the largest slice and stored k times), training on all 21 was killed at 24 GB.\n")
     print(text)
     if markdown:
         sys.path.insert(0, str(ROOT / "scripts"))

@@ -61,7 +61,8 @@ def test_load_slices_resamples_in_plane_to_the_training_spacing(synthetic_4mm):
     fine = load_slices([path], spacing=2.0).volumes[0]
     assert fine.slices.shape[0] == coarse.slices.shape[0]        # through-plane axis left as it is
     assert fine.slices.shape[1] == pytest.approx(2 * coarse.slices.shape[1], abs=18)  # margin of 8 px each side
-    assert float(fine.weights.sum()) == pytest.approx(4 * float(coarse.weights.sum()), rel=0.1)  # area in pixels, 4x at 2 mm
+    # sampling weights are foreground areas in pixels: 4x as many at 2 mm
+    assert float(fine.weights.sum()) == pytest.approx(4 * float(coarse.weights.sum()), rel=0.1)
     assert fine.head_area_cm2 == pytest.approx(coarse.head_area_cm2, rel=0.1)
     native = load_slices([path]).volumes[0]  # spacing None: each source's own pixels
     assert torch.equal(native.slices, coarse.slices)
