@@ -2,8 +2,10 @@
 volumes, DICOM series and folders of 2D slices.
 
 Memory stays bounded: each source is loaded once, put in RAS, resampled in-plane to one pixel size
-(``data.spacing``, 1 mm), normalised and stored once as float16 slices ``(N, H, W)`` cropped to its head (no
-padding to other sources' sizes, no k copies). Slabs of k neighbouring slices are cut when an item is drawn,
+(``data.spacing``, 1 mm; the through-plane axis as it is), normalised (per source, per image for 2D images,
+exactly as ``convert`` normalises its input; or by a learned
+:class:`~mri_translate.standardize.LandmarkStandardizer`) and stored once as float16 slices ``(N, H, W)`` cropped
+to its head (no padding to other sources' sizes, no k copies). Slabs of k neighbouring slices are cut when an item is drawn,
 from a slice picked in proportion to its foreground area, then randomly cropped, flipped left-right where the
 slice has a left-right axis and augmented (small affine, bias field, gamma) with MONAI random transforms.
 """
