@@ -349,3 +349,12 @@ def test_flips_are_left_right_only(tmp_path, through_plane):
         assert anterior == 40
     else:
         assert anterior > 20 and 0.2 < left / anterior < 0.8  # both orientations occur
+
+
+def test_a_real_thin_pixel_volume_is_stored_at_1_mm(shared_data):
+    path = shared_data / "volumes" / "train_real" / "brainix_T2w.nii.gz"  # 512 x 512 x 22, 0.45 mm pixels, 6 mm slices
+    (volume,) = load_slices([path], spacing=1.0).volumes
+    assert volume.axis == 2 and volume.slices.shape[0] == len(volume.kept) == 22
+    assert volume.slices.shape[1] <= 231 and volume.slices.shape[2] <= 231     # 512 * 0.45 mm = 230 pixels at 1 mm
+    assert volume.slices.shape[1] >= 150 and volume.slices.shape[2] >= 150     # the head itself (~17-20 cm) is kept
+    assert volume.slices.numel() * 2 < 512 * 512 * 22 * 4 / 8                  # float16 at 1 mm: < 1/8 of the source
