@@ -19,8 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numpy.lib.array_utils import normalize_axis_index
 from scipy import ndimage, stats
+
+try:  # NumPy >= 2
+    from numpy.lib.array_utils import normalize_axis_index
+except ImportError:  # NumPy 1.x (setup.cfg allows >= 1.24: MONAI 1.4 pins numpy < 2)
+    from numpy.core.multiarray import normalize_axis_index
 
 NORMALISATION = "each image / its own 99.5th percentile inside the mask, clipped to [0, 1]; data range 1"
 PSNR_CAP_DB = 100.0
