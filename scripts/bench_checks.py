@@ -132,6 +132,8 @@ def contrast_report(rows: list[dict]) -> list[str]:
     others = [r for r in rows if r["label"] == "other"]
     lines.append(f"| made-up non-T1w/T2w | either | {len(others)} | "
                  f"{sum(refused(r['verdict'], 't1-to-t2') and refused(r['verdict'], 't2-to-t1') for r in others)} |")
+    volumes = [r for r in rows if not r["name"].startswith("seed_2d")]
+    slowest = max(volumes, key=lambda r: r["seconds"])
     t1 = [r for r in rows if r["verdict"] == "T1w"]
     t2 = [r for r in rows if r["verdict"] == "T2w"]
     lines += ["", f"Margins: highest `tail` of a T1w verdict {max(r['tail'] for r in t1):.2f} (threshold "
@@ -140,14 +142,14 @@ def contrast_report(rows: list[dict]) -> list[str]:
               f"{cc.T2W_MIN_CONTRAST}); highest `rim` of a T1w {max(r['rim'] for r in t1):.2f} (FLAIR-like above "
               f"{cc.T1W_MAX_RIM}); lowest `contrast` of a T1w/T2w {min(r['contrast'] for r in t1 + t2):.2f} "
               f"(PD/CT-like below {cc.MIN_CONTRAST}).",
-              f"Time of the check (load excluded): median {np.median([r['seconds'] for r in rows]):.2f} s, largest "
-              f"{max(r['seconds'] for r in rows):.2f} s "
-              f"({max(rows, key=lambda r: r['seconds'])['shape']}).", "",
-              "| volume | file says | verdict | tail | contrast | rim | s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if not r["name"].startswith("seed_2d"):
-            lines.append(f"| {r['name']} | {r['label']} | {r['verdict']} | {r['tail']:.2f} | {r['contrast']:.2f} | "
-                         f"{r['rim']:.2f} | {r['seconds']:.2f} |")
+              f"Time of the check (load excluded): 3D volumes median "
+              f"{np.median([r['seconds'] for r in volumes]):.2f} s, "
+              f"largest {slowest['seconds']:.2f} s ({' x '.join(map(str, slowest['shape']))}); 2D slices median "
+              f"{np.median([r['seconds'] for r in rows if r not in volumes]):.3f} s.", "",
+              "| volume | voxels | file says | verdict | tail | contrast | rim | s |", "|---" * 8 + "|"]
+    for r in volumes:
+        lines.append(f"| {r['name']} | {' x '.join(map(str, r['shape']))} | {r['label']} | {r['verdict']} | "
+                     f"{r['tail']:.2f} | {r['contrast']:.2f} | {r['rim']:.2f} | {r['seconds']:.2f} |")
     return lines
 
 
