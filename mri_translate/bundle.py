@@ -67,15 +67,24 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
         shutil.copyfile(license_file, run_dir / "docs" / "data_license.txt")
 
 
-def export_state(normalization: dict) -> dict:
-    """What a model file and a checkpoint carry besides weights and configuration: the normalisation (the
-    percentiles of :class:`~mri_translate.transforms.RobustNormalize` and, per domain, the intensity range
-    ``A``/``B`` outputs are mapped back to and the histogram ``histogram_A``/``histogram_B``)."""
+def export_state(normalization: dict, spacing: float | None = None, standardizers=(None, None)) -> dict:
+    """What a model file and a checkpoint carry besides weights and configuration: how inference must prepare
+    a scan and map its translation back, exactly as in training.
+
+    - ``normalization``: the percentiles of :class:`~mri_translate.transforms.RobustNormalize` and, per domain,
+      the intensity range ``A``/``B`` outputs are mapped back to and the histogram ``histogram_A``/``histogram_B``;
+    - ``spacing``: the in-plane pixel size (mm) scans are resampled to (``None``: none);
+    - ``standardize``: ``{"A": ..., "B": ...}`` landmark standardisers
+      (:meth:`~mri_translate.standardize.LandmarkStandardizer.to_dict`), or ``None``.
+    """
     from .transforms import RobustNormalize
 
     defaults = RobustNormalize()
+    a, b = standardizers
     return {"normalization": {"lower": defaults.lower, "upper": defaults.upper,
-                              **{k: list(v) for k, v in normalization.items()}}}
+                              **{k: list(v) for k, v in normalization.items()}},
+            "spacing": spacing,
+            "standardize": {"A": a.to_dict(), "B": b.to_dict()} if a is not None and b is not None else None}
 
 
 def export_model(trainer, run_dir: Path) -> Path:

@@ -37,7 +37,8 @@ def train_entry(args) -> int:
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
-                    resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress, val=args.val)
+                    resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress, val=args.val,
+                    paired=args.paired or args.register, register=args.register)
     if os.environ.get("RANK", "0") == "0":
         print(f"run bundle: {trainer.run_dir}")
     return EXIT_OK
@@ -57,6 +58,16 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2, "0": 0, "1": 1, "2": 2}
+
+
+def pair_entry(args) -> int:
+    """Rigidly align a T1w/T2w pair of one subject and print where the pair on one grid is."""
+    from .pairing import register
+
+    done = register(args.t1, args.t2, args.out, onto=args.onto)
+    print(f"pair on one grid: {done.t1} {done.t2} ({done.moved} resampled; mutual information "
+          f"{done.metric_initial:.3f} -> {done.metric_final:.3f}; check {done.checkerboard})")
+    return EXIT_OK
 
 
 def convert_entry(args) -> int:
@@ -143,10 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, help="train in N processes on this machine (torchrun; one per GPU)")
+    p.add_argument("--paired", action="store_true",
+                   help="a T1w and a T2w of one subject (same name but the contrast) form a co-registered pair that "
+                        "adds a supervised L1 term; the other files stay unpaired")
+    p.add_argument("--register", action="store_true",
+                   help="with --paired: align each pair first (rigid, mutual information) instead of requiring one grid")
     p.add_argument("--val", nargs=2, action="append", metavar=("T1", "T2"),
                    help="a co-registered T1w/T2w pair never trained on (repeatable): scored every train.val_every "
                         "iterations; the best checkpoint becomes models/model.pt")
     p.set_defaults(entry=train_entry)
+
+    p = commands.add_parser("pair", help="align one subject's T1w and T2w (rigid, mutual information) onto one grid")
+    p.add_argument("--t1", required=True, help="T1w NIfTI")
+    p.add_argument("--t2", required=True, help="T2w NIfTI of the same subject")
+    p.add_argument("--out", required=True, help="folder for the resampled scan, a checkerboard PNG and a JSON report")
+    p.add_argument("--onto", default="thicker", choices=["thicker", "t1"],
+                   help="keep the scan with thicker slices fixed (default) or always the T1w")
+    p.set_defaults(entry=pair_entry)
 
     p = commands.add_parser("convert", help="translate a scan, a folder, a glob or a BIDS dataset")
     p.add_argument("input", help="NIfTI, DICOM series folder/file, 2D image; or a folder, glob or BIDS root")

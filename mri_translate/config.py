@@ -32,8 +32,9 @@ class ModelConfig:
 class LossConfig:
     """CycleGAN objective weights: cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, the
     contrast-prior L1 weight ``prior`` (:mod:`~mri_translate.contrast_prior`), fading linearly to zero over the
-    first ``prior_fraction`` of the iterations, and the size of the history pool of fakes shown to each
-    discriminator.
+    first ``prior_fraction`` of the iterations, the supervised L1 weight ``paired`` of co-registered pairs
+    (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), and the size of the history pool of fakes
+    shown to each discriminator.
 
     Defaults: the prior on over the whole run and no identity term, which would pull ``G_AB(T2w)`` towards
     the T2w itself and so fight the contrast inversion the prior asks for."""
@@ -42,6 +43,7 @@ class LossConfig:
     identity: float = 0.0
     prior: float = 10.0
     prior_fraction: float = 1.0
+    paired: float = 10.0
     pool_size: int = 50
 
 
@@ -59,12 +61,21 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     """Slab sampling: in-plane ``crop`` (pixels, a multiple of 16; smaller slices are padded), slices whose
-    foreground covers less than ``min_foreground`` of the slice are skipped, random left-right ``flip``."""
+    foreground covers less than ``min_foreground`` of the slice are skipped, random left-right ``flip``, MONAI
+    ``augment`` (small affine, bias field, gamma). ``spacing``: the in-plane pixel size (mm) every scan is
+    resampled to, in training and in ``convert`` (``null``: each scan keeps its own). ``standardize``: per-volume
+    piecewise-linear landmark standardisation learned on each domain (:mod:`~mri_translate.standardize`) instead
+    of a two-percentile rescaling. ``paired_fraction``: the share of batches drawn from co-registered pairs
+    (``train --paired``) when there are any."""
 
     crop: int = 128
     batch_size: int = 1
     min_foreground: float = 0.05
     flip: bool = True
+    augment: bool = True
+    spacing: float | None = 1.0
+    standardize: bool = True
+    paired_fraction: float = 0.5
     num_workers: int = 0
 
 

@@ -167,7 +167,7 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     from .transforms import from_canonical
 
     x, y = canonical[0].numpy(), normalized[0].numpy()
-    cycled = cycle.inferer(normalized[None], cycle.generator)[0, 0].numpy()
+    cycled = cycle.run_normalized(normalized)[0].numpy()
     mask = metrics.auto_mask((x + 1) / 2)
     axis = translator.axis if translator.axis is not None else through_plane_axis(voxel_spacing(canonical.affine))
     error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))

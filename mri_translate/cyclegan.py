@@ -49,12 +49,20 @@ class ImagePool:
 class CycleGANLoss:
     """Loss terms of the CycleGAN; weights come from a :class:`~mri_translate.config.LossConfig`."""
 
-    def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity):
+    def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity,
+                 paired: float = LossConfig.paired):
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = identity * lambda_cycle
+        self.lambda_paired = paired
         # LSGAN: MSE against 1/0 on raw scores; MONAI would otherwise put a LeakyReLU in front.
         self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
         self.l1 = nn.L1Loss()
+
+    def supervised(self, fake: torch.Tensor, real: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
+        """``lambda_paired`` * mean |fake - real| over the batch items marked ``paired`` (``(B,)`` of 0/1): the L1
+        to the co-registered truth; 0 when no item is paired."""
+        per_item = (fake.float() - real.float()).abs().flatten(1).mean(1)
+        return self.lambda_paired * (paired * per_item).sum() / paired.sum().clamp_min(1)
 
     def generator(self, score_fake: torch.Tensor) -> torch.Tensor:
         """(D(G(x)) - 1)^2: the generator wants its fakes judged real."""
@@ -77,7 +85,7 @@ def set_requires_grad(networks, flag: bool) -> None:
 def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                   real_a: torch.Tensor, real_b: torch.Tensor, loss: CycleGANLoss,
                   pools: dict[str, ImagePool], autocast=None, scaler=None, priors=None,
-                  prior_weight: float = 0.0) -> dict[str, float]:
+                  prior_weight: float = 0.0, paired: torch.Tensor | None = None) -> dict[str, float]:
     """One CycleGAN iteration: update both generators, then both discriminators.
 
     Args:
@@ -89,11 +97,14 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         autocast: a context-manager factory for mixed precision (``None`` = full precision).
         scaler: a ``torch.amp.GradScaler`` for fp16, or ``None``.
         priors: ``{"AB": ContrastPrior, "BA": ContrastPrior}`` (:mod:`~mri_translate.contrast_prior`), pulling
-            ``G_AB(x)`` towards ``priors["AB"](x)`` (L1) with ``prior_weight``, and ``G_BA`` likewise.
+            ``G_AB(x)`` towards the prior's map inside the brain (its brain-weighted L1 ``loss``) with
+            ``prior_weight``, and ``G_BA`` likewise.
+        paired: ``(B,)`` 1 where ``real_a[i]`` and ``real_b[i]`` are one subject's co-registered slab, else 0:
+            those items add the supervised L1 (:meth:`CycleGANLoss.supervised`) in both directions.
 
     Returns:
         Loss values as floats: ``G`` (total), ``G_adv_AB``, ``G_adv_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``,
-        ``idt_B``, ``prior_A``, ``prior_B``, ``D_A``, ``D_B``.
+        ``idt_B``, ``prior_A``, ``prior_B``, ``paired_A``, ``paired_B``, ``D_A``, ``D_B``.
     """
     autocast = autocast or contextlib.nullcontext
     g_ab, g_ba, d_a, d_b = nets["G_AB"], nets["G_BA"], nets["D_A"], nets["D_B"]
@@ -112,11 +123,15 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         if loss.lambda_identity > 0:
             idt_a = loss.l1(g_ba(real_a), real_a) * loss.lambda_identity  # ||F(x) - x||_1
             idt_b = loss.l1(g_ab(real_b), real_b) * loss.lambda_identity  # ||G(y) - y||_1
-        prior_b = prior_a = torch.zeros((), device=real_a.device)
+        prior_b = prior_a = paired_b = paired_a = torch.zeros((), device=real_a.device)
         if priors is not None and prior_weight > 0:
-            prior_b = loss.l1(fake_b, priors["AB"](real_a)) * prior_weight
-            prior_a = loss.l1(fake_a, priors["BA"](real_b)) * prior_weight
-        total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b + prior_a + prior_b
+            prior_b = priors["AB"].loss(fake_b, real_a) * prior_weight
+            prior_a = priors["BA"].loss(fake_a, real_b) * prior_weight
+        if paired is not None and bool(paired.any()):
+            paired = paired.to(real_a.device, torch.float32)
+            paired_b = loss.supervised(fake_b, real_b, paired)          # ||G(x) - y||_1 on pairs
+            paired_a = loss.supervised(fake_a, real_a, paired)          # ||F(y) - x||_1 on pairs
+        total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b + prior_a + prior_b + paired_a + paired_b
     _backward_step(total_g, optimizers["G"], scaler)
 
     # Discriminators: real vs (pooled) fake, each domain on its own.
@@ -132,7 +147,8 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         scaler.update()
 
     values = {"G": total_g, "G_adv_AB": adv_ab, "G_adv_BA": adv_ba, "cycle_A": cycle_a, "cycle_B": cycle_b,
-              "idt_A": idt_a, "idt_B": idt_b, "prior_A": prior_a, "prior_B": prior_b, "D_A": loss_d_a, "D_B": loss_d_b}
+              "idt_A": idt_a, "idt_B": idt_b, "prior_A": prior_a, "prior_B": prior_b, "paired_A": paired_a,
+              "paired_B": paired_b, "D_A": loss_d_a, "D_B": loss_d_b}
     return {name: float(value.detach()) for name, value in values.items()}
 
 

@@ -49,6 +49,8 @@ class SourceVolume:
         weights: ``(M,)`` their foreground areas in pixels: how often each is drawn.
         range: raw ``(low, high)`` mapped to -1 and +1.
         head_area_cm2: largest axial cross-section of the foreground (:func:`head_area_cm2`).
+        corner: in-plane ``(row, column)`` of ``slices[:, 0, 0]`` in the uncropped slice (to align a pair).
+        path: the source file.
     """
 
     name: str
@@ -59,6 +61,8 @@ class SourceVolume:
     weights: torch.Tensor
     range: tuple[float, float]
     head_area_cm2: float
+    corner: tuple[int, int] = (0, 0)
+    path: str = ""
 
     def slab(self, position: int, k: int) -> torch.Tensor:
         """The ``(k, H, W)`` float32 slab centred on ``slices[position]`` (edges replicated)."""
@@ -217,7 +221,7 @@ def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foregro
     left, right = max(0, int(cols[0]) - MARGIN), int(cols[-1]) + MARGIN + 1
     crop = (slice(lo, hi), slice(top, bottom), slice(left, right))
     source = SourceVolume(name, normalized[crop].half().contiguous(), lo, axis, kept - lo,
-                          mask[kept].flatten(1).sum(1).double(), low_high, area)
+                          mask[kept].flatten(1).sum(1).double(), low_high, area, (top, left))
     return source, ((slices[crop].contiguous(), volume_landmarks(raw)) if landmarks else None)
 
 
@@ -246,6 +250,7 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05, spacing: float 
         except ConstantImageError:
             continue  # an all-black (or uniform) image has no usable slice, like an empty slice of a volume
         if stored is not None:
+            stored[0].path = str(file)
             volumes.append(stored[0])
             raws.append(stored[1])
     if not volumes:
@@ -293,21 +298,25 @@ class SlabAugment:
 
 
 class UnpairedSlabDataset(Dataset):
-    """Item ``i`` = ``{"A": slab, "B": slab}``: a slab of domain A and an independent one of B, each centred on a
-    usable slice drawn in proportion to its foreground area, randomly cropped to ``crop`` x ``crop`` (padded with
-    background first when smaller), flipped left-right with probability 1/2 where the slice has a left-right
-    axis (axial and coronal slices: their first in-plane axis is X; sagittal: none) and augmented.
+    """Item ``i`` = ``{"A": slab, "B": slab, "paired": 0. or 1.}``: a slab of domain A and an independent one of B,
+    each centred on a usable slice drawn in proportion to its foreground area, randomly cropped to ``crop`` x
+    ``crop`` (padded with background first when smaller), flipped left-right with probability 1/2 where the slice
+    has a left-right axis (axial and coronal slices: their first in-plane axis is X; sagittal: none) and
+    augmented. With ``pairs`` (co-registered subjects, see :func:`paired_volumes`), a fraction ``paired_fraction``
+    of the items are instead the SAME slab of one subject in both contrasts (same slice, crop and flip; no
+    augmentation, which would misalign them), marked ``paired = 1``.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
     of workers; call :meth:`set_epoch` each epoch.
     """
 
     def __init__(self, domain_a: Slices, domain_b: Slices, crop: int = 128, flip: bool = True, seed: int = 0,
-                 length: int | None = None, augment: bool = False):
+                 length: int | None = None, augment: bool = False, pairs=(), paired_fraction: float = 0.5):
         self.a, self.b = domain_a, domain_b
         self.crop, self.flip, self.seed, self.epoch = crop, flip, seed, 0
         self.augment = SlabAugment() if augment else None
         self.length = length or max(len(self.a), len(self.b))
+        self.pairs, self.paired_fraction = list(pairs), paired_fraction if pairs else 0.0
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different samples in each epoch."""
@@ -318,20 +327,74 @@ class UnpairedSlabDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**62)
-        return {name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))}
+        if self.paired_fraction and bool(torch.rand((), generator=rng) < self.paired_fraction):
+            return self._draw_pair(rng)
+        return {**{name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))},
+                "paired": torch.tensor(0.0)}
 
-    def _draw(self, domain: Slices, rng: torch.Generator) -> torch.Tensor:
-        """One augmented ``(k, crop, crop)`` slab of ``domain``."""
-        slab, axis = domain.slab(int(torch.multinomial(domain.weights, 1, generator=rng)))
+    def _crop_and_flip(self, slab: torch.Tensor, axis: int, rng: torch.Generator) -> torch.Tensor:
+        """Random ``crop`` x ``crop`` window (padded first when smaller) and left-right flip of ``(C, H, W)``."""
         slab = pad_to(slab, max(self.crop, slab.shape[-2]), max(self.crop, slab.shape[-1]))
         top = int(torch.randint(slab.shape[-2] - self.crop + 1, (1,), generator=rng))
         left = int(torch.randint(slab.shape[-1] - self.crop + 1, (1,), generator=rng))
         slab = slab[:, top: top + self.crop, left: left + self.crop]
         if self.flip and bool(torch.rand((), generator=rng) < 0.5) and axis != 0:
             slab = slab.flip(-2)  # X, patient left-right, is the first in-plane axis of axial/coronal slices
+        return slab
+
+    def _draw(self, domain: Slices, rng: torch.Generator) -> torch.Tensor:
+        """One augmented ``(k, crop, crop)`` slab of ``domain``."""
+        slab, axis = domain.slab(int(torch.multinomial(domain.weights, 1, generator=rng)))
+        slab = self._crop_and_flip(slab, axis, rng)
         if self.augment is not None:
             slab = self.augment(slab, rng)
         return slab.contiguous()
+
+    def _draw_pair(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
+        """One subject's slab in both contrasts, aligned: the same slice, the common in-plane window of the two
+        stored crops, then one crop and flip for both."""
+        pair = self.pairs[int(torch.randint(len(self.pairs), (1,), generator=rng))]
+        index = pair.usable[int(torch.multinomial(pair.weights, 1, generator=rng))]
+        a, b = pair.a.slab(index - pair.a.first, self.a.k), pair.b.slab(index - pair.b.first, self.b.k)
+        (ta, la), (tb, lb) = pair.a.corner, pair.b.corner
+        top, left = max(ta, tb), max(la, lb)
+        bottom, right = min(ta + a.shape[-2], tb + b.shape[-2]), min(la + a.shape[-1], lb + b.shape[-1])
+        both = torch.cat([a[:, top - ta: bottom - ta, left - la: right - la],
+                          b[:, top - tb: bottom - tb, left - lb: right - lb]])
+        both = self._crop_and_flip(both, pair.a.axis, rng).contiguous()
+        return {"A": both[: self.a.k], "B": both[self.a.k:], "paired": torch.tensor(1.0)}
+
+
+@dataclass
+class PairedVolume:
+    """One co-registered subject as stored in both domains: its :class:`SourceVolume` in A and in B, the source
+    slice indices usable in both (``usable``) and their sampling ``weights`` (the T1w's foreground areas)."""
+
+    a: SourceVolume
+    b: SourceVolume
+    usable: list[int]
+    weights: torch.Tensor
+
+
+def paired_volumes(a: Slices, b: Slices, pairs) -> list[PairedVolume]:
+    """The stored volumes of co-registered ``pairs`` ``[(t1, t2), ...]`` (already loaded into ``a`` and ``b``,
+    found by path).
+
+    Raises:
+        InputError: a pair's file left no usable slice, or the two share no usable slice.
+    """
+    by_path = [{v.path: v for v in domain.volumes} for domain in (a, b)]
+    found = []
+    for t1, t2 in pairs:
+        va, vb = by_path[0].get(str(t1)), by_path[1].get(str(t2))
+        if va is None or vb is None:
+            raise InputError(t1 if va is None else t2, "gave no usable slice, so it cannot be trained as a pair")
+        in_b = set((vb.first + vb.kept).tolist())
+        usable = [(int(va.first + p), float(w)) for p, w in zip(va.kept, va.weights) if int(va.first + p) in in_b]
+        if not usable:
+            raise InputError(t2, f"shares no usable slice with {t1}")
+        found.append(PairedVolume(va, vb, [i for i, _ in usable], torch.tensor([w for _, w in usable])))
+    return found
 
 
 def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:
@@ -342,16 +405,16 @@ def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[s
     return {"A": pick(a), "B": pick(b)}
 
 
-def make_loader(a: Slices, b: Slices, config, context: Context = Context()) -> DataLoader:
-    """DataLoader of :class:`UnpairedSlabDataset` (settings from a :class:`~mri_translate.config.RunConfig`) with
-    one epoch = ``train.epoch_length`` batches per rank;
+def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pairs=()) -> DataLoader:
+    """DataLoader of :class:`UnpairedSlabDataset` (settings from a :class:`~mri_translate.config.RunConfig`;
+    ``pairs`` from :func:`paired_volumes`) with one epoch = ``train.epoch_length`` batches per rank;
     under torchrun a ``DistributedSampler`` gives each rank its own share of the items."""
     from torch.utils.data import DistributedSampler
 
     data = config.data
     dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
                                   length=config.train.epoch_length * data.batch_size * context.world,
-                                  augment=getattr(data, "augment", False))
+                                  augment=data.augment, pairs=pairs, paired_fraction=data.paired_fraction)
     sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
                                  drop_last=True) if context.active else None
     return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,

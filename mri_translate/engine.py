@@ -128,7 +128,7 @@ class CycleGANTrainer(Trainer):
         # the lambdas read self.plan at every step, so a plan re-made on resume takes effect
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: self.plan.lr_factor(
             self.config.optim.decay_fraction)(step)) for k, o in self.optimizers.items()}
-        self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity)
+        self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
         self.priors = priors
@@ -155,7 +155,7 @@ class CycleGANTrainer(Trainer):
         real_b = batchdata["B"].to(engine.state.device, non_blocking=True)
         losses = cyclegan_step(self.step_nets, self.optimizers, real_a, real_b, self.loss, self.pools,
                                self.precision.autocast, self.grad_scaler, self.priors,
-                               self.prior_weight(engine.state.iteration))
+                               self.prior_weight(engine.state.iteration), batchdata.get("paired"))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingError(f"loss {', '.join(bad)} is not finite at iteration {engine.state.iteration}; "

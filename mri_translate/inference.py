@@ -23,7 +23,9 @@ from .io import load_volume, voxel_spacing
 from .networks import ModifiedUNet
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
-from .transforms import RobustNormalize, denormalize, foreground_mask, from_canonical, to_canonical
+from .standardize import LandmarkStandardizer
+from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, resample_inplane,
+                         resample_onto, to_canonical)
 
 DEFAULT_MODEL = TEMPLATE / "models" / "model.pt"
 
@@ -95,12 +97,13 @@ class SlabInferer(Inferer):
         self.k, self.axis, self.batch_size, self.amp = k, axis, batch_size, amp
 
     @torch.inference_mode()
-    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network, *args, axis: int | None = None, **kwargs) -> torch.Tensor:
+        """``axis``: slice along this axis for this call (else the inferer's own, else the through-plane one)."""
         first = next(network.parameters(), None)
         device = first.device if first is not None else inputs.device
         outputs = []
         for volume in inputs:
-            axis = self.axis
+            axis = self.axis if axis is None else axis
             if axis is None:
                 axis = through_plane_axis(voxel_spacing(volume.affine if isinstance(volume, MetaTensor) else np.eye(4)))
             slabs, layout = volume_to_slabs(torch.as_tensor(volume[0]).cpu(), self.k, axis)
@@ -145,7 +148,9 @@ class Translator:
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
         self.direction, self.model_path, self.axis = direction, model_path, axis
         self.target_histogram = None  # the target domain's training histogram, for convert --qc
-        self.normalize = RobustNormalize()
+        self.normalize = RobustNormalize()  # or the source domain's LandmarkStandardizer (from_state)
+        self.target_standardizer = None
+        self.spacing = None  # in-plane pixel size (mm) the model was trained at; None: the scan's own
         self.inferer = SlabInferer(k, axis, batch_size, amp)
 
     @classmethod
@@ -184,13 +189,39 @@ class Translator:
                          axis)
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
         translator.target_histogram = normalization.get(f"histogram_{target}")
+        translator.spacing = state.get("spacing")
+        if state.get("standardize"):
+            source = "A" if target == "B" else "B"
+            translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])
+            translator.target_standardizer = LandmarkStandardizer.from_dict(state["standardize"][target])
+            translator.target_range = tuple(float(v) for v in translator.to_target(torch.tensor([-1.0, 1.0])))
         return translator
+
+    def to_target(self, values: torch.Tensor) -> torch.Tensor:
+        """Translated values in [-1, 1] to the target domain's intensities: the target standardiser's typical raw
+        scale when the model standardises, else the target's training range (:func:`denormalize`)."""
+        if self.target_standardizer is not None:
+            return self.target_standardizer.to_raw(values.clamp(-1, 1))
+        return denormalize(values, self.target_range)
+
+    def run_normalized(self, x: MetaTensor) -> MetaTensor:
+        """The generator on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: resampled in-plane to
+        the model's ``spacing`` (as in training), translated slab by slab, resampled back onto ``x``'s grid and
+        its background set to exactly -1. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        data = x.as_tensor()[0].float()
+        spacing = voxel_spacing(x.affine)
+        axis = self.axis if self.axis is not None else through_plane_axis(spacing)
+        model_grid = resample_inplane(data, spacing, axis, self.spacing) if self.spacing else data
+        out = self.inferer(model_grid[None, None], self.generator, axis=axis)[0, 0]
+        if self.spacing:
+            out = resample_onto(out, data.shape, axis)
+            out[background_of(data)] = -1.0
+        return MetaTensor(out[None], meta=dict(x.meta))
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
         canonical = self.normalize(to_canonical(volume))
-        out = self.inferer(canonical[None], self.generator)[0]
-        return canonical, MetaTensor(out, meta=dict(canonical.meta))
+        return canonical, self.run_normalized(canonical)
 
     def __call__(self, volume) -> MetaTensor:
         """Translate one volume.
@@ -210,7 +241,7 @@ class Translator:
     def restore(self, normalized: MetaTensor, like: MetaTensor) -> MetaTensor:
         """Map a RAS ``(1, X, Y, Z)`` output in [-1, 1] to the target range and back into the voxel order and
         affine of ``like`` (the loaded input)."""
-        out = MetaTensor(denormalize(normalized.as_tensor(), self.target_range), meta=normalized.meta)
+        out = MetaTensor(self.to_target(normalized.as_tensor()), meta=normalized.meta)
         return from_canonical(out, like.meta["original_axcodes"], like.meta["original_affine"])
 
     def model_sha256(self) -> str | None:

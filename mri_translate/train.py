@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ignite.engine import Events
 
-from . import bundle, distributed
+from . import bundle, distributed, pairing
 from .config import RunConfig, load_config, merge_overrides
-from .contrast_prior import ContrastPrior
-from .data import fixed_slabs, load_slices, make_loader
+from .contrast_prior import EDGE, ContrastPrior
+from .data import (effective_k, fixed_slabs, load_slices, make_loader, paired_volumes,
+                   skull_stripping_mismatch)
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
 from .errors import InputError
 from .io import remove_stale_temporaries
@@ -50,7 +51,7 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: dict | None = None,
           epochs: int | None = None, resume: bool = False, overwrite: bool = False,
-          progress_bar: bool = True, val=None) -> CycleGANTrainer:
+          progress_bar: bool = True, val=None, paired: bool = False, register: bool = False) -> CycleGANTrainer:
     """Train a 2.5D CycleGAN T1w <-> T2w.
 
     Args:
@@ -65,6 +66,11 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         progress_bar: show a tqdm progress bar.
         val: co-registered ``(t1, t2)`` pairs never trained on: scored every ``train.val_every`` iterations;
             the best checkpoint becomes ``models/model.pt`` (:mod:`~mri_translate.validation`).
+        paired: a T1w and a T2w of one subject (:func:`~mri_translate.pairing.match_subjects`) form a pair that
+            adds the supervised L1 (``loss.paired``) in ``data.paired_fraction`` of the batches; the others stay
+            unpaired (mixed mode). Each pair must share one grid, unless ``register``.
+        register: with ``paired``, align each pair first (:func:`~mri_translate.pairing.register`, files and
+            checkerboards in ``out/pairs``).
 
     Returns:
         The finished trainer: ``run_dir`` is the run directory, ``nets`` the four networks, ``state`` the
@@ -91,15 +97,29 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     distributed.barrier()
 
     t1, t2 = [str(p) for p in t1], [str(p) for p in t2]
-    domain_a = load_slices(t1, config.model.k, config.data.min_foreground)
-    domain_b = load_slices(t2, config.model.k, config.data.min_foreground)
-    log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s)",
-             len(domain_a.names), len(t1), len(domain_b.names), len(t2))
-    loader = make_loader(domain_a, domain_b, config, context)
+    k, reason = effective_k(t1, t2, config.model.k)
+    if reason:
+        log.warning("%s; recorded as model.k = 1 in this run", reason)
+        config.model.k = k
+    pairs = _pairs(t1, t2, out / "pairs", register) if paired else []
+    if register:  # the registered files replace the originals of each pair
+        moved = {original: aligned for pair, aligned_pair in pairs for original, aligned in zip(pair, aligned_pair)}
+        t1, t2 = [moved.get(p, p) for p in t1], [moved.get(p, p) for p in t2]
+    pairs = [aligned for _, aligned in pairs]
+    data = config.data
+    domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize)
+    domain_b = load_slices(t2, k, data.min_foreground, data.spacing, data.standardize)
+    log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s); %d pair(s)",
+             len(domain_a.names), len(t1), len(domain_b.names), len(t2), len(pairs))
+    mismatch = skull_stripping_mismatch(domain_a, domain_b)
+    if mismatch:
+        log.warning(mismatch)
+    loader = make_loader(domain_a, domain_b, config, context, paired_volumes(domain_a, domain_b, pairs))
     priors = None
     if config.loss.prior > 0:
-        priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs),
-                  "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs)}
+        edge = max(1, round(EDGE / (data.spacing or 1.0)))  # EDGE pixels at 1 mm
+        priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs, edge),
+                  "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs, edge)}
     trainer = CycleGANTrainer(config, loader, device, rank=context.rank, priors=priors, distributed=context.active)
     trainer.run_dir = out
     if resume:
@@ -107,7 +127,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
     normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range(),
                      "histogram_A": domain_a.intensity_histogram(), "histogram_B": domain_b.intensity_histogram()}
-    trainer.export_state = bundle.export_state(normalization)
+    trainer.export_state = bundle.export_state(normalization, data.spacing,
+                                               [domain.standardizer for domain in (domain_a, domain_b)])
     if context.main:
         bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))
@@ -123,6 +144,32 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     finally:
         distributed.teardown()
     return trainer
+
+
+def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """``[(original pair, pair on one grid), ...]`` of the subjects found in both lists: registered into
+    ``folder`` when ``register`` (under torchrun every rank registers, with the same seed, writing atomically),
+    else checked to share a grid.
+
+    Raises:
+        InputError: no subject has both contrasts, or a pair is not on one grid (without ``register``).
+    """
+    found, _, _ = pairing.match_subjects(t1, t2)
+    if not found:
+        raise InputError(t2[0] if t2 else "--t2", "--paired: no subject has both a T1w and a T2w (files are "
+                                                  "matched by name without the contrast, e.g. sub-01_T1w/sub-01_T2w)")
+    result = []
+    for a, b in found:
+        if register:
+            folder.mkdir(parents=True, exist_ok=True)
+            done = pairing.register(a, b, folder)
+            log.info("registered %s and %s (%s moved): mutual information %.3f -> %.3f; %s", a, b, done.moved,
+                     done.metric_initial, done.metric_final, done.checkerboard)
+            result.append(((str(a), str(b)), (str(done.t1), str(done.t2))))
+        else:
+            pairing.check_pair(a, b)
+            result.append(((str(a), str(b)), (str(a), str(b))))
+    return result
 
 
 def _set_epoch(loader, epoch: int) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .errors import InputError
-from .io import atomic_path, load_volume
+from .io import atomic_path
+from .pairing import check_pair
 
 #: (direction, source key, target key, generator) of both directions.
 DIRECTIONS = (("t1-to-t2", "t1", "t2", "G_AB"), ("t2-to-t1", "t2", "t1", "G_BA"))
@@ -37,15 +37,10 @@ class ValidationPair:
         """Load a pair and check that it shares one grid.
 
         Raises:
-            InputError: unusable file, or the two are not on one grid (shape or affine differ).
+            InputError: unusable file, or the two are not on one grid (:func:`~mri_translate.pairing.check_pair`).
         """
-        volumes = {"t1": load_volume(t1), "t2": load_volume(t2)}
-        a, b = volumes["t1"], volumes["t2"]
-        same_affine = np.allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-3)
-        if a.shape != b.shape or not same_affine:
-            raise InputError(t2, f"is not on the grid of {t1} (shape {tuple(b.shape[1:])} vs {tuple(a.shape[1:])}"
-                                 f"{'' if same_affine else ', affines differ'}); validation pairs must be "
-                                 "co-registered (see mri-translate pair)")
+        a, b = check_pair(t1, t2)
+        volumes = {"t1": a, "t2": b}
         masks = {key: metrics.auto_mask(volume[0].numpy()) for key, volume in volumes.items()}
         return cls(Path(t1).name, volumes, masks)
 

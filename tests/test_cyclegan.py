@@ -14,7 +14,7 @@ from mri_translate.networks import build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "prior_A", "prior_B", "D_A", "D_B"}
+LOSS_KEYS = {"G", "G_adv_AB", "G_adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "prior_A", "prior_B", "paired_A", "paired_B", "D_A", "D_B"}
 
 
 def tiny_setup(seed: int = 0, lr: float = 2e-4):

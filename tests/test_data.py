@@ -238,7 +238,7 @@ def test_dataset_items_have_the_crop_shape(real_slices):
         dataset = UnpairedSlabDataset(a, b, crop=crop, seed=0, augment=augment)
         assert len(dataset) == max(len(a), len(b))
         item = dataset[0]
-        assert set(item) == {"A", "B"}
+        assert set(item) == {"A", "B", "paired"} and item["paired"] == 0
         assert item["A"].shape == item["B"].shape == (3, crop, crop)
         assert item["A"].dtype == torch.float32
         assert item["A"].min() >= -1 and item["A"].max() <= 1
@@ -358,3 +358,30 @@ def test_a_real_thin_pixel_volume_is_stored_at_1_mm(shared_data):
     assert volume.slices.shape[1] <= 231 and volume.slices.shape[2] <= 231     # 512 * 0.45 mm = 230 pixels at 1 mm
     assert volume.slices.shape[1] >= 150 and volume.slices.shape[2] >= 150     # the head itself (~17-20 cm) is kept
     assert volume.slices.numel() * 2 < 512 * 512 * 22 * 4 / 8                  # float16 at 1 mm: < 1/8 of the source
+
+
+def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path):
+    """A co-registered synthetic subject stored in both domains (each cropped to its own head): a paired item
+    is the same slab of both, aligned voxel for voxel (the heads' outlines coincide), while unpaired items of
+    two different subjects do not line up; paired_volumes refuses a file that is not loaded."""
+    from mri_translate.data import paired_volumes
+    from mri_translate.synthetic import write_dataset
+
+    data = write_dataset(tmp_path, n_subjects=2, resolution=4.0)
+    pair = (data["t1"][0], data["t2"][0])
+    a = load_slices([pair[0], data["t1"][1]], k=3, spacing=None)
+    b = load_slices([pair[1]], k=3, spacing=None)
+    pairs = paired_volumes(a, b, [pair])
+    dataset = UnpairedSlabDataset(a, b, crop=32, seed=0, length=40, augment=True, pairs=pairs, paired_fraction=0.5)
+    overlap = {0.0: [], 1.0: []}
+    for i in range(40):
+        item = dataset[i]
+        head_a, head_b = item["A"] > -0.9, item["B"] > -0.9
+        union = int((head_a | head_b).sum())
+        if union:
+            overlap[float(item["paired"])].append(int((head_a & head_b).sum()) / union)
+    assert len(overlap[1.0]) >= 10 and len(overlap[0.0]) >= 10
+    assert np.median(overlap[1.0]) > 0.9, overlap[1.0]   # same slice, same crop, same flip (the two contrasts'
+    assert np.median(overlap[0.0]) < 0.8, overlap[0.0]   # outlines differ a little at the top of the head)
+    with pytest.raises(InputError, match="cannot be trained as a pair"):
+        paired_volumes(a, b, [(data["t1"][1], data["t2"][1])])

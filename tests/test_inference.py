@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, sitk_ras_affine
 from mri_translate import inference
@@ -34,6 +35,8 @@ SERIES_DIR = "dicom/mr_t1_mprage_series"
 class IdentityNet(torch.nn.Module):
     """Returns its input. Holds one unused parameter, because SlabInferer finds the device from the network's
     parameters (see test_parameterless_generator_is_accepted)."""
+
+    k = 3  # slices per slab, as a ModifiedUNet states it
 
     def __init__(self):
         super().__init__()
@@ -372,3 +375,51 @@ def test_background_stays_exactly_background(tiny_run, synthetic_nifti):
     background = inference.background_of(RobustNormalize()(holed)[0])
     assert not background[6, 5, 3] and bool(background[0, 0, 0])
     assert int(background.sum()) == int((source == 0).sum())  # all zeros outside the head, not the hole
+
+
+def standardized_state(volumes, spacing):
+    """What model.pt holds for a model trained with landmark standardisation (both domains fitted on
+    ``volumes``) at in-plane ``spacing``."""
+    from mri_translate.bundle import export_state
+    from mri_translate.standardize import LandmarkStandardizer
+
+    fitted = LandmarkStandardizer.fit(volumes)
+    return export_state({"A": [0.0, 1.0], "B": [0.0, 1.0]}, spacing, (fitted, fitted))
+
+
+def test_convert_applies_the_stored_landmarks(synthetic_nifti):
+    """Standardisers fitted on the volume at x1, x2 and x3: an identity model maps the x1 volume onto the
+    domain's typical (median) intensities, i.e. the x2 volume, voxel for voxel inside the head; the
+    background stays exactly the background level."""
+    volume = load_volume(synthetic_nifti)
+    state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
+    translator = Translator.from_state(state, "t1-to-t2", IdentityNet())
+    out = translator(volume)[0].numpy()
+    source = volume[0].numpy()
+    inside = source > 0
+    np.testing.assert_allclose(out[inside], 2 * source[inside], rtol=0.02)
+    assert np.all(out[~inside] == out[~inside][0])
+    assert translator.target_range[1] > 2 * np.percentile(source[inside], 98)
+
+
+def test_inference_runs_at_the_model_spacing_and_comes_back_on_the_input_grid(synthetic_nifti, slab_axes):
+    """A model trained at 0.5 mm pixels: the (1.0 x 1.2 mm in-plane) input is resampled to 0.5 mm for the
+    network and back; an identity model then returns the input (up to interpolation) in its exact geometry."""
+    volume = load_volume(synthetic_nifti)
+    seen = []
+
+    class Recorder(IdentityNet):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return x
+
+    state = standardized_state([volume], spacing=0.5)
+    state["standardize"] = None
+    state["normalization"]["B"] = list(normalisation_range(volume))
+    out = Translator.from_state(state, "t1-to-t2", Recorder())(volume)
+    assert tuple(out.shape[1:]) == SYNTHETIC_SHAPE
+    np.testing.assert_allclose(np.asarray(out.affine), SYNTHETIC_AFFINE, atol=1e-5)
+    assert all(h >= 2 * 13 and w >= 2 * 11 for h, w in seen)  # twice the pixels in-plane (then padded to /16)
+    source = volume[0].numpy()
+    core = ndimage.binary_erosion(source > 0, iterations=2)
+    np.testing.assert_allclose(out[0].numpy()[core], source[core], rtol=0.05)

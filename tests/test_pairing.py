@@ -1,0 +1,97 @@
+"""Pairs: subject matching, the one-grid check, rigid registration, and paired (mixed) training."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from mri_translate import cli
+from mri_translate.cyclegan import CycleGANLoss
+from mri_translate.errors import InputError
+from mri_translate.pairing import match_subjects, register, subject_key
+from mri_translate.train import train
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_subjects_are_matched_by_name_without_the_contrast(tmp_path):
+    t1 = [tmp_path / "sub-01_T1w.nii.gz", tmp_path / "a" / "t1.nii.gz", tmp_path / "lonely_T1w.nii.gz"]
+    t2 = [tmp_path / "a" / "t2.nii.gz", tmp_path / "sub-01_T2w.nii.gz", tmp_path / "other_T2w.nii.gz"]
+    pairs, rest_a, rest_b = match_subjects(t1, t2)
+    assert pairs == [(t1[0], t2[1]), (t1[1], t2[0])]
+    assert rest_a == [t1[2]] and rest_b == [t2[2]]
+    assert subject_key(tmp_path / "brats_gli_00000_t1.nii.gz") == str(tmp_path / "brats_gli_00000")
+    with pytest.raises(InputError, match="same subject"):
+        match_subjects([tmp_path / "x_T1w.nii.gz", tmp_path / "x_t1.nii"], t2)
+
+
+def test_supervised_term_counts_only_paired_items():
+    loss = CycleGANLoss(paired=4.0)
+    fake, real = torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4)
+    real[2] = 0.0  # the unpaired item would add nothing anyway; item 1 differs by 1
+    assert float(loss.supervised(fake, real, torch.tensor([0.0, 1.0, 0.0]))) == pytest.approx(4.0)
+    assert float(loss.supervised(fake, real, torch.tensor([1.0, 1.0, 1.0]))) == pytest.approx(4.0 * 2 / 3)
+    assert float(loss.supervised(fake, real, torch.zeros(3))) == 0.0
+
+
+@pytest.fixture(scope="module")
+def shifted_pair(tmp_path_factory):
+    """One synthetic subject's T1w and its T2w moved by a rigid shift of (4, -3, 2) mm (on its own grid)."""
+    from mri_translate.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("pairing")
+    data = write_dataset(root / "data", n_subjects=3, resolution=2.0)
+    t2 = nib.load(data["t2"][0])
+    moved = ndimage.shift(np.asarray(t2.dataobj, dtype=np.float32), (2.0, -1.5, 1.0), order=1)
+    path = root / "moved" / "subject_T2w.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(moved, t2.affine), path)
+    t1 = root / "moved" / "subject_T1w.nii.gz"
+    nib.save(nib.load(data["t1"][0]), t1)
+    return data, t1, path
+
+
+def test_registration_recovers_a_rigid_shift(shifted_pair, tmp_path):
+    data, t1, t2 = shifted_pair
+    done = register(t1, t2, tmp_path, onto="t1")
+    assert done.moved == "t2" and done.t1 == t1 and done.metric_final < done.metric_initial
+    # the fixed->moving translation in ITK's LPS millimetres: the T2w moved by (+4 R, -3 A, +2 S) mm
+    np.testing.assert_allclose(done.parameters[3:], [-4.0, 3.0, 2.0], atol=0.6)
+    aligned = nib.load(done.t2)
+    np.testing.assert_allclose(aligned.affine, nib.load(t1).affine, atol=1e-3)
+    truth = np.asarray(nib.load(data["t2"][0]).dataobj, dtype=np.float32)
+    brain = truth > 0.1 * truth.max()
+    before = np.abs(np.asarray(nib.load(t2).dataobj) - truth)[brain].mean()
+    after = np.abs(np.asarray(aligned.dataobj) - truth)[brain].mean()
+    assert after < 0.5 * before, (before, after)
+    assert done.checkerboard.is_file() and json.loads((tmp_path / "subject_registration.json").read_text())["moved"] == "t2"
+
+
+def test_paired_training_refuses_a_pair_off_one_grid_in_one_line(shifted_pair, tiny_config, tmp_path, capsys):
+    _, t1, t2 = shifted_pair
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(t2).dataobj)[:-2], nib.load(t2).affine), tmp_path / "subject_T2w.nii.gz")
+    cropped = tmp_path / "subject_T2w.nii.gz"
+    t1_copy = tmp_path / "subject_T1w.nii.gz"
+    t1_copy.write_bytes(t1.read_bytes())
+    code = cli.main(["train", "--t1", str(t1_copy), "--t2", str(cropped), "--out", str(tmp_path / "run"),
+                     "--config", str(tiny_config()), "--paired", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert str(cropped) in err[0] and "not on the grid of" in err[0] and "--register" in err[0]
+
+
+@pytest.mark.slow
+def test_mixed_training_with_registration_adds_the_supervised_term(shifted_pair, tiny_config, tmp_path):
+    """--paired --register: the shifted pair is aligned into run/pairs and trained as a pair, the other
+    subjects unpaired; the paired loss terms appear in about data.paired_fraction of the iterations."""
+    data, t1, t2 = shifted_pair
+    config = tiny_config(train={"iterations": 12, "epoch_length": 4})
+    trainer = train([t1, data["t1"][1]], [t2, data["t2"][2]], tmp_path / "run", config=config, progress_bar=False,
+                    paired=True, register=True)
+    assert (tmp_path / "run" / "pairs" / "subject_T2w_space-T1w.nii.gz").is_file()
+    history = trainer.state.history
+    paired = [value for _, value in history["paired_B"]]
+    assert len(paired) == 12 and 2 <= sum(v > 0 for v in paired) <= 10
