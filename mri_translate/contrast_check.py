@@ -5,8 +5,8 @@ Contrast check (cheap, before translating). Inside the brain, T1w and T2w order 
 T1w CSF < GM < WM, T2w WM < GM < CSF. Seen as an intensity histogram of a central brain region (white matter is
 the largest class, CSF a small one), a T1w has a long *dark* tail (CSF) below a bulk of bright white matter and
 a T2w a long *bright* tail (CSF) above a bulk of dark white matter. FLAIR has the dark tail of a T1w but its
-grey matter is brighter than its white matter; PD has little contrast at all. The
-features (:func:`contrast_features`) measure exactly that on the volume resampled to about 2 mm:
+grey matter is brighter than its white matter; PD has little contrast at all. The features
+(:func:`contrast_features`) measure exactly that on the volume subsampled to about 2 mm:
 
 - ``tail``: ``log((q95 - q50) / (q50 - q5))`` of the region's intensities: < 0 T1w-like, > 0 T2w-like;
 - ``contrast``: ``(q95 - q5) / q50``: the spread of tissue intensities (PD, CT, flat images: low);
@@ -16,6 +16,10 @@ features (:func:`contrast_features`) measure exactly that on the volume resample
 The region (:func:`brain_region`) is the centre of each axial slice (an ellipse at 60 % of the head's extent
 in that slice) from 20 to 80 mm below the top of the head, so skull, scalp, neck and face stay out of it in
 whole-head scans; skull-stripped scans, slabs and single 2D slices use the same rule on what they contain.
+
+Out-of-domain flag (after translating, needs the cycle pass of ``convert --qc``): the reference-free checks of
+:func:`~mri_translate.convert.quality_checks` against per-direction upper limits stored in ``model.pt`` under
+:data:`CHECKS_KEY` by ``scripts/calibrate_checks.py`` (:data:`DEFAULT_CHECKS` otherwise).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class ContrastVerdict:
 
 
 def _subsample(x: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Every n-th voxel per axis so the spacing becomes about :data:`FEATURE_SPACING_MM`; returns the new spacing."""
     step = np.maximum(1, np.round(FEATURE_SPACING_MM / np.asarray(spacing, dtype=np.float64))).astype(int)
     return x[:: step[0], :: step[1], :: step[2]], np.asarray(spacing, dtype=np.float64) * step
 
