@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import Context
@@ -293,7 +294,9 @@ class SlabAugment:
         out = slab + 1
         for transform in self.transforms:
             transform.set_random_state(seed=int(torch.randint(2**31, (1,), generator=rng)))
-            out = torch.as_tensor(transform(out)).float()
+            out = transform(out)
+            out = (out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)).float()  # plain: a
+            # MetaTensor would route every later network op through MONAI's __torch_function__ (2-3x slower)
         return (out - 1).clamp(-1, 1)
 
 

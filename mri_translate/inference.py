@@ -122,6 +122,22 @@ class SlabInferer(Inferer):
         return result
 
 
+class TranslatorInferer(Inferer):
+    """MONAI inferer that runs a whole :class:`Translator` (standardise, resample, slabs, average, back onto the
+    input's grid and intensities), so the bundle's ``inference.json`` translates exactly as ``convert`` does.
+
+    Takes the loaded scans ``(B, 1, X, Y, Z)`` (a batch of :func:`~mri_translate.io.load_volume` results, meta
+    per item) and returns their translations in each input's own voxel order; ``network`` is the translator's
+    generator, already inside it."""
+
+    def __init__(self, translator: Translator):
+        super().__init__()
+        self.translator = translator
+
+    def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
+        return torch.stack([self.translator(volume).as_tensor() for volume in inputs])
+
+
 class Translator:
     """Volume in, translated volume out.
 
@@ -204,6 +220,7 @@ class Translator:
             return self.target_standardizer.to_raw(values.clamp(-1, 1))
         return denormalize(values, self.target_range)
 
+    @torch.inference_mode()
     def run_normalized(self, x: MetaTensor) -> MetaTensor:
         """The generator on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: resampled in-plane to
         the model's ``spacing`` (as in training), translated slab by slab, resampled back onto ``x``'s grid and

@@ -1,14 +1,17 @@
-"""Translation quality on paired volumes NOT used for training, for 2D (k=1) and 2.5D (k=3, k=5) models
-trained with the same iteration budget, beside the no-learning baselines.
+"""Translation quality on paired volumes NOT used for training, both directions, beside the no-learning
+baselines: the shipped model (or any run given with --model) and short ablations trained with one budget.
 
-    python scripts/bench_quality.py [--iterations 2000] [--ks 1 3 5] [--model RUN ...] [--markdown docs/benchmarks.md]
+    python scripts/bench_quality.py --model bundles/mri_cyclegan [--ablations default unpaired no-prior k1]
+                                    [--iterations 1000] [--markdown docs/benchmarks.md]
 
-Training data: the unpaired sources of scripts/train_default_model.py (synthetic subjects; T1w and T2w
-from different subjects) plus the native TCGA-FG-6692 scans when ../shared/data is present. Held out:
-synthetic subjects with seeds 1000 and 1001 (1 mm), and, when present, ../shared/data/volumes/avg152 and
-tcga_du_7294 (real, co-registered T1w/T2w). Metrics inside the brain/foreground mask of the reference
-(each image scaled by its own 99.5th percentile in the mask), whole-slice SSIM, inter-slice consistency;
-baselines: identity and the inverted input histogram-matched to ANOTHER subject's target contrast.
+Held out: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
+co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped) and avg152 (template, skull on).
+brats23_gli_00000 is also the validation pair that picks the exported checkpoint (never trained on, but not
+blind): its rows are marked. Metrics inside the brain/foreground mask of the reference (each image scaled by its
+own 99.5th percentile in the mask), whole-slice SSIM, inter-slice consistency; baselines: identity and the
+inverted input histogram-matched to ANOTHER subject's target contrast. Ablations use the training data and
+flags of scripts/train_default_model.py with one change each: ``unpaired`` (no pairs), ``no-prior`` (loss.prior
+0), ``k1`` (2D).
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ def held_out_pairs(work: Path) -> list[dict]:
     data = write_dataset(work / "held-out", n_subjects=2, resolution=1.0, seed=1000)
     pairs = [{"name": f"synthetic seed {1000 + i} (1 mm)", "t1": data["t1"][i], "t2": data["t2"][i],
               "example_t1": data["t1"][1 - i], "example_t2": data["t2"][1 - i]} for i in range(2)]
-    avg, tcga = SHARED / "avg152", SHARED / "tcga_du_7294"
-    if avg.is_dir() and tcga.is_dir():
+    avg, tcga, brats = SHARED / "avg152", SHARED / "tcga_du_7294", SHARED / "brats23_gli_00000"
+    if avg.is_dir() and tcga.is_dir() and brats.is_dir():
+        pairs.append({"name": "tcga_du_7294 (1 mm, LPS, skull-stripped)", "t1": tcga / "t1.nii.gz",
+                      "t2": tcga / "t2.nii.gz", "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
+        pairs.append({"name": "brats23_gli_00000 (1 mm, skull-stripped; validation)", "t1": brats / "t1.nii.gz",
+                      "t2": brats / "t2.nii.gz", "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         pairs.append({"name": "avg152 (2 mm, LAS, skull on)", "t1": avg / "avg152T1.nii", "t2": avg / "avg152T2.nii",
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
-        pairs.append({"name": "tcga_du_7294 (1 mm, LPS, skull-stripped)", "t1": tcga / "t1.nii.gz",
-                      "t2": tcga / "t2.nii.gz", "example_t1": avg / "avg152T1.nii", "example_t2": avg / "avg152T2.nii"})
     return pairs
 
 
@@ -59,7 +64,7 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path) -> list[dict]:
             seconds = time.perf_counter() - start
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
                               target_example=pair[f"example_{target}"])
-            rows.append({"model": run.name, "direction": direction, "volume": pair["name"], "convert_s": seconds,
+            rows.append({"model": run.name if run.name != "mri_cyclegan" else "shipped", "direction": direction, "volume": pair["name"], "convert_s": seconds,
                          "model_scores": report["model"], "consistency": report["interslice_consistency"],
                          "identity": report["baselines"]["identity"],
                          "baseline": report["baselines"]["inverted_histogram_matched"]})
@@ -79,10 +84,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: ablation name -> (train() keyword changes, configuration overrides) against the shipped recipe
+ABLATIONS = {"default": ({}, {}), "unpaired": ({"paired": False, "register": False}, {}),
+             "no-prior": ({}, {"loss": {"prior": 0.0}}), "k1": ({}, {"model": {"k": 1}})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2000, help="training budget per model")
-    parser.add_argument("--ks", type=int, nargs="*", default=[1, 3, 5], help="slab sizes to train")
+    parser.add_argument("--iterations", type=int, default=1000, help="training budget per ablation")
+    parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="variants to train")
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -92,16 +102,19 @@ def main() -> None:
 
     from mri_translate.train import train
     from benchmarks_doc import replace_section
-    from train_default_model import unpaired_sources
+    from train_default_model import VALIDATION, sources
 
     work = Path(args.work)
-    t1, t2 = unpaired_sources(work / "train-data", subjects=6, tcga=(SHARED / "tcga_fg_6692_native").is_dir())
     runs, train_seconds = [Path(m) for m in args.model], {}
-    for k in args.ks:
+    for name in args.ablations:
+        flags, overrides = ABLATIONS[name]
+        t1, t2 = sources(work / "pairs-links")
         start = time.perf_counter()
-        run = train(t1, t2, work / f"k{k}", config=ROOT / "configs" / "default-model.yaml",
-                    overrides={"model": {"k": k}, "train": {"iterations": args.iterations}}, overwrite=True,
-                    progress_bar=False).run_dir
+        run = train(t1, t2, work / name, config=ROOT / "configs" / "default-model.yaml",
+                    overrides={**overrides, "train": {"iterations": args.iterations,
+                                                      "val_every": max(1, args.iterations // 4)}},
+                    overwrite=True, progress_bar=False, val=[VALIDATION],
+                    **{"paired": True, "register": True, **flags}).run_dir
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,12 +124,13 @@ def main() -> None:
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
     text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Machine: {machine}. Training: {args.iterations} iterations per model ({budget or 'existing runs'}),"
-            f" configs/default-model.yaml (loss defaults: contrast prior on, identity off), unpaired synthetic "
-            f"subjects + native TCGA-FG-6692. Held-out volumes "
-            f"were never trained on. Baseline = inverted input histogram-matched to another subject's target "
-            f"contrast; identity = the input itself.\n\n" + table(rows) + "\n")
+            f"Machine: {machine}. Models: {', '.join(str(r) for r in runs)}"
+            f"{f'; ablations trained {args.iterations} iterations each ({budget})' if budget else ''}, on the data of "
+            f"scripts/train_default_model.py (real scans; two registered pairs). Held-out volumes were never trained "
+            f"on; brats23 picks the exported checkpoint (validation). Baseline = inverted input histogram-matched to "
+            f"another subject's target contrast; identity = the input itself.\n\n" + table(rows) + "\n")
     print(text)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     Path(args.work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     replace_section("bench_quality", text, Path(args.markdown))
 

@@ -213,3 +213,23 @@ def ordinary_permissions():
         yield
     finally:
         libc.capset(ctypes.byref(Header(0x20080522, 0)), saved)
+
+
+@pytest.fixture(scope="session")
+def tiny_standardized_run(tiny_run, tmp_path_factory) -> Path:
+    """:func:`tiny_run` as if trained at 2 mm in-plane pixels with landmark standardisation (fitted on the
+    synthetic volume at x1, x2, x3): inference resamples and standardises. Read-only."""
+    import shutil
+
+    import torch
+
+    from mri_translate.standardize import LandmarkStandardizer
+
+    run = tmp_path_factory.mktemp("tiny_standardized_run")
+    shutil.copytree(tiny_run, run, dirs_exist_ok=True)
+    state = torch.load(run / "models" / "model.pt", weights_only=True)
+    volume = torch.from_numpy(synthetic_volume())[None]
+    fitted = LandmarkStandardizer.fit([volume * f for f in (1.0, 2.0, 3.0)]).to_dict()
+    state.update(spacing=2.0, standardize={"A": fitted, "B": fitted})
+    torch.save(state, run / "models" / "model.pt")
+    return run

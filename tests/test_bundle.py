@@ -80,7 +80,7 @@ def test_metadata_follows_k(tmp_path, synthetic_4mm, tiny_config):
     parser = ConfigParser()
     parser.read_config(out / "configs" / "inference.json")
     parser["bundle_root"] = str(out)
-    assert parser.get_parsed_content("network_def").k == 5 and parser.get_parsed_content("inferer").k == 5
+    assert parser.get_parsed_content("network_def").k == 5 and parser.get_parsed_content("translator").k == 5
 
 
 def test_metadata_channel_def_follows_k(tmp_path, synthetic_4mm, tiny_config):

@@ -472,9 +472,12 @@ def test_plan_batch_and_output_path(tmp_path):
 # --- the MONAI bundle gives what the CLI gives ----------------------------------------------------------------
 
 
-def test_bundle_inference_equals_cli(capsys, shared_data, tmp_path, tiny_run):
+@pytest.mark.parametrize("model", ["tiny_run", "tiny_standardized_run"])
+def test_bundle_inference_equals_cli(model, capsys, shared_data, tmp_path, request):
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
-    voxel for voxel, for the LAS avg152 template and a volume with thick sagittal slices (slabs along x)."""
+    voxel for voxel, for the LAS avg152 template and a volume with thick sagittal slices (slabs along x); also
+    for a model that resamples in-plane and standardises intensities."""
+    tiny_run = request.getfixturevalue(model)
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(shared_data / "volumes" / "avg152" / "avg152T1.nii", folder)
