@@ -297,7 +297,9 @@ def test_output_folder_holding_a_run_needs_resume_or_overwrite(sources, tiny_con
     assert not list(empty.iterdir())
 
 
-def test_cli_train_on_the_case_study_png_folders(shared_data, tiny_config, tmp_path, capsys):
+def test_cli_train_on_the_case_study_png_folders(shared_data, tiny_config, tmp_path, capsys, caplog):
+    """Folders of 2D PNGs (k = 3 asked): trained as k = 1, logged, recorded in the run; convert of a PNG then
+    uses k = 1 too."""
     t1, t2 = shared_data / "seed_2d" / "TrainT1", shared_data / "seed_2d" / "TrainT2"
     if not (t1.is_dir() and t2.is_dir()):
         pytest.skip("seed_2d/TrainT1 and TrainT2 not in shared data")
@@ -314,6 +316,9 @@ def test_cli_train_on_the_case_study_png_folders(shared_data, tiny_config, tmp_p
     assert load(out / "checkpoint.pt")["trainer"]["iteration"] == 4
     readme = (out / "docs" / "README.md").read_text()
     assert "TrainT1" in readme and "TrainT2" in readme
+    assert load(out / "checkpoint.pt")["config"]["model"]["k"] == 1 == load(out / "models" / "model.pt")["config"]["model"]["k"]
+    assert any("every source is a 2D image: k = 1 instead of 3" in r.getMessage() for r in caplog.records)
+    assert "k = 1 slices per slab" in readme
 
 
 def test_cli_train_epochs(sources, tiny_config, tmp_path):
