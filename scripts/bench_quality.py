@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of the previous run (WORK/quality.json) and add these")
     args = parser.parse_args()
 
     import torch
@@ -120,6 +122,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = held_out_pairs(Path(tmp))
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp))]
+    previous = Path(args.work, "quality.json")
+    if args.append and previous.is_file():
+        rows = json.loads(previous.read_text()) + rows
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
