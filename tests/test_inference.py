@@ -423,3 +423,19 @@ def test_inference_runs_at_the_model_spacing_and_comes_back_on_the_input_grid(sy
     source = volume[0].numpy()
     core = ndimage.binary_erosion(source > 0, iterations=2)
     np.testing.assert_allclose(out[0].numpy()[core], source[core], rtol=0.05)
+
+
+def test_the_normalisation_percentiles_stored_in_the_model_are_the_ones_used(synthetic_nifti):
+    """model.pt records RobustNormalize's percentiles; a translator uses those, not restated defaults: with
+    lower = 80 the 80th percentile of the volume (inside the head here) maps to -1: more background than with
+    the default 0.5."""
+    from mri_translate.bundle import export_state
+
+    volume = load_volume(synthetic_nifti)
+    state = export_state({"A": [0.0, 1.0], "B": [0.0, 1.0]})
+    state["normalization"].update(lower=80.0, upper=99.0)
+    translator = Translator.from_state(state, "t1-to-t2", IdentityNet())
+    assert (translator.normalize.lower, translator.normalize.upper) == (80.0, 99.0)
+    default = Translator.from_state(export_state({"A": [0.0, 1.0], "B": [0.0, 1.0]}), "t1-to-t2", IdentityNet())
+    x80, x05 = translator.translate_normalized(volume)[0], default.translate_normalized(volume)[0]
+    assert float((x80 == -1).float().mean()) > float((x05 == -1).float().mean()) + 0.05
