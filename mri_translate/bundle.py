@@ -130,9 +130,3 @@ def find_domains(dataset_dir) -> tuple[list[Path], list[Path]]:
     if list_images_2d(root):
         raise InputError(root, "holds 2D images directly; put T1w and T2w images in sub-folders TrainT1/ and TrainT2/")
     raise InputError(root, "found neither TrainT1/ + TrainT2/ folders nor *_T1w.nii.gz + *_T2w.nii.gz files")
-
-
-def target_range(model_state: dict, direction: str) -> tuple[float, float]:
-    """The intensity range outputs of ``direction`` are mapped back to (the target domain's training range)."""
-    low, high = model_state["normalization"]["B" if direction == "t1-to-t2" else "A"]
-    return float(low), float(high)

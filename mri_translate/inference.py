@@ -88,8 +88,7 @@ class SlabInferer(Inferer):
     """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
     into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
     through the network ``batch_size`` slabs at a time (autocast on GPU when ``amp``), and each slice's k
-    predictions are averaged. Where the input is background (:func:`background_of`) the output is exactly -1,
-    the target's background. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with the
+    predictions are averaged. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with the
     input's meta when the input is one."""
 
     def __init__(self, k: int = 3, axis: int | None = None, batch_size: int = 8, amp: bool = True):
@@ -112,9 +111,7 @@ class SlabInferer(Inferer):
                 batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
                 with precision_for(device, self.amp).autocast():
                     predictions[start: start + len(batch)] = network(batch).float().cpu()
-            translated = slabs_to_volume(predictions, layout)
-            translated[background_of(volume[0])] = -1.0  # background stays background, exactly
-            outputs.append(translated[None].to(inputs.device))
+            outputs.append(slabs_to_volume(predictions, layout)[None].to(inputs.device))
         result = torch.stack(outputs)
         if isinstance(inputs, MetaTensor):  # keep meta and applied operations, so Invertd can undo them
             result = MetaTensor(result)
@@ -232,7 +229,7 @@ class Translator:
         out = self.inferer(model_grid[None, None], self.generator, axis=axis)[0, 0]
         if self.spacing:
             out = resample_onto(out, data.shape, axis)
-            out[background_of(data)] = -1.0
+        out[background_of(data)] = -1.0  # background stays background, exactly (once, on x's grid)
         return MetaTensor(out[None], meta=dict(x.meta))
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:

@@ -170,17 +170,3 @@ class LoadScand(MapTransform):
         for key in self.key_iterator(d):
             d[key] = load_volume(d[key])
         return d
-
-
-class Denormalized(MapTransform):
-    """Dictionary wrapper of :func:`denormalize` with a fixed ``intensity_range`` (the target domain's)."""
-
-    def __init__(self, keys: KeysCollection, intensity_range, allow_missing_keys=False):
-        super().__init__(keys, allow_missing_keys)
-        self.intensity_range = tuple(intensity_range)
-
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = denormalize(d[key], self.intensity_range)
-        return d

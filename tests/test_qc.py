@@ -53,7 +53,7 @@ def test_qc_sidecar_and_cycle_error_map(trained_run, synthetic_4mm, tmp_path, ca
     forward = Translator.from_run(trained_run, "t1-to-t2", device="cpu")
     backward = Translator.from_run(trained_run, "t2-to-t1", device="cpu")
     x, y = forward.translate_normalized(volume)
-    cycled = backward.inferer(y[None], backward.generator)[0]
+    cycled = backward.run_normalized(y)
     expected = (x - cycled).abs()
     np.testing.assert_allclose(error.get_fdata(), from_canonical(expected, volume.meta["original_axcodes"])[0].numpy(),
                                atol=1e-5)
