@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a T1w and a T2w of one subject (same name but the contrast) form a co-registered pair that "
                         "adds a supervised L1 term; the other files stay unpaired")
     p.add_argument("--register", action="store_true",
-                   help="with --paired: align each pair first (rigid, mutual information) instead of requiring one grid")
+                   help="with --paired: align each pair that is not already on one grid (rigid, mutual information) "
+                        "instead of refusing it")
     p.add_argument("--val", nargs=2, action="append", metavar=("T1", "T2"),
                    help="a co-registered T1w/T2w pair never trained on (repeatable): scored every train.val_every "
                         "iterations; the best checkpoint becomes models/model.pt")

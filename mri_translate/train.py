@@ -18,7 +18,7 @@ from .data import (effective_k, fixed_slabs, load_slices, make_loader, paired_vo
                    skull_stripping_mismatch)
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
 from .errors import InputError
-from .io import remove_stale_temporaries
+from .io import load_volume, remove_stale_temporaries
 from .runtime import read_checkpoint
 from .validation import Validator
 
@@ -69,8 +69,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         paired: a T1w and a T2w of one subject (:func:`~mri_translate.pairing.match_subjects`) form a pair that
             adds the supervised L1 (``loss.paired``) in ``data.paired_fraction`` of the batches; the others stay
             unpaired (mixed mode). Each pair must share one grid, unless ``register``.
-        register: with ``paired``, align each pair first (:func:`~mri_translate.pairing.register`, files and
-            checkerboards in ``out/pairs``).
+        register: with ``paired``, align each pair that is not already on one grid
+            (:func:`~mri_translate.pairing.register`, files and checkerboards in ``out/pairs``).
 
     Returns:
         The finished trainer: ``run_dir`` is the run directory, ``nets`` the four networks, ``state`` the
@@ -148,7 +148,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
 
 def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """``[(original pair, pair on one grid), ...]`` of the subjects found in both lists: registered into
-    ``folder`` when ``register`` (under torchrun every rank registers, with the same seed, writing atomically),
+    ``folder`` when ``register`` and not already on one grid (under torchrun every rank registers, with the same seed, writing atomically),
     else checked to share a grid.
 
     Raises:
@@ -160,7 +160,10 @@ def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], 
                                                   "matched by name without the contrast, e.g. sub-01_T1w/sub-01_T2w)")
     result = []
     for a, b in found:
-        if register:
+        if register and pairing.same_grid(*(load_volume(path) for path in (a, b))) is None:
+            log.info("%s and %s already share one grid: trained as a pair without registration", a, b)
+            result.append(((str(a), str(b)), (str(a), str(b))))
+        elif register:
             folder.mkdir(parents=True, exist_ok=True)
             done = pairing.register(a, b, folder)
             log.info("registered %s and %s (%s moved): mutual information %.3f -> %.3f; %s", a, b, done.moved,

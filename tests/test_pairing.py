@@ -85,13 +85,21 @@ def test_paired_training_refuses_a_pair_off_one_grid_in_one_line(shifted_pair, t
 
 @pytest.mark.slow
 def test_mixed_training_with_registration_adds_the_supervised_term(shifted_pair, tiny_config, tmp_path):
-    """--paired --register: the shifted pair is aligned into run/pairs and trained as a pair, the other
-    subjects unpaired; the paired loss terms appear in about data.paired_fraction of the iterations."""
-    data, t1, t2 = shifted_pair
+    """--paired --register: the shifted pair is aligned into run/pairs and trained as a pair, a pair already on
+    one grid is trained as it is (no registration), the other subject unpaired; the paired loss terms appear in
+    about data.paired_fraction of the iterations."""
+    data, t1, shifted = shifted_pair
+    t2 = tmp_path / "native" / "subject_T2w.nii.gz"  # a grid of its own (one slice fewer), as acquired
+    t2.parent.mkdir()
+    nib.save(nib.load(shifted).slicer[:, :, 1:], t2)
+    nib.save(nib.load(t1), t2.parent / "subject_T1w.nii.gz")
+    t1 = t2.parent / "subject_T1w.nii.gz"
     config = tiny_config(train={"iterations": 12, "epoch_length": 4})
-    trainer = train([t1, data["t1"][1]], [t2, data["t2"][2]], tmp_path / "run", config=config, progress_bar=False,
-                    paired=True, register=True)
+    trainer = train([t1, data["t1"][1]], [t2, data["t2"][1], data["t2"][2]], tmp_path / "run", config=config,
+                    progress_bar=False, paired=True, register=True)
     assert (tmp_path / "run" / "pairs" / "subject_T2w_space-T1w.nii.gz").is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "pairs").glob("*.nii.gz")) == ["subject_T2w_space-T1w.nii.gz"]
+    assert len(trainer.state.dataloader.dataset.pairs) == 2
     history = trainer.state.history
     paired = [value for _, value in history["paired_B"]]
     assert len(paired) == 12 and 2 <= sum(v > 0 for v in paired) <= 10
