@@ -52,7 +52,8 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
 
     Returns:
         ``{"pred", "ref", "normalisation", "model": {"mask": {...}, "whole": {...}}, "per_slice": [...],
-        "interslice_consistency"?, "baselines"?}``.
+        "interslice_consistency"?, "reference_interslice_consistency"? (the same for the real target: what a
+        perfect translation scores), "baselines"?}``.
     """
     pred_path, ref_path = Path(pred), Path(ref)
     _matching_names(pred_path, ref_path)
@@ -85,6 +86,7 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
         if s.shape != r.shape:
             raise InputError(source, f"shape {s.shape} does not match the reference's {r.shape}")
         report["interslice_consistency"] = metrics.interslice_consistency(p, s, brain, slice_axis)
+        report["reference_interslice_consistency"] = metrics.interslice_consistency(r, s, brain, slice_axis)
         if baselines:
             example = r if target_example is None else load_array(target_example)
             matched = metrics.baseline_inverted_histogram_matched(s, metrics.auto_mask(s), example,
@@ -153,7 +155,8 @@ def format_summary(report: dict) -> str:
             lines.append(f"{name:<28}{v['psnr']:>9.2f}{v['ssim_3d']:>8.3f}{v['mae']:>8.4f}   {region}")
     if "interslice_consistency" in report:
         lines.append(f"inter-slice consistency (output/input change, 1 = as smooth as the input): "
-                     f"{report['interslice_consistency']:.3f}")
+                     f"{report['interslice_consistency']:.3f} (the reference itself: "
+                     f"{report['reference_interslice_consistency']:.3f})")
     lines.append(f"normalisation: {report['normalisation']}")
     return "\n".join(lines)
 

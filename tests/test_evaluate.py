@@ -116,7 +116,8 @@ def test_baselines_and_reports_on_real_paired_data(capsys, tmp_path, tcga_crop):
     assert matched["psnr"] > identity["psnr"]  # T1 is not T2; its inversion is closer
     assert report["model"]["mask"]["psnr"] > matched["psnr"]  # the noisy T2 beats both
     assert "normalisation" not in baselines["identity"]
-    assert report["interslice_consistency"] > 0
+    # the noisy T2 flickers between slices more than the real T2 does, both relative to the T1 input
+    assert report["interslice_consistency"] > report["reference_interslice_consistency"] > 0
     assert "inverted_histogram_matched" in stdout and "identity" in stdout
 
     with open(csv_path, newline="") as handle:
