@@ -18,7 +18,8 @@ class ModelConfig:
 
     ``k``: neighbouring slices in and out (odd); ``channels``: U-Net widths per level (each level halves
     the resolution); ``res_units``: residual units per block; ``disc_channels``/``disc_layers``: PatchGAN width
-    and depth (3 layers = the 70x70 receptive field).
+    and depth (3 layers = the 70x70 receptive field); ``prior_residual``: the generators learn a correction of
+    the contrast prior's map (:class:`~mri_translate.networks.PriorResidualUNet`) and start as that map.
     """
 
     k: int = 3
@@ -26,6 +27,7 @@ class ModelConfig:
     res_units: int = 2
     disc_channels: int = 64
     disc_layers: int = 3
+    prior_residual: bool = False
 
 
 @dataclass

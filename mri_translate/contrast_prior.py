@@ -8,7 +8,9 @@ inverted quantile map of the two domains' intensity distributions is a rough but
 translation. Each generator is pulled towards it by an L1 term whose weight fades to zero over the run,
 while the adversarial and cycle losses learn what the map cannot (context, texture).
 
-Only the two domains' marginal intensity distributions are used: no paired data.
+Only the two domains' marginal intensity distributions are used: no paired data. With ``model.prior_residual``
+the generators go further and start AS the map (:class:`~mri_translate.networks.PriorResidualUNet`), learning
+only a correction of it.
 
 The pull is brain-aware: it acts only inside the foreground with a soft edge (:func:`weight_map`: the mask
 eroded, then blurred), so the skull, scalp and the dark rim of the head are left to the adversarial and cycle
@@ -18,6 +20,7 @@ losses, and the loss is continuous in the input (no jump where a voxel crosses t
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .standardize import piecewise_linear
 from .transforms import strided_sample
@@ -54,13 +57,15 @@ def foreground_quantiles(slabs: torch.Tensor, levels: int = 256, edge: int = EDG
     return torch.quantile(strided_sample(values), torch.linspace(0, 1, levels))
 
 
-class ContrastPrior:
+class ContrastPrior(nn.Module):
     """Inverted quantile map from a source domain to a target domain, in normalised intensities, applied inside
     the brain only.
 
     A brain value at source quantile ``u`` goes to the target's quantile ``1 - u`` (the darkest source tissue
     becomes the brightest target tissue). The generator is pulled towards it with the L1 :meth:`loss`, weighted
     by :func:`weight_map` of the input: zero on the background, the skull and scalp rim, continuous everywhere.
+    A module whose tables are buffers, so a generator that builds on the map
+    (:class:`~mri_translate.networks.PriorResidualUNet`) carries it in its weights.
 
     Args:
         source, target: brain quantiles ``(L,)`` of the two domains (:func:`foreground_quantiles`).
@@ -68,10 +73,16 @@ class ContrastPrior:
     """
 
     def __init__(self, source: torch.Tensor, target: torch.Tensor, edge: int = EDGE):
-        self.edge = edge
-        self.source = source.float().cummax(0).values  # ties can make quantiles non-increasing in float
-        self.target = target.float().cummax(0).values
-        self.levels = torch.linspace(0, 1, len(source))
+        super().__init__()
+        # ties can make quantiles non-increasing in float
+        self.register_buffer("source", source.float().cummax(0).values)
+        self.register_buffer("target", target.float().cummax(0).values)
+        self.register_buffer("levels", torch.linspace(0, 1, len(source)))
+        self.register_buffer("edge_px", torch.tensor(int(edge)))
+
+    @property
+    def edge(self) -> int:
+        return int(self.edge_px)
 
     @classmethod
     def between(cls, source_slabs: torch.Tensor, target_slabs: torch.Tensor, edge: int = EDGE) -> ContrastPrior:
@@ -80,13 +91,13 @@ class ContrastPrior:
 
     def mapped(self, x: torch.Tensor) -> torch.Tensor:
         """The inverted quantile map of every value of ``x`` (any shape; ends held constant), no gradient."""
-        if self.source.device != x.device:  # move the tables once, not every step
-            self.source, self.target, self.levels = (t.to(x.device) for t in (self.source, self.target, self.levels))
+        if self.source.device != x.device:  # a prior used only in the loss is not moved with the networks
+            self.to(x.device)
         flat = x.detach().float().reshape(-1)
         rank = piecewise_linear(flat, self.source, self.levels, extrapolate=False)
         return piecewise_linear(1 - rank, self.levels, self.target, extrapolate=False).reshape(x.shape)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The soft target ``x + w * (mapped(x) - x)``, ``w`` = :func:`weight_map` (``x`` itself outside the brain).
 
         Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: same shape, dtype and device, no gradient.

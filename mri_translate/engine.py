@@ -24,7 +24,7 @@ from .config import RunConfig
 from .cyclegan import CycleGANLoss, ImagePool, cyclegan_step
 from .errors import ModelError, TrainingError
 from .io import atomic_path
-from .networks import build_networks
+from .networks import PriorResidualUNet, build_networks
 from .runtime import precision_for, read_checkpoint
 
 log = logging.getLogger("mri_translate.train")
@@ -102,7 +102,8 @@ class CycleGANTrainer(Trainer):
         device: where the networks live.
         nets: the four networks (default: built from ``config.model``).
         rank: this process's rank (seeds its image pools).
-        priors: contrast priors ``{"AB", "BA"}`` (:mod:`~mri_translate.contrast_prior`) or ``None``.
+        priors: contrast priors ``{"AB", "BA"}`` (:mod:`~mri_translate.contrast_prior`) or ``None``: the loss's
+            pull and, for :class:`~mri_translate.networks.PriorResidualUNet` generators, the map they correct.
         distributed: wrap the networks in ``DistributedDataParallel`` (the process group must be up).
     """
 
@@ -114,6 +115,9 @@ class CycleGANTrainer(Trainer):
                          data_loader=loader, epoch_length=train.epoch_length)
         torch.manual_seed(train.seed)
         self.nets = {name: net.to(device) for name, net in (nets or build_networks(config.model)).items()}
+        for name, key in (("G_AB", "AB"), ("G_BA", "BA")):  # before DDP broadcasts rank 0's buffers
+            if priors is not None and isinstance(self.nets[name], PriorResidualUNet):
+                self.nets[name].set_prior(priors[key])
         self.step_nets = self.nets
         if distributed:  # DDP broadcasts rank 0's weights at construction and averages gradients in backward
             ids = [device.index] if device.type == "cuda" else None

@@ -20,7 +20,7 @@ from .bundle import DIRECTIONS, TEMPLATE
 from .config import RunConfig
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
-from .networks import ModifiedUNet
+from .networks import ModifiedUNet, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer
@@ -63,7 +63,7 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
         ModelError: the weights do not fit the stored configuration.
     """
     model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
-    generator = ModifiedUNet(model.k, model.channels, model.res_units)
+    generator = build_generator(model)
     try:
         generator.load_state_dict(state[DIRECTIONS[direction]])
     except RuntimeError as err:

@@ -7,6 +7,8 @@ from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
+from .contrast_prior import EDGE, ContrastPrior
+
 
 class ModifiedUNet(nn.Module):
     """2.5D generator: k neighbouring slices in, the same k slices translated out.
@@ -41,15 +43,55 @@ class ModifiedUNet(nn.Module):
             stages.append(_DecoderStage(up, fuse))
         self.stages = nn.ModuleList(reversed(stages))  # deepest first
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: ``(B, k, H, W)`` in [-1, 1]."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the tanh: ``(B, k, H, W)`` for ``x`` ``(B, k, H, W)`` in [-1, 1]."""
         skips = [x]
         for level in self.down:
             skips.append(level(skips[-1]))
         y = skips.pop()
         for stage in self.stages:
             y = stage(y, skips.pop())
-        return torch.tanh(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: ``(B, k, H, W)`` in [-1, 1]."""
+        return torch.tanh(self.logits(x))
+
+
+class PriorResidualUNet(ModifiedUNet):
+    """A :class:`ModifiedUNet` that learns a correction of the contrast prior's map instead of the whole image:
+    ``tanh(atanh(prior(x)) + logits(x))``, with ``prior`` the brain-weighted inverted quantile map
+    (:class:`~mri_translate.contrast_prior.ContrastPrior`; the input itself outside the brain). The last
+    convolution starts at zero, so an untrained generator IS the prior's no-learning translation and training
+    only has to learn what the map gets wrong (lesions, partial volume, texture). The map's tables are buffers:
+    they travel in the generator's weights (``prior.*``) to checkpoints, ``model.pt`` and inference.
+
+    Args:
+        k, channels, res_units: as :class:`ModifiedUNet`. levels: entries of the map's quantile tables.
+        edge: the prior's brain edge in pixels (set with the tables by :meth:`set_prior`).
+    """
+
+    #: |prior| is clipped below 1 before atanh, so a prior at the background value stays finite.
+    LIMIT = 0.995
+
+    def __init__(self, k: int = 3, channels=(32, 64, 128, 256), res_units: int = 2, levels: int = 256,
+                 edge: int = EDGE):
+        super().__init__(k, channels, res_units)
+        ramp = torch.linspace(-1, 1, levels)  # until set_prior: the plain inversion inside the brain
+        self.prior = ContrastPrior(ramp, ramp, edge)
+        last = self.stages[-1].fuse.conv
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def set_prior(self, prior: ContrastPrior) -> None:
+        """Take the tables (and edge) of a prior built from the training domains."""
+        self.prior = ContrastPrior(prior.source, prior.target, prior.edge).to(self.prior.source.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: ``(B, k, H, W)`` in [-1, 1]; the prior's map where the
+        correction is zero."""
+        base = self.prior(x).float().clamp(-self.LIMIT, self.LIMIT)
+        return torch.tanh(torch.atanh(base) + self.logits(x))
 
 
 class _DecoderStage(nn.Module):
@@ -79,6 +121,13 @@ class PatchGAN(nn.Module):
         return self.net(x)[-1]
 
 
+def build_generator(model) -> ModifiedUNet:
+    """One generator from a :class:`~mri_translate.config.ModelConfig`: a :class:`PriorResidualUNet` when
+    ``model.prior_residual``, else a :class:`ModifiedUNet`."""
+    kind = PriorResidualUNet if model.prior_residual else ModifiedUNet
+    return kind(model.k, model.channels, model.res_units)
+
+
 def build_networks(model) -> dict[str, nn.Module]:
     """The four networks of a CycleGAN from a :class:`~mri_translate.config.ModelConfig`.
 
@@ -86,8 +135,8 @@ def build_networks(model) -> dict[str, nn.Module]:
     and ``D_B`` domain B.
     """
     return {
-        "G_AB": ModifiedUNet(model.k, model.channels, model.res_units),
-        "G_BA": ModifiedUNet(model.k, model.channels, model.res_units),
+        "G_AB": build_generator(model),
+        "G_BA": build_generator(model),
         "D_A": PatchGAN(model.k, model.disc_channels, model.disc_layers),
         "D_B": PatchGAN(model.k, model.disc_channels, model.disc_layers),
     }

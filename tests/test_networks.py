@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mri_translate.config import ModelConfig
-from mri_translate.networks import ModifiedUNet, PatchGAN, build_networks
+from mri_translate.contrast_prior import ContrastPrior
+from mri_translate.networks import ModifiedUNet, PatchGAN, PriorResidualUNet, build_generator, build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -73,3 +74,28 @@ def test_default_generator_size():
     assert tuple(config.channels) == (32, 64, 128, 256) and config.res_units == 2
     count = sum(p.numel() for p in ModifiedUNet(config.k, config.channels, config.res_units).parameters())
     assert 1e6 < count < 3e6
+
+
+def test_prior_residual_generator_starts_as_the_prior_and_carries_its_map():
+    """Untrained, the residual generator's output IS the prior's map (its last convolution starts at zero);
+    the map's tables and edge are buffers, so a generator rebuilt from the configuration and loaded from the
+    state dict translates identically; it still learns (gradients reach the last convolution)."""
+    torch.manual_seed(0)
+    model = ModelConfig(k=3, channels=(8, 16), res_units=1, prior_residual=True)
+    net = build_generator(model)
+    assert isinstance(net, PriorResidualUNet)
+    assert not isinstance(build_generator(ModelConfig(channels=(8, 16))), PriorResidualUNet)
+    prior = ContrastPrior(torch.linspace(-0.7, 1.0, 256), torch.linspace(-0.9, 0.6, 256), edge=2)
+    net.set_prior(prior)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x[:, :, :6] = -1.0  # background
+    expected = prior(x).clamp(-PriorResidualUNet.LIMIT, PriorResidualUNet.LIMIT)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-6)
+    rebuilt = build_generator(model)
+    rebuilt.load_state_dict(net.state_dict())
+    assert rebuilt.prior.edge == 2
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
+    net(x).mean().backward()
+    assert net.stages[-1].fuse.conv.weight.grad.abs().sum() > 0

@@ -508,3 +508,24 @@ def test_a_short_run_on_real_scans_beats_the_identity(shared_data, tiny_config, 
                        for image in (output, held_out / "t1.nii.gz"))
     assert model["psnr"] > identity["psnr"] + 1.0, (model, identity)
     assert model["ssim_3d"] > identity["ssim_3d"]
+
+
+def test_a_prior_residual_model_carries_the_training_domains_prior(sources, tiny_config, tmp_path):
+    """model.prior_residual: the generators get the contrast prior of the training domains before the first
+    step, and model.pt carries it: with a zero learning rate the exported T1w -> T2w generator is exactly that
+    prior's map, and the Translator rebuilds it from model.pt alone."""
+    from mri_translate.contrast_prior import ContrastPrior
+    from mri_translate.data import load_slices
+    from mri_translate.inference import Translator
+
+    config = tiny_config(model={"prior_residual": True}, optim={"lr": 0.0}, train={"iterations": 4})
+    out = run(sources, tmp_path / "run", config)
+    a, b = (load_slices(s, 3, 0.05, None, True) for s in sources)
+    prior = ContrastPrior.between(a.slabs, b.slabs, edge=6)
+    state = load(out / "models" / "model.pt")
+    torch.testing.assert_close(state["G_AB"]["prior.source"], prior.source)
+    torch.testing.assert_close(state["G_AB"]["prior.target"], prior.target)
+    translator = Translator.from_run(out / "models" / "model.pt", "t1-to-t2", device="cpu")
+    x = a.slabs[:2, :, :32, :32].float()
+    with torch.no_grad():
+        torch.testing.assert_close(translator.generator(x), prior(x).clamp(-0.995, 0.995), rtol=0, atol=1e-5)
