@@ -7,7 +7,7 @@ from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from .contrast_prior import EDGE, ContrastPrior
+from .contrast_prior import ContrastPrior
 
 
 class ModifiedUNet(nn.Module):
@@ -68,24 +68,26 @@ class PriorResidualUNet(ModifiedUNet):
 
     Args:
         k, channels, res_units: as :class:`ModifiedUNet`. levels: entries of the map's quantile tables.
-        edge: the prior's brain edge in pixels (set with the tables by :meth:`set_prior`).
     """
 
     #: |prior| is clipped below 1 before atanh, so a prior at the background value stays finite.
     LIMIT = 0.995
+    #: Edge (pixels) of the map's foreground weight: only the outermost pixel keeps the input's value.
+    BASE_EDGE = 1
 
-    def __init__(self, k: int = 3, channels=(32, 64, 128, 256), res_units: int = 2, levels: int = 256,
-                 edge: int = EDGE):
+    def __init__(self, k: int = 3, channels=(32, 64, 128, 256), res_units: int = 2, levels: int = 256):
         super().__init__(k, channels, res_units)
         ramp = torch.linspace(-1, 1, levels)  # until set_prior: the plain inversion inside the brain
-        self.prior = ContrastPrior(ramp, ramp, edge)
+        self.prior = ContrastPrior(ramp, ramp, self.BASE_EDGE)
         last = self.stages[-1].fuse.conv
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
     def set_prior(self, prior: ContrastPrior) -> None:
-        """Take the tables (and edge) of a prior built from the training domains."""
-        self.prior = ContrastPrior(prior.source, prior.target, prior.edge).to(self.prior.source.device)
+        """Take the tables of a prior built from the training domains. The map is applied over the whole
+        foreground (an edge of :data:`BASE_EDGE` pixels), not only inside the prior loss's brain region: on a
+        skull-stripped scan the outer rim is cortex, and on a whole-head scan the correction learns the scalp."""
+        self.prior = ContrastPrior(prior.source, prior.target, self.BASE_EDGE).to(self.prior.source.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: ``(B, k, H, W)`` in [-1, 1]; the prior's map where the

@@ -85,16 +85,17 @@ def test_prior_residual_generator_starts_as_the_prior_and_carries_its_map():
     net = build_generator(model)
     assert isinstance(net, PriorResidualUNet)
     assert not isinstance(build_generator(ModelConfig(channels=(8, 16))), PriorResidualUNet)
-    prior = ContrastPrior(torch.linspace(-0.7, 1.0, 256), torch.linspace(-0.9, 0.6, 256), edge=2)
+    prior = ContrastPrior(torch.linspace(-0.7, 1.0, 256), torch.linspace(-0.9, 0.6, 256), edge=6)
     net.set_prior(prior)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     x[:, :, :6] = -1.0  # background
-    expected = prior(x).clamp(-PriorResidualUNet.LIMIT, PriorResidualUNet.LIMIT)
+    whole = ContrastPrior(prior.source, prior.target, edge=PriorResidualUNet.BASE_EDGE)  # over all the foreground
+    expected = whole(x).clamp(-PriorResidualUNet.LIMIT, PriorResidualUNet.LIMIT)
     with torch.no_grad():
         torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-6)
     rebuilt = build_generator(model)
     rebuilt.load_state_dict(net.state_dict())
-    assert rebuilt.prior.edge == 2
+    assert rebuilt.prior.edge == PriorResidualUNet.BASE_EDGE == 1
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
     net(x).mean().backward()
