@@ -32,7 +32,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """CycleGAN objective weights: cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, the
+    """CycleGAN objective weights: the generators' adversarial term ``adversarial``, cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, the
     contrast-prior L1 weight ``prior`` (:mod:`~mri_translate.contrast_prior`), fading linearly to zero over the
     first ``prior_fraction`` of the iterations, the supervised L1 weight ``paired`` of co-registered pairs
     (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), and the size of the history pool of fakes
@@ -41,6 +41,7 @@ class LossConfig:
     Defaults: the prior on over the whole run and no identity term, which would pull ``G_AB(T2w)`` towards
     the T2w itself and so fight the contrast inversion the prior asks for."""
 
+    adversarial: float = 1.0
     lambda_cycle: float = 10.0
     identity: float = 0.0
     prior: float = 10.0

@@ -50,7 +50,8 @@ class CycleGANLoss:
     """Loss terms of the CycleGAN; weights come from a :class:`~mri_translate.config.LossConfig`."""
 
     def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity,
-                 paired: float = LossConfig.paired):
+                 paired: float = LossConfig.paired, adversarial: float = LossConfig.adversarial):
+        self.lambda_adversarial = adversarial
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = identity * lambda_cycle
         self.lambda_paired = paired
@@ -65,8 +66,8 @@ class CycleGANLoss:
         return self.lambda_paired * (paired * per_item).sum() / paired.sum().clamp_min(1)
 
     def generator(self, score_fake: torch.Tensor) -> torch.Tensor:
-        """(D(G(x)) - 1)^2: the generator wants its fakes judged real."""
-        return self.adversarial(score_fake, target_is_real=True, for_discriminator=False)
+        """``lambda_adversarial`` * (D(G(x)) - 1)^2: the generator wants its fakes judged real."""
+        return self.lambda_adversarial * self.adversarial(score_fake, target_is_real=True, for_discriminator=False)
 
     def discriminator(self, score_real: torch.Tensor, score_fake: torch.Tensor) -> torch.Tensor:
         """0.5 * [(D(y) - 1)^2 + D(G(x))^2], halved to slow D relative to G as in the reference code."""

@@ -132,7 +132,8 @@ class CycleGANTrainer(Trainer):
         # the lambdas read self.plan at every step, so a plan re-made on resume takes effect
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: self.plan.lr_factor(
             self.config.optim.decay_fraction)(step)) for k, o in self.optimizers.items()}
-        self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired)
+        self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired,
+                                 config.loss.adversarial)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
         self.priors = priors

@@ -78,6 +78,14 @@ def test_loss_defaults_are_the_configuration_defaults():
     config, loss = LossConfig(), CycleGANLoss()
     assert loss.lambda_cycle == config.lambda_cycle
     assert loss.lambda_identity == pytest.approx(config.identity * config.lambda_cycle)
+    assert loss.lambda_adversarial == config.adversarial and loss.lambda_paired == config.paired
+
+
+def test_adversarial_weight_scales_only_the_generators_term():
+    ones, half = torch.ones(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
+    weak = CycleGANLoss(adversarial=0.2)
+    assert float(weak.generator(half)) == pytest.approx(0.2 * 0.25)
+    assert float(weak.discriminator(ones, half)) == pytest.approx(float(CycleGANLoss().discriminator(ones, half)))
 
 
 def test_lsgan_generator_and_discriminator_values():
