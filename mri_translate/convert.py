@@ -295,7 +295,8 @@ def is_batch_input(source) -> bool:
 
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
-            progress: bool = True, qc: bool = False, strict: bool = False, **options) -> BatchReport:
+            progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
+            **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -303,7 +304,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis: see :class:`~mri_translate.inference.Translator`.
+        device, batch_size, axis, mirror: see :class:`~mri_translate.inference.Translator`.
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
@@ -317,10 +318,10 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     Returns:
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
-    translator = Translator.from_run(model, direction, device, batch_size, axis=axis)
+    translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror)
     if qc or strict:
         reverse = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
-        options["cycle"] = Translator.from_run(model, reverse, device, batch_size, axis=axis)
+        options["cycle"] = Translator.from_run(model, reverse, device, batch_size, axis=axis, mirror=mirror)
         options.update(strict=strict, checks=model_checks(translator.model_path, direction))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)

@@ -75,7 +75,8 @@ def assert_identity_output(out, volume, affine=None):
 
 @pytest.fixture
 def slab_axes(monkeypatch):
-    """Records the axis of every volume_to_slabs call made by the inferer."""
+    """Records the axis of every volume_to_slabs call made by the inferer (two per volume when it mirrors: the
+    volume and its mirror image are cut along the same axis)."""
     axes = []
     original = inference.volume_to_slabs
 
@@ -105,7 +106,7 @@ def test_identity_translation_of_shared_nifti_is_exact(shared_data, name, slab_a
     assert through_plane == int(np.flatnonzero(ras_spacing >= ras_spacing.max() * 0.999)[-1])
     if name.endswith("5mm"):
         assert ras_spacing[through_plane] > 5 > np.delete(ras_spacing, through_plane).max()
-    assert slab_axes == [through_plane]
+    assert slab_axes == [through_plane] * 2
 
 
 def test_identity_translation_of_synthetic_volume(synthetic_nifti, slab_axes):
@@ -113,7 +114,7 @@ def test_identity_translation_of_synthetic_volume(synthetic_nifti, slab_axes):
     out = identity_translator(volume)(volume)
     assert tuple(out.shape[1:]) == SYNTHETIC_SHAPE
     assert_identity_output(out, volume, affine=SYNTHETIC_AFFINE)
-    assert slab_axes == [2]  # spacing (1.0, 1.2, 2.5): z is the through-plane axis
+    assert slab_axes == [2, 2]  # spacing (1.0, 1.2, 2.5): z is the through-plane axis
 
 
 def test_translator_accepts_a_path(synthetic_nifti):
@@ -133,7 +134,7 @@ def test_thick_sagittal_slices_are_sliced_sagittally(tmp_path, slab_axes):
     volume = load_volume(path)
     out = identity_translator(volume)(volume)
     assert_identity_output(out, volume, affine=affine)
-    assert slab_axes == [0]
+    assert slab_axes == [0, 0]
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -142,7 +143,7 @@ def test_axis_override_keeps_identity_exact(synthetic_nifti, shared_data, axis, 
         volume = load_volume(path)
         out = identity_translator(volume, axis=axis)(volume)
         assert_identity_output(out, volume)
-    assert slab_axes == [axis, axis]
+    assert slab_axes == [axis] * 4
 
 
 def test_axis_override_changes_a_real_network_output(synthetic_nifti):
@@ -204,7 +205,7 @@ def test_dicom_series_is_sliced_across_its_thick_axis(dicom_translation):
     canonical = to_canonical(volume)
     ras_spacing = np.sqrt((np.asarray(canonical.affine)[:3, :3] ** 2).sum(axis=0))
     assert np.isclose(ras_spacing.max(), max(image.GetSpacing()), atol=1e-3)
-    assert axes == [int(ras_spacing.argmax())]
+    assert axes == [int(ras_spacing.argmax())] * 2  # the volume and its mirror image
 
 
 # --- SlabInferer ---------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_slab_inferer_keeps_metatensor_and_shape(slab_axes):
     net = ModifiedUNet(3, (8, 16), 1).eval()
     affine = torch.as_tensor(np.diag([3.0, 1.0, 1.0, 1.0]))  # thick x: slabs along axis 0
     batch = MetaTensor(torch.rand(1, 1, 20, 17, 6) * 2 - 1, affine=affine)
-    result = SlabInferer(k=3, batch_size=8)(batch, net)
+    result = SlabInferer(k=3, batch_size=8, mirror=False)(batch, net)
     assert isinstance(result, MetaTensor)
     assert tuple(result.shape) == (1, 1, 20, 17, 6)
     assert result.dtype == torch.float32
@@ -227,9 +228,40 @@ def test_slab_inferer_keeps_metatensor_and_shape(slab_axes):
 def test_slab_inferer_plain_tensor(slab_axes):
     torch.manual_seed(0)
     net = ModifiedUNet(3, (8, 16), 1).eval()
-    result = SlabInferer(k=3)(torch.rand(2, 1, 8, 9, 5), net)
+    result = SlabInferer(k=3, mirror=False)(torch.rand(2, 1, 8, 9, 5), net)
     assert type(result) is torch.Tensor and tuple(result.shape) == (2, 1, 8, 9, 5)
     assert slab_axes == [2, 2]  # no affine: the last axis
+
+
+class LeftToRightRamp(torch.nn.Module):
+    """Ignores the image and answers a ramp from -0.5 (left) to +0.5 (right) along the slab's first spatial axis
+    (RAS x for axial slabs): the most left-right asymmetric translation there is."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.linspace(-0.5, 0.5, x.shape[2]).view(1, 1, -1, 1).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_mirroring_makes_the_translation_left_right_equivariant(axis):
+    """mirror: the volume is translated as it is and mirrored left-right (RAS x), the second result mirrored back
+    and the two averaged, so translating a mirrored volume gives the mirrored translation, even for a network that
+    is as left-right asymmetric as can be (without mirroring it is not). Along x (sagittal slabs) mirroring
+    reverses the slab order and must still put every slice back where it came from: the identity stays exact."""
+    volume = torch.rand(1, 1, 12, 10, 7) * 2 - 1
+    ramp = LeftToRightRamp()
+    for mirror in (False, True):
+        inferer = SlabInferer(k=3, axis=axis, mirror=mirror)
+        difference = (inferer(volume.flip(2), ramp) - inferer(volume, ramp).flip(2)).abs().max()
+        if mirror:
+            assert float(difference) < 1e-6
+        elif axis == 2:
+            assert float(difference) > 0.5
+    identity = IdentityNet()
+    torch.testing.assert_close(SlabInferer(k=3, axis=axis, mirror=True)(volume, identity), volume, rtol=0, atol=1e-6)
 
 
 def test_slab_inferer_batch_size_does_not_change_the_result():
