@@ -67,7 +67,8 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
         shutil.copyfile(license_file, run_dir / "docs" / "data_license.txt")
 
 
-def export_state(normalization: dict, spacing: float | None = None, standardizers=(None, None)) -> dict:
+def export_state(normalization: dict, spacing: float | None = None, standardizers=(None, None),
+                 skull_stripped: dict | None = None) -> dict:
     """What a model file and a checkpoint carry besides weights and configuration: how inference must prepare
     a scan and map its translation back, exactly as in training.
 
@@ -75,7 +76,9 @@ def export_state(normalization: dict, spacing: float | None = None, standardizer
       the intensity range ``A``/``B`` outputs are mapped back to and the histogram ``histogram_A``/``histogram_B``;
     - ``spacing``: the in-plane pixel size (mm) scans are resampled to (``None``: none);
     - ``standardize``: ``{"A": ..., "B": ...}`` landmark standardisers
-      (:meth:`~mri_translate.standardize.LandmarkStandardizer.to_dict`), or ``None``.
+      (:meth:`~mri_translate.standardize.LandmarkStandardizer.to_dict`), or ``None``;
+    - ``skull_stripped``: ``{"A": bool, "B": bool}``, whether every training scan of a domain was skull-stripped
+      (convert warns when a whole-head scan meets a model that only saw brains), or ``None``.
     """
     from .transforms import RobustNormalize
 
@@ -84,7 +87,8 @@ def export_state(normalization: dict, spacing: float | None = None, standardizer
     return {"normalization": {"lower": defaults.lower, "upper": defaults.upper,
                               **{k: list(v) for k, v in normalization.items()}},
             "spacing": spacing,
-            "standardize": {"A": a.to_dict(), "B": b.to_dict()} if a is not None and b is not None else None}
+            "standardize": {"A": a.to_dict(), "B": b.to_dict()} if a is not None and b is not None else None,
+            "skull_stripped": dict(skull_stripped) if skull_stripped is not None else None}
 
 
 def export_model(trainer, run_dir: Path) -> Path:

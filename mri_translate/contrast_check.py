@@ -219,6 +219,59 @@ CHECKS_KEY = "checks"
 DEFAULT_CHECKS = {"CycleErrorMAE": 0.55, "HistogramDistance": 0.17, "InterSliceConsistency": 2.4}
 
 
+#: Largest axial cross-section (cm^2) of a skull-stripped brain; whole heads measured 236-298, brains 157-202.
+SKULL_STRIPPED_AREA_CM2 = 220.0
+
+
+def head_area_cm2(mask, spacing) -> float:
+    """Largest axial cross-section of a RAS foreground ``mask`` ``(X, Y, Z)`` (torch bool) with voxel ``spacing``
+    (mm), in cm^2: the 98th percentile over axial slices of the area spanned row by row (holes and sulci filled)."""
+    import torch
+
+    index = torch.arange(mask.shape[1])[None, :, None]
+    first = torch.where(mask, index, mask.shape[1]).amin(1)
+    last = torch.where(mask, index, -1).amax(1)
+    area = (last - first + 1).clamp_min(0).sum(0).float() * float(spacing[0] * spacing[1]) / 100
+    return float(torch.quantile(area, 0.98))
+
+
+def check_skull_stripping(canonical, trained_on_brains: bool | None, source, strict: bool = False) -> dict | None:
+    """Compare a scan with what the model's source domain was trained on: a whole-head scan given to a model that
+    only ever saw skull-stripped brains gets a warning line on stderr (or, with ``strict``, is refused), since
+    the model has never learned what to make of skull and scalp.
+
+    Args:
+        canonical: the normalised RAS input ``(1, X, Y, Z)`` in [-1, 1] (background at -1), with its affine.
+        trained_on_brains: the model's record (``model.pt["skull_stripped"]`` of the source domain); ``None``:
+            not recorded (older models), nothing is checked.
+        source: the input's path, named in the message.
+
+    Returns:
+        The sidecar's ``SkullStripping`` entry, or ``None`` when the model records nothing.
+
+    Raises:
+        InputError: ``strict`` and a whole-head scan for a brain-only model.
+    """
+    if trained_on_brains is None:
+        return None
+    from .io import voxel_spacing
+    from .transforms import foreground_mask
+
+    area = head_area_cm2(foreground_mask(canonical[0].as_tensor() + 1), voxel_spacing(canonical.affine))
+    record = {"InputLooksSkullStripped": area < SKULL_STRIPPED_AREA_CM2, "HeadAreaCm2": round(area, 1),
+              "ModelTrainedOnSkullStripped": bool(trained_on_brains)}
+    if trained_on_brains and not record["InputLooksSkullStripped"]:
+        message = (f"looks like a whole head (largest axial head area {area:.0f} cm^2 >= {SKULL_STRIPPED_AREA_CM2:g}) "
+                   "but the model was trained on skull-stripped brains only: skull-strip it first (e.g. SynthStrip, "
+                   "HD-BET) or use a model trained on whole-head scans")
+        if strict:
+            raise InputError(source, message + "; refused by --strict")
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {source}: {message}", file=sys.stderr)
+    return record
+
+
 class OutOfDomainError(InputError):
     """``--strict``: the translation's reference-free checks exceed the model's thresholds (exit status 2)."""
 

@@ -20,7 +20,7 @@ import torch
 from monai.transforms import MapTransform
 
 from . import __version__
-from .contrast_check import check_direction, contrast_record, judge_domain, model_checks
+from .contrast_check import check_direction, check_skull_stripping, contrast_record, judge_domain, model_checks
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, list_images_2d,
@@ -65,7 +65,9 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         dicom: write ``output`` as a derived DICOM series folder (see :mod:`mri_translate.dicom`); ``source``
             must be a DICOM series (or single-frame file).
         force: skip the contrast check (:func:`~mri_translate.contrast_check.check_direction`).
-        strict: with ``cycle``, refuse a translation out of the model's domain instead of warning.
+        strict: refuse a whole-head scan for a model trained on skull-stripped brains only
+            (:func:`~mri_translate.contrast_check.check_skull_stripping`) and, with ``cycle``, a translation out
+            of the model's domain, instead of warning.
         checks: ``(thresholds, source)`` of the out-of-domain flag (default: read from the model file).
 
     Returns:
@@ -100,6 +102,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                                     f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
     contrast = None if force else check_direction(volume, translator.direction, source)
     canonical, normalized = translator.translate_normalized(volume)
+    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
     translated = translator.restore(normalized, volume)
     a, b = CONTRASTS[translator.direction]
     qc, error_map = quality_checks(translator, cycle, canonical, normalized, volume) if cycle else (None, None)
@@ -118,6 +121,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
         "ContrastCheck": contrast_record(contrast),
+        **({"SkullStripping": skull} if skull is not None else {}),
         **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
         "Software": _versions(),
     }

@@ -22,14 +22,13 @@ from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import Context
+from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2
 from .errors import ConstantImageError, InputError
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
 from .slabs import through_plane_axis
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, resample_inplane, to_canonical
 
-#: Largest axial cross-section (cm^2) of a skull-stripped brain; whole heads measured 236-298, brains 157-202.
-SKULL_STRIPPED_AREA_CM2 = 220.0
 #: In-plane margin (pixels) kept around a source's foreground when it is stored.
 MARGIN = 8
 #: Slabs in :attr:`Slices.slabs`, the domain's bounded sample for statistics and montages.
@@ -162,16 +161,6 @@ def effective_k(paths_a, paths_b, k: int) -> tuple[int, str | None]:
         return 1, f"every source is a 2D image: k = 1 instead of {k} (a slab of one slice is {k} identical copies)"
     raise InputError(flat[0], f"a 2D image among 3D sources has no neighbouring slices for k = {k}; "
                               "train 2D and 3D sources separately or set model.k: 1")
-
-
-def head_area_cm2(mask: torch.Tensor, spacing) -> float:
-    """Largest axial cross-section of a RAS foreground ``mask`` ``(X, Y, Z)`` with voxel ``spacing`` (mm), in
-    cm^2: the 98th percentile over axial slices of the area spanned row by row (holes and sulci filled)."""
-    index = torch.arange(mask.shape[1])[None, :, None]
-    first = torch.where(mask, index, mask.shape[1]).amin(1)
-    last = torch.where(mask, index, -1).amax(1)
-    area = (last - first + 1).clamp_min(0).sum(0).float() * float(spacing[0] * spacing[1]) / 100
-    return float(torch.quantile(area, 0.98))
 
 
 def skull_stripping_mismatch(a: Slices, b: Slices) -> str | None:

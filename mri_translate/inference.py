@@ -178,6 +178,7 @@ class Translator:
         self.normalize = RobustNormalize()  # or the source domain's LandmarkStandardizer (from_state)
         self.target_standardizer = None
         self.spacing = None  # in-plane pixel size (mm) the model was trained at; None: the scan's own
+        self.trained_on_brains = None  # whether every source-domain training scan was skull-stripped (from_state)
         self.inferer = SlabInferer(k, axis, batch_size, amp, mirror)
 
     @classmethod
@@ -217,6 +218,7 @@ class Translator:
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
         translator.target_histogram = normalization.get(f"histogram_{target}")
         translator.spacing = state.get("spacing")
+        translator.trained_on_brains = (state.get("skull_stripped") or {}).get("A" if target == "B" else "B")
         if state.get("standardize"):
             source = "A" if target == "B" else "B"
             translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])

@@ -127,8 +127,9 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         log.info("resumed from %s at iteration %d", out / CHECKPOINT, trainer.state.iteration)
     normalization = {"A": domain_a.typical_range(), "B": domain_b.typical_range(),
                      "histogram_A": domain_a.intensity_histogram(), "histogram_B": domain_b.intensity_histogram()}
-    trainer.export_state = bundle.export_state(normalization, data.spacing,
-                                               [domain.standardizer for domain in (domain_a, domain_b)])
+    trainer.export_state = bundle.export_state(
+        normalization, data.spacing, [domain.standardizer for domain in (domain_a, domain_b)],
+        {name: all(v.skull_stripped for v in domain.volumes) for name, domain in (("A", domain_a), ("B", domain_b))})
     if context.main:
         bundle.write_run_bundle(out, config, {"t1": t1, "t2": t2}, normalization)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: _set_epoch(loader, e.state.epoch))

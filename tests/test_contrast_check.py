@@ -238,3 +238,63 @@ def test_real_wrong_contrast_refused_through_the_cli(shared_data, tiny_run, tmp_
     scan = shared_data / "volumes" / "tcga_du_7294" / "t2.nii.gz"
     status, _, stderr = run_cli(capsys, "convert", scan, tmp_path / "o.nii.gz", "--model", tiny_run, "--no-progress")
     assert status == 2 and f"{scan}: looks like a T2w, not a T1w" in stderr and "--direction t2-to-t1" in stderr
+
+
+def ellipsoid_scan(path, semi_axes_mm, spacing_mm=2.0) -> Path:
+    """A NIfTI (RAS, ``spacing_mm`` voxels) holding a textured ellipsoid with the given semi-axes (mm) on a dark
+    background: a 'head' whose largest axial area is pi * a * b."""
+    import nibabel as nib
+
+    shape = (110, 130, 90)
+    grid = np.stack(np.meshgrid(*[(np.arange(n) - n / 2) * spacing_mm for n in shape], indexing="ij"))
+    inside = sum((g / s) ** 2 for g, s in zip(grid, semi_axes_mm)) <= 1
+    rng = np.random.default_rng(0)
+    data = np.where(inside, 100 + 30 * rng.random(shape), rng.random(shape)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([spacing_mm] * 3 + [1.0])), path)
+    return Path(path)
+
+
+def model_trained_on(tiny_run, tmp_path, skull_stripped: bool) -> Path:
+    """A copy of the tiny model that records its domains as skull-stripped (or not)."""
+    import torch
+
+    state = torch.load(tiny_run / "models" / "model.pt", weights_only=True)
+    state["skull_stripped"] = {"A": skull_stripped, "B": skull_stripped}
+    path = tmp_path / f"model_stripped_{skull_stripped}.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_whole_head_for_a_model_trained_on_brains_warns_and_strict_refuses(tiny_run, tmp_path, capsys):
+    """Largest axial area pi * 95 * 80 mm^2 = 239 cm^2 (a head) vs pi * 70 * 60 mm^2 = 132 cm^2 (a brain):
+    a model trained on skull-stripped brains warns about the head in one line naming the file and records
+    both in the sidecar; --strict refuses it (exit 2, nothing written); a brain passes; a model trained on
+    whole heads says nothing, and one that records nothing checks nothing."""
+    head = ellipsoid_scan(tmp_path / "head.nii.gz", (80, 95, 70))
+    brain = ellipsoid_scan(tmp_path / "brain.nii.gz", (60, 70, 55))
+    brains_only = model_trained_on(tiny_run, tmp_path, True)
+
+    status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "h.nii.gz", "--model", brains_only, "--force")
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert status == 0 and len(warnings) == 1
+    assert f"{head}: looks like a whole head" in warnings[0] and "skull-strip it first" in warnings[0]
+    record = json.loads((tmp_path / "h.json").read_text())["SkullStripping"]
+    assert record["InputLooksSkullStripped"] is False and record["ModelTrainedOnSkullStripped"] is True
+    assert record["HeadAreaCm2"] == pytest.approx(np.pi * 9.5 * 8.0, rel=0.1)
+
+    status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "r.nii.gz", "--model", brains_only, "--force",
+                                "--strict")
+    assert status == 2 and len(stderr.strip().splitlines()) == 1 and "refused by --strict" in stderr
+    assert not (tmp_path / "r.nii.gz").exists() and not (tmp_path / "r.json").exists()
+
+    status, _, stderr = run_cli(capsys, "convert", brain, tmp_path / "b.nii.gz", "--model", brains_only, "--force")
+    assert status == 0 and "warning" not in stderr
+    record = json.loads((tmp_path / "b.json").read_text())["SkullStripping"]
+    assert record["InputLooksSkullStripped"] is True and record["HeadAreaCm2"] == pytest.approx(np.pi * 7 * 6, rel=0.1)
+
+    status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "w.nii.gz", "--model",
+                                model_trained_on(tiny_run, tmp_path, False), "--force")
+    assert status == 0 and "warning" not in stderr
+    assert json.loads((tmp_path / "w.json").read_text())["SkullStripping"]["ModelTrainedOnSkullStripped"] is False
+    status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "n.nii.gz", "--model", tiny_run, "--force")
+    assert status == 0 and "SkullStripping" not in json.loads((tmp_path / "n.json").read_text())

@@ -124,3 +124,5 @@ def test_prior_weight_fades_to_zero_over_its_fraction_of_the_run():
     assert trainer.prior_weight(26) == 0.0 and trainer.prior_weight(100) == 0.0
     config.loss.prior_fraction = 0.0
     assert trainer.prior_weight(1) == 0.0
+    config.loss.prior_fraction = float("inf")  # ".inf" in a YAML preset: the weight never fades
+    assert trainer.prior_weight(1) == trainer.prior_weight(100) == pytest.approx(10.0)

@@ -512,7 +512,7 @@ def test_a_short_run_on_real_scans_beats_the_identity(shared_data, tiny_config, 
 
 def test_a_prior_residual_model_carries_the_training_domains_prior(sources, tiny_config, tmp_path):
     """model.prior_residual: the generators get the contrast prior of the training domains before the first
-    step, and model.pt carries it: with a zero learning rate the exported T1w -> T2w generator is exactly that
+    step, and model.pt carries it (and whether each domain was skull-stripped): with a zero learning rate the exported T1w -> T2w generator is exactly that
     prior's map, and the Translator rebuilds it from model.pt alone."""
     from mri_translate.contrast_prior import ContrastPrior
     from mri_translate.data import load_slices
@@ -523,6 +523,7 @@ def test_a_prior_residual_model_carries_the_training_domains_prior(sources, tiny
     a, b = (load_slices(s, 3, 0.05, None, True) for s in sources)
     prior = ContrastPrior.between(a.slabs, b.slabs, edge=6)
     state = load(out / "models" / "model.pt")
+    assert state["skull_stripped"] == {"A": a.volumes[0].skull_stripped, "B": b.volumes[0].skull_stripped}
     torch.testing.assert_close(state["G_AB"]["prior.source"], prior.source)
     torch.testing.assert_close(state["G_AB"]["prior.target"], prior.target)
     translator = Translator.from_run(out / "models" / "model.pt", "t1-to-t2", device="cpu")
