@@ -1,17 +1,19 @@
-"""Translation quality on paired volumes NOT used for training, both directions, beside the no-learning
-baselines: the shipped model (or any run given with --model) and short ablations trained with one budget.
+"""Translation quality on paired volumes, both directions, beside the no-learning baselines: any trained run
+(--model) and short ablations trained with one budget, each row marked by whether the model saw that volume.
 
-    python scripts/bench_quality.py --model bundles/mri_cyclegan [--ablations default unpaired no-prior k1]
-                                    [--iterations 1000] [--markdown docs/benchmarks.md]
+    python scripts/bench_quality.py --model runs/default-model runs/loo-tcga_du_7294 [--ablations default unpaired
+                                    no-prior k1] [--iterations 1000] [--markdown docs/benchmarks.md]
 
-Held out: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
-co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped) and avg152 (template, skull on).
-brats23_gli_00000 is also the validation pair that picks the exported checkpoint (never trained on, but not
-blind): its rows are marked. Metrics inside the brain/foreground mask of the reference (each image scaled by its
-own 99.5th percentile in the mask), whole-slice SSIM, inter-slice consistency; baselines: identity and the
-inverted input histogram-matched to ANOTHER subject's target contrast. Ablations use the training data and
-flags of scripts/train_default_model.py with one change each: ``unpaired`` (no pairs), ``no-prior`` (loss.prior
-0), ``k1`` (2D).
+Volumes: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
+co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped) and avg152 (template, skull on). The shipped
+recipe trains on tcga_du_7294 and brats23_gli_00000 as pairs; a run's ``configs/train.json`` says what it trained
+on, so a row reads "unseen" only when neither scan of the volume was among its sources. Leave-one-out runs
+(``scripts/train_default_model.py --hold-out NAME``) and the ablations (which hold out tcga_du_7294) give the
+unseen figures on real skull-stripped pairs. Metrics inside the brain/foreground mask of the reference (each
+image scaled by its own 99.5th percentile in the mask), whole-slice SSIM, inter-slice consistency; baselines:
+identity and the inverted input histogram-matched to ANOTHER subject's target contrast. Ablations use the
+training data and flags of scripts/train_default_model.py with one change each: ``unpaired`` (no pairs),
+``no-prior`` (loss.prior 0), ``k1`` (2D).
 """
 
 from __future__ import annotations
@@ -41,11 +43,31 @@ def held_out_pairs(work: Path) -> list[dict]:
     if avg.is_dir() and tcga.is_dir() and brats.is_dir():
         pairs.append({"name": "tcga_du_7294 (1 mm, LPS, skull-stripped)", "t1": tcga / "t1.nii.gz",
                       "t2": tcga / "t2.nii.gz", "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
-        pairs.append({"name": "brats23_gli_00000 (1 mm, skull-stripped; validation)", "t1": brats / "t1.nii.gz",
+        pairs.append({"name": "brats23_gli_00000 (1 mm, skull-stripped)", "t1": brats / "t1.nii.gz",
                       "t2": brats / "t2.nii.gz", "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         pairs.append({"name": "avg152 (2 mm, LAS, skull on)", "t1": avg / "avg152T1.nii", "t2": avg / "avg152T2.nii",
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
     return pairs
+
+
+def trained_on(run: Path) -> set[Path] | None:
+    """The resolved source files a run trained on (from its ``configs/train.json``), ``None`` if not recorded."""
+    recorded = run / "configs" / "train.json"
+    sources = json.loads(recorded.read_text()).get("sources") if recorded.is_file() else None
+    if not sources:
+        return None
+    return {Path(path).resolve() for domain in sources.values() for path in domain}
+
+
+def seen(pair: dict, sources: set[Path] | None) -> str:
+    """'unseen', 'trained on' or 'not recorded' for a pair and a run's sources (registered copies of a scan are
+    named after it, so they count too)."""
+    if sources is None:
+        return "not recorded"
+    stems = {Path(pair[c]).name.split(".")[0] for c in ("t1", "t2")}
+    files = {Path(pair[c]).resolve() for c in ("t1", "t2")}
+    hit = any(path in files or path.name.split("_space-")[0] in stems for path in sources)
+    return "trained on" if hit else "unseen"
 
 
 def evaluate_model(run: Path, pairs: list[dict], work: Path) -> list[dict]:
@@ -64,8 +86,10 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path) -> list[dict]:
             seconds = time.perf_counter() - start
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
                               target_example=pair[f"example_{target}"])
-            rows.append({"model": run.name if run.name != "mri_cyclegan" else "shipped", "direction": direction, "volume": pair["name"], "convert_s": seconds,
+            rows.append({"model": run.name, "direction": direction, "volume": pair["name"],
+                         "seen": seen(pair, trained_on(run)), "convert_s": seconds,
                          "model_scores": report["model"], "consistency": report["interslice_consistency"],
+                         "reference_consistency": report["reference_interslice_consistency"],
                          "identity": report["baselines"]["identity"],
                          "baseline": report["baselines"]["inverted_histogram_matched"]})
     return rows
@@ -73,20 +97,23 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows."""
-    lines = ["| model | direction | held-out volume | PSNR mask (dB) | SSIM mask | MAE mask | SSIM whole | "
-             "inter-slice | baseline PSNR / SSIM mask | identity PSNR / SSIM mask |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | direction | volume | seen | PSNR mask (dB) | SSIM mask | MAE mask | SSIM whole | "
+             "inter-slice (truth) | baseline PSNR / SSIM mask | identity PSNR / SSIM mask |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, b, i = r["model_scores"]["mask"], r["baseline"]["mask"], r["identity"]["mask"]
-        lines.append(f"| {r['model']} | {r['direction']} | {r['volume']} | {m['psnr']:.2f} | {m['ssim_3d']:.3f} | "
-                     f"{m['mae']:.3f} | {r['model_scores']['whole']['ssim_3d']:.3f} | {r['consistency']:.2f} | "
+        lines.append(f"| {r['model']} | {r['direction']} | {r['volume']} | {r.get('seen', '')} | {m['psnr']:.2f} | {m['ssim_3d']:.3f} | "
+                     f"{m['mae']:.3f} | {r['model_scores']['whole']['ssim_3d']:.3f} | {r['consistency']:.2f} "
+                     f"({r.get('reference_consistency', float('nan')):.2f}) | "
                      f"{b['psnr']:.2f} / {b['ssim_3d']:.3f} | {i['psnr']:.2f} / {i['ssim_3d']:.3f} |")
     return "\n".join(lines)
 
 
 #: ablation name -> (train() keyword changes, configuration overrides) against the shipped recipe
-ABLATIONS = {"default": ({}, {}), "unpaired": ({"paired": False, "register": False}, {}),
+ABLATIONS = {"default": ({}, {}), "unpaired": ({"paired": False}, {}),
              "no-prior": ({}, {"loss": {"prior": 0.0}}), "k1": ({}, {"model": {"k": 1}})}
+#: the pair every ablation leaves out, so that its rows on it are unseen
+ABLATION_HOLD_OUT = ("tcga_du_7294",)
 
 
 def main() -> None:
@@ -104,19 +131,17 @@ def main() -> None:
 
     from mri_translate.train import train
     from benchmarks_doc import replace_section
-    from train_default_model import VALIDATION, sources
+    from train_default_model import sources
 
     work = Path(args.work)
     runs, train_seconds = [Path(m) for m in args.model], {}
     for name in args.ablations:
         flags, overrides = ABLATIONS[name]
-        t1, t2 = sources(work / "pairs-links")
+        t1, t2 = sources(work / "pairs-links", hold_out=ABLATION_HOLD_OUT)
         start = time.perf_counter()
         run = train(t1, t2, work / name, config=ROOT / "configs" / "default-model.yaml",
-                    overrides={**overrides, "train": {"iterations": args.iterations,
-                                                      "val_every": max(1, args.iterations // 4)}},
-                    overwrite=True, progress_bar=False, val=[VALIDATION],
-                    **{"paired": True, "register": True, **flags}).run_dir
+                    overrides={**overrides, "train": {"iterations": args.iterations}},
+                    overwrite=True, progress_bar=False, **{"paired": True, **flags}).run_dir
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,11 +153,11 @@ def main() -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
+    trained = (f"; ablations trained {args.iterations} iterations each ({budget}) on the data of "
+               f"scripts/train_default_model.py without {', '.join(ABLATION_HOLD_OUT)}") if budget else ""
     text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Machine: {machine}. Models: {', '.join(str(r) for r in runs)}"
-            f"{f'; ablations trained {args.iterations} iterations each ({budget})' if budget else ''}, on the data of "
-            f"scripts/train_default_model.py (real scans; two registered pairs). Held-out volumes were never trained "
-            f"on; brats23 picks the exported checkpoint (validation). Baseline = inverted input histogram-matched to "
+            f"Machine: {machine}. Models: {', '.join(str(r) for r in runs)}{trained}. `seen` says whether the model "
+            f"trained on that volume (from its configs/train.json). Baseline = inverted input histogram-matched to "
             f"another subject's target contrast; identity = the input itself.\n\n" + table(rows) + "\n")
     print(text)
     Path(args.work).mkdir(parents=True, exist_ok=True)
