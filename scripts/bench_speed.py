@@ -60,8 +60,9 @@ def bench_train(channels, res_units, size, iterations, device, amp) -> dict:
     return {"s_per_iteration": round(seconds, 4), "iterations_per_s": round(1 / seconds, 2)}
 
 
-def bench_convert(channels, res_units, device, amp, batch_size) -> dict:
-    """``convert`` of a 256x256x150 NIfTI, file in to file out (load, translate, save, sidecar)."""
+def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> dict:
+    """``convert`` of a 256x256x150 NIfTI, file in to file out (load, translate, save, sidecar); ``mirror``: also
+    translate the mirrored volume and average (the default; ``--no-mirror`` halves the network work)."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -81,7 +82,8 @@ def bench_convert(channels, res_units, device, amp, batch_size) -> dict:
         generator = ModifiedUNet(3, channels, res_units)
         torch.save({"G_AB": generator.state_dict(), "G_BA": generator.state_dict(), "config": config.to_dict(),
                     "normalization": {"A": [0.0, 1000.0], "B": [0.0, 1000.0]}}, tmp / "model.pt")
-        translator = Translator.from_run(tmp / "model.pt", device=device, batch_size=batch_size, amp=amp)
+        translator = Translator.from_run(tmp / "model.pt", device=device, batch_size=batch_size, amp=amp,
+                                         mirror=mirror)
         # force: the input is noise, which the contrast check refuses (its own cost: scripts/bench_checks.py)
         convert_file(translator, tmp / "in.nii.gz", tmp / "warm.nii.gz", force=True)  # warm-up (imports, cuDNN)
         _sync(device)
@@ -140,7 +142,8 @@ def _child(spec: dict) -> None:
         result = bench_train(spec["channels"], spec["res_units"], spec["size"], spec["iterations"], spec["device"],
                              spec["amp"])
     else:
-        result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"])
+        result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"],
+                               spec.get("mirror", True))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if spec["device"].startswith("cuda"):
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -179,9 +182,10 @@ def main() -> None:
                         "size": size, "iterations": args.iterations, "device": device, "amp": amp}
                 results.append(run(spec))
                 print(json.dumps(results[-1]))
-            for batch_size in ([1, 8] if device == "cpu" else [8, 64]):
+            for batch_size, mirror in ([(1, True), (8, True), (1, False)] if device == "cpu" else
+                                       [(8, True), (64, True), (64, False)]):
                 spec = {"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
-                        "device": device, "amp": amp, "batch_size": batch_size}
+                        "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror}
                 results.append(run(spec))
                 print(json.dumps(results[-1]))
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -190,8 +194,9 @@ def main() -> None:
     Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     lines = ["| generator | what | device | result | peak RSS (MB) | peak GPU (MB) |", "|---|---|---|---|---|---|"]
     for r in results:
+        mirror = "" if r.get("mirror", True) else ", --no-mirror"
         what = f"train {r['size']}x{r['size']}, batch 1" if r["kind"] == "train" else \
-            f"convert 256x256x150 file to file, batch {r['batch_size']}"
+            f"convert 256x256x150 file to file, batch {r['batch_size']}{mirror}"
         result = (f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)")
         device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "")
