@@ -13,7 +13,8 @@ unseen figures on real skull-stripped pairs. Metrics inside the brain/foreground
 image scaled by its own 99.5th percentile in the mask), whole-slice SSIM, inter-slice consistency; baselines:
 identity and the inverted input histogram-matched to ANOTHER subject's target contrast. Ablations use the
 training data and flags of scripts/train_default_model.py with one change each: ``unpaired`` (no pairs),
-``no-prior`` (loss.prior 0), ``k1`` (2D).
+``no-prior`` (loss.prior 0), ``k1`` (2D), ``adversarial-1`` (the adversarial weight of the original CycleGAN),
+``prior-residual`` (generators that start as the prior's map, model.prior_residual).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, b, i = r["model_scores"]["mask"], r["baseline"]["mask"], r["identity"]["mask"]
-        lines.append(f"| {r['model']} | {r['direction']} | {r['volume']} | {r.get('seen', '')} | {m['psnr']:.2f} | {m['ssim_3d']:.3f} | "
+        lines.append(f"| {r['model']} | {r['direction']} | {r['volume']} | {r.get('seen', '')} | {m['psnr']:.2f} | "
+                     f"{m['ssim_3d']:.3f} | "
                      f"{m['mae']:.3f} | {r['model_scores']['whole']['ssim_3d']:.3f} | {r['consistency']:.2f} "
                      f"({r.get('reference_consistency', float('nan')):.2f}) | "
                      f"{b['psnr']:.2f} / {b['ssim_3d']:.3f} | {i['psnr']:.2f} / {i['ssim_3d']:.3f} |")
@@ -111,7 +113,9 @@ def table(rows: list[dict]) -> str:
 
 #: ablation name -> (train() keyword changes, configuration overrides) against the shipped recipe
 ABLATIONS = {"default": ({}, {}), "unpaired": ({"paired": False}, {}),
-             "no-prior": ({}, {"loss": {"prior": 0.0}}), "k1": ({}, {"model": {"k": 1}})}
+             "no-prior": ({}, {"loss": {"prior": 0.0}}), "k1": ({}, {"model": {"k": 1}}),
+             "adversarial-1": ({}, {"loss": {"adversarial": 1.0}}),
+             "prior-residual": ({}, {"model": {"prior_residual": True}})}
 #: the pair every ablation leaves out, so that its rows on it are unseen
 ABLATION_HOLD_OUT = ("tcga_du_7294",)
 
