@@ -32,9 +32,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """CycleGAN objective weights: the generators' adversarial term ``adversarial``, cycle L1 ``lambda_cycle``, identity L1 ``identity * lambda_cycle``, the
-    contrast-prior L1 weight ``prior`` (:mod:`~mri_translate.contrast_prior`), fading linearly to zero over the
-    first ``prior_fraction`` of the iterations (``.inf`` in YAML: constant), the supervised L1 weight ``paired`` of co-registered pairs
+    """CycleGAN objective weights: the generators' adversarial term ``adversarial``, cycle L1 ``lambda_cycle``,
+    identity L1 ``identity * lambda_cycle``, the contrast-prior L1 weight ``prior``
+    (:mod:`~mri_translate.contrast_prior`), fading linearly to zero over the first ``prior_fraction`` of the
+    iterations (``.inf`` in YAML: constant), the supervised L1 weight ``paired`` of co-registered pairs
     (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), and the size of the history pool of fakes
     shown to each discriminator.
 

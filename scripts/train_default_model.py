@@ -76,7 +76,8 @@ def main() -> None:
         parser.error("a model trained with --hold-out is for evaluation, not for shipping")
     t1, t2 = sources(out.parent / f"{out.name}-pairs", args.hold_out)
     train(t1, t2, out, config=ROOT / "configs" / "default-model.yaml",
-          overrides={"train": {"iterations": args.iterations}}, resume=args.resume, overwrite=not args.resume, progress_bar=False, paired=True)
+          overrides={"train": {"iterations": args.iterations}}, resume=args.resume, overwrite=not args.resume,
+          progress_bar=False, paired=True)
     if args.install:
         install(out)
 

@@ -512,8 +512,9 @@ def test_a_short_run_on_real_scans_beats_the_identity(shared_data, tiny_config, 
 
 def test_a_prior_residual_model_carries_the_training_domains_prior(sources, tiny_config, tmp_path):
     """model.prior_residual: the generators get the contrast prior of the training domains before the first
-    step, and model.pt carries it (and whether each domain was skull-stripped): with a zero learning rate the exported T1w -> T2w generator is exactly that
-    prior's map, and the Translator rebuilds it from model.pt alone."""
+    step, and model.pt carries it (and whether each domain was skull-stripped): with a zero learning rate the
+    exported T1w -> T2w generator is exactly that prior's map, and the Translator rebuilds it from model.pt
+    alone."""
     from mri_translate.contrast_prior import ContrastPrior
     from mri_translate.data import load_slices
     from mri_translate.inference import Translator
