@@ -160,7 +160,7 @@ def main() -> None:
     trained = (f"; ablations trained {args.iterations} iterations each ({budget}) on the data of "
                f"scripts/train_default_model.py without {', '.join(ABLATION_HOLD_OUT)}") if budget else ""
     text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Machine: {machine}. Models: {', '.join(str(r) for r in runs)}{trained}. `seen` says whether the model "
+            f"Machine: {machine}. Models: {', '.join(dict.fromkeys(r['model'] for r in rows))}{trained}. `seen` says whether the model "
             f"trained on that volume (from its configs/train.json). Baseline = inverted input histogram-matched to "
             f"another subject's target contrast; identity = the input itself.\n\n" + table(rows) + "\n")
     print(text)
