@@ -46,4 +46,6 @@ if __name__ == "__main__":
                       loss, pools)
     if rank == 0:
         torch.save({name: net.state_dict() for name, net in nets.items()}, out)
+    dist.barrier()  # no rank tears gloo down while another is still working (an abort at exit, seen once in CI)
+    del wrapped
     dist.destroy_process_group()
