@@ -101,8 +101,9 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         raise InputError(reference, f"reference shape {tuple(reference_volume.shape[1:])} differs from the "
                                     f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
     contrast = None if force else check_direction(volume, translator.direction, source)
-    canonical, normalized = translator.translate_normalized(volume)
-    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
+    canonical = translator.prepare(volume)
+    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)  # before the network
+    normalized = translator.run_normalized(canonical)
     translated = translator.restore(normalized, volume)
     a, b = CONTRASTS[translator.direction]
     qc, error_map = quality_checks(translator, cycle, canonical, normalized, volume) if cycle else (None, None)

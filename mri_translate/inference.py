@@ -119,7 +119,6 @@ class SlabInferer(Inferer):
             result.copy_meta_from(inputs)
         return result
 
-
     def _translate(self, data: torch.Tensor, network, axis: int, device) -> torch.Tensor:
         """One ``(X, Y, Z)`` volume through the network slab by slab, each slice's k predictions averaged."""
         slabs, layout = volume_to_slabs(data, self.k, axis)
@@ -208,7 +207,7 @@ class Translator:
         Raises:
             ModelError: the state holds no normalisation for the target domain.
         """
-        target = "B" if direction == "t1-to-t2" else "A"
+        source, target = ("A", "B") if direction == "t1-to-t2" else ("B", "A")
         normalization = state.get("normalization")
         if normalization is None or target not in normalization:
             raise ModelError(f"{path or 'model'}: holds no intensity normalisation (a checkpoint of an older "
@@ -218,9 +217,8 @@ class Translator:
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
         translator.target_histogram = normalization.get(f"histogram_{target}")
         translator.spacing = state.get("spacing")
-        translator.trained_on_brains = (state.get("skull_stripped") or {}).get("A" if target == "B" else "B")
+        translator.trained_on_brains = (state.get("skull_stripped") or {}).get(source)
         if state.get("standardize"):
-            source = "A" if target == "B" else "B"
             translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])
             translator.target_standardizer = LandmarkStandardizer.from_dict(state["standardize"][target])
             translator.target_range = tuple(float(v) for v in translator.to_target(torch.tensor([-1.0, 1.0])))
@@ -248,9 +246,14 @@ class Translator:
         out[background_of(data)] = -1.0  # background stays background, exactly (once, on x's grid)
         return MetaTensor(out[None], meta=dict(x.meta))
 
+    def prepare(self, volume: MetaTensor) -> MetaTensor:
+        """The loaded input as the generator's domain sees it: canonical (RAS) and normalised, ``(1, X, Y, Z)`` in
+        [-1, 1]."""
+        return self.normalize(to_canonical(volume))
+
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
-        canonical = self.normalize(to_canonical(volume))
+        canonical = self.prepare(volume)
         return canonical, self.run_normalized(canonical)
 
     def __call__(self, volume) -> MetaTensor:

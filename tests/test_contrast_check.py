@@ -265,10 +265,11 @@ def model_trained_on(tiny_run, tmp_path, skull_stripped: bool) -> Path:
     return path
 
 
-def test_a_whole_head_for_a_model_trained_on_brains_warns_and_strict_refuses(tiny_run, tmp_path, capsys):
+def test_a_whole_head_for_a_model_trained_on_brains_warns_and_strict_refuses(tiny_run, tmp_path, capsys,
+                                                                             monkeypatch):
     """Largest axial area pi * 95 * 80 mm^2 = 239 cm^2 (a head) vs pi * 70 * 60 mm^2 = 132 cm^2 (a brain):
     a model trained on skull-stripped brains warns about the head in one line naming the file and records
-    both in the sidecar; --strict refuses it (exit 2, nothing written); a brain passes; a model trained on
+    both in the sidecar; --strict refuses it before translating (exit 2, nothing written); a brain passes; a model trained on
     whole heads says nothing, and one that records nothing checks nothing."""
     head = ellipsoid_scan(tmp_path / "head.nii.gz", (80, 95, 70))
     brain = ellipsoid_scan(tmp_path / "brain.nii.gz", (60, 70, 55))
@@ -282,8 +283,12 @@ def test_a_whole_head_for_a_model_trained_on_brains_warns_and_strict_refuses(tin
     assert record["InputLooksSkullStripped"] is False and record["ModelTrainedOnSkullStripped"] is True
     assert record["HeadAreaCm2"] == pytest.approx(np.pi * 9.5 * 8.0, rel=0.1)
 
-    status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "r.nii.gz", "--model", brains_only, "--force",
-                                "--strict")
+    from mri_translate.inference import Translator
+
+    with monkeypatch.context() as patch:  # refused before the generator runs
+        patch.setattr(Translator, "run_normalized", lambda *a: pytest.fail("translated a refused scan"))
+        status, _, stderr = run_cli(capsys, "convert", head, tmp_path / "r.nii.gz", "--model", brains_only,
+                                    "--force", "--strict")
     assert status == 2 and len(stderr.strip().splitlines()) == 1 and "refused by --strict" in stderr
     assert not (tmp_path / "r.nii.gz").exists() and not (tmp_path / "r.json").exists()
 
