@@ -149,8 +149,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
 
 def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """``[(original pair, pair on one grid), ...]`` of the subjects found in both lists: registered into
-    ``folder`` when ``register`` and not already on one grid (under torchrun every rank registers, with the same seed, writing atomically),
-    else checked to share a grid.
+    ``folder`` when ``register`` and not already on one grid (under torchrun every rank registers, with the same
+    seed, writing atomically), else checked to share a grid.
 
     Raises:
         InputError: no subject has both contrasts, or a pair is not on one grid (without ``register``).
