@@ -32,8 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 REAL = SHARED / "train_real"
-T1W = sorted(REAL.glob("brats18_*_T1w.nii.gz"))
-T2W: list[Path] = []  # besides the pairs' T2w
+T1W = sorted(REAL.glob("brats18_*_T1w.nii.gz"))  # besides the pairs' T1w; the T2w all come from the pairs
 #: subject -> (T1w, T2w), co-registered on one grid
 PAIRS = {"brats23_gli_00000": (SHARED / "brats23_gli_00000" / "t1.nii.gz", SHARED / "brats23_gli_00000" / "t2.nii.gz"),
          "tcga_du_7294": (SHARED / "tcga_du_7294" / "t1.nii.gz", SHARED / "tcga_du_7294" / "t2.nii.gz")}
@@ -43,7 +42,7 @@ def sources(folder: Path, hold_out=()) -> tuple[list[Path], list[Path]]:
     """The T1w and T2w lists without the ``hold_out`` subjects; each pair linked into ``folder`` as
     ``<subject>_T1w/_T2w`` so that ``--paired`` matches them by name."""
     folder.mkdir(parents=True, exist_ok=True)
-    t1, t2 = list(T1W), list(T2W)
+    t1, t2 = list(T1W), []
     for subject, (a, b) in PAIRS.items():
         if subject in hold_out:
             continue
