@@ -2,6 +2,7 @@
 data's load time and peak memory for 5, 10 and 21 real volumes (``--part data``: that part alone).
 
     python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10] [--part all|speed|data]
+    python scripts/bench_speed.py --part speed --device cuda --json docs/bench_speed_gpu.json --iterations 50
 
 Each measurement runs in its own subprocess so peak memory (max RSS; on GPU also torch's peak allocated) is
 the measurement's own. On a GPU the training and conversion run with AMP on and off.
@@ -28,8 +29,10 @@ GENERATORS = {"default (32-64-128-256, 2 res units)": [[32, 64, 128, 256], 2],
               "light (16-32-64-128, 2 res units)": [[16, 32, 64, 128], 2]}
 
 
-def bench_train(channels, res_units, size, iterations, device, amp) -> dict:
-    """Full CycleGAN iterations (both generators, both discriminators) at size x size, batch 1, k=3."""
+def bench_train(channels, res_units, size, iterations, device, amp, channels_last=False, compiled=False) -> dict:
+    """Full CycleGAN iterations (both generators, both discriminators) at size x size, batch 1, k=3;
+    ``channels_last``: networks and inputs in NHWC memory format; ``compiled``: each network through
+    ``torch.compile`` (its compile time is reported as ``warmup_s``)."""
     import torch
 
     from mri_translate.config import RunConfig
@@ -39,25 +42,31 @@ def bench_train(channels, res_units, size, iterations, device, amp) -> dict:
 
     config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units}})
     torch.manual_seed(0)
-    nets = {k: v.to(device) for k, v in build_networks(config.model).items()}
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    nets = {k: v.to(device, memory_format=memory_format) for k, v in build_networks(config.model).items()}
     adam = dict(lr=2e-4, betas=(0.5, 0.999))
     optimizers = {"G": torch.optim.Adam([*nets["G_AB"].parameters(), *nets["G_BA"].parameters()], **adam),
                   "D": torch.optim.Adam([*nets["D_A"].parameters(), *nets["D_B"].parameters()], **adam)}
+    if compiled:
+        nets = {k: torch.compile(v) for k, v in nets.items()}
     precision = precision_for(torch.device(device), amp)
     autocast, scaler = precision.autocast, precision.grad_scaler()
     pools = {"A": ImagePool(), "B": ImagePool()}
-    a = torch.rand(1, 3, size, size, device=device) * 2 - 1
-    b = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    a, b = ((torch.rand(1, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory_format)
+            for _ in range(2))
     loss = CycleGANLoss()
-    for _ in range(2):
+    start = time.perf_counter()
+    for _ in range(3):
         cyclegan_step(nets, optimizers, a, b, loss, pools, autocast, scaler)
     _sync(device)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(iterations):
         cyclegan_step(nets, optimizers, a, b, loss, pools, autocast, scaler)
     _sync(device)
     seconds = (time.perf_counter() - start) / iterations
-    return {"s_per_iteration": round(seconds, 4), "iterations_per_s": round(1 / seconds, 2)}
+    return {"s_per_iteration": round(seconds, 4), "iterations_per_s": round(1 / seconds, 2),
+            "warmup_s": round(warmup, 1)}
 
 
 def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> dict:
@@ -67,6 +76,7 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> 
     import numpy as np
     import torch
 
+    from mri_translate.bundle import MODEL_FORMAT, export_state
     from mri_translate.config import RunConfig
     from mri_translate.convert import convert_file
     from mri_translate.inference import Translator
@@ -80,8 +90,9 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> 
         nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 1.0, 1.0])), str(tmp / "in.nii.gz"))
         config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units}})
         generator = ModifiedUNet(3, channels, res_units)
-        torch.save({"G_AB": generator.state_dict(), "G_BA": generator.state_dict(), "config": config.to_dict(),
-                    "normalization": {"A": [0.0, 1000.0], "B": [0.0, 1000.0]}}, tmp / "model.pt")
+        torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
+                    "config": config.to_dict(), **export_state({"A": [0.0, 1000.0], "B": [0.0, 1000.0]}, spacing=1.0)},
+                   tmp / "model.pt")
         translator = Translator.from_run(tmp / "model.pt", device=device, batch_size=batch_size, amp=amp,
                                          mirror=mirror)
         # force: the input is noise, which the contrast check refuses (its own cost: scripts/bench_checks.py)
@@ -140,7 +151,7 @@ def _child(spec: dict) -> None:
         result = bench_data(spec["t1"], spec["t2"])
     elif spec["kind"] == "train":
         result = bench_train(spec["channels"], spec["res_units"], spec["size"], spec["iterations"], spec["device"],
-                             spec["amp"])
+                             spec["amp"], spec.get("channels_last", False), spec.get("compiled", False))
     else:
         result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"],
                                spec.get("mirror", True))
@@ -151,8 +162,11 @@ def _child(spec: dict) -> None:
 
 
 def run(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode:  # a row that fails is reported with its error; the others still run
+        error = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        print(out.stderr[-3000:], file=sys.stderr)
+        return {**spec, "error": error}
     return {**spec, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
@@ -162,6 +176,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--part", choices=("all", "speed", "data"), default="all")
+    parser.add_argument("--generator", choices=("", "default", "light"), default="",
+                        help="only this generator's rows (default: both)")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="which speed rows: cpu, cuda (AMP on/off, channels_last, torch.compile) or both")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -173,17 +191,25 @@ def main() -> None:
         bench_data_memory(args.markdown)
     if args.part == "data":
         return
-    devices = [("cpu", False)] + ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() else [])
+    devices = ([("cpu", False)] if args.device != "cuda" else []) + \
+        ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() and args.device != "cpu" else [])
+    if not devices:
+        parser.error("--device cuda: no CUDA device here")
     results = []
     for name, (channels, res_units) in GENERATORS.items():
+        if not name.startswith(args.generator):
+            continue
         for device, amp in devices:
-            for size in (128, 256):
+            # on the GPU with AMP, at 256 also NHWC memory format and (for the shipped light generator) compile
+            variants = [(128, {}), (256, {})] + ([(256, {"channels_last": True})] if device == "cuda" and amp else []) \
+                + ([(256, {"compiled": True})] if device == "cuda" and amp and name.startswith("light") else [])
+            for size, variant in variants:
                 spec = {"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
-                        "size": size, "iterations": args.iterations, "device": device, "amp": amp}
+                        "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant}
                 results.append(run(spec))
                 print(json.dumps(results[-1]))
             for batch_size, mirror in ([(1, True), (8, True), (1, False)] if device == "cpu" else
-                                       [(8, True), (64, True), (64, False)]):
+                                       [(64, True), (64, False)]):
                 spec = {"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                         "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror}
                 results.append(run(spec))
@@ -197,10 +223,13 @@ def main() -> None:
         mirror = "" if r.get("mirror", True) else ", --no-mirror"
         what = f"train {r['size']}x{r['size']}, batch 1" if r["kind"] == "train" else \
             f"convert 256x256x150 file to file, batch {r['batch_size']}{mirror}"
-        result = (f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
+        result = (f"failed: {r['error']}" if "error" in r else
+                  f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)")
-        device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "")
-        lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r['peak_rss_mb']} | "
+        device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "") + \
+            (", channels_last" if r.get("channels_last") else "") + \
+            (f", torch.compile ({r['warmup_s']} s to compile)" if r.get("compiled") else "")
+        lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
                      f"{r.get('peak_gpu_mb', '')} |")
     text = (f"## Speed (scripts/bench_speed.py, {time.strftime('%Y-%m-%d')})\n\nMachine: {machine}. A training "
             "iteration updates both generators and both discriminators (k = 3).\n\n" + "\n".join(lines) + "\n")
@@ -209,7 +238,8 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from benchmarks_doc import replace_section
 
-        replace_section("bench_speed", text, Path(args.markdown))
+        # the GPU rows keep their own section, so a CPU-only run does not erase them (and back)
+        replace_section("bench_speed_gpu" if args.device == "cuda" else "bench_speed", text, Path(args.markdown))
 
 
 def bench_data_memory(markdown: str) -> None:

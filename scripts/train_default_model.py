@@ -18,8 +18,8 @@ No skull-stripped volume is left for a blind validation, so the last checkpoint 
 scans is measured by leave-one-out: ``--hold-out tcga_du_7294`` (or ``brats23_gli_00000``) trains the same
 recipe without that pair, and ``scripts/bench_quality.py --model RUN`` scores it as unseen.
 
-    python scripts/train_default_model.py --out runs/default-model [--iterations 1500] [--hold-out SUBJECT]
-                                          [--install]
+    python scripts/train_default_model.py --out runs/default-model [--iterations 1500] [--install]
+    python scripts/train_default_model.py --out runs/loo-tcga --hold-out tcga_du_7294 [--validate --val-every 500]
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--hold-out", nargs="*", default=[], choices=sorted(PAIRS),
                         help="leave these pairs out (leave-one-out evaluation); never with --install")
+    parser.add_argument("--validate", action="store_true",
+                        help="with --hold-out: score the held-out pairs every train.val_every iterations and export "
+                             "the best checkpoint (train --val), which shows how quality moves with training length")
+    parser.add_argument("--val-every", type=int, help="train.val_every (iterations between validations)")
     parser.add_argument("--install", action="store_true", help="copy models/model.pt into the bundle template")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--install-only", action="store_true", help="install an already trained --out and stop")
@@ -73,10 +77,13 @@ def main() -> None:
         return
     if args.hold_out and args.install:
         parser.error("a model trained with --hold-out is for evaluation, not for shipping")
+    if args.validate and not args.hold_out:
+        parser.error("--validate scores the --hold-out pairs; name at least one")
     t1, t2 = sources(out.parent / f"{out.name}-pairs", args.hold_out)
     train(t1, t2, out, config=ROOT / "configs" / "default-model.yaml",
-          overrides={"train": {"iterations": args.iterations}}, resume=args.resume, overwrite=not args.resume,
-          progress_bar=False, paired=True)
+          overrides={"train": {"iterations": args.iterations, "val_every": args.val_every}}, resume=args.resume,
+          overwrite=not args.resume, progress_bar=False, paired=True,
+          val=[PAIRS[subject] for subject in args.hold_out] if args.validate else None)
     if args.install:
         install(out)
 
