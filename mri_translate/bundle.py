@@ -4,6 +4,7 @@ template in ``bundles/mri_cyclegan/`` and finds the two domains in a bundle ``da
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -55,11 +56,15 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
         _write_text(configs / name, (TEMPLATE / "configs" / name).read_text())
     license_file = TEMPLATE / "docs" / "data_license.txt"
     text = (TEMPLATE / "docs" / "README.md").read_text()
+    loss = config.loss
     text += "\n## This run\n\n" + "\n".join([
         f"- T1w sources (domain A): {', '.join(sources['t1'])}",
         f"- T2w sources (domain B): {', '.join(sources['t2'])}",
         f"- k = {k} slices per slab, crop {crop} px, {config.train.iterations} iterations",
         f"- intensity ranges mapped to [-1, 1]: A {normalization['A']}, B {normalization['B']}",
+        f"- loss weights: adversarial {loss.adversarial}, cycle {loss.lambda_cycle}, contrast prior {loss.prior} "
+        f"({'constant' if math.isinf(loss.prior_fraction) else f'fading to 0 over {loss.prior_fraction} of the run'}), "
+        f"supervised L1 {loss.paired}; generator weight average (train.ema): {config.train.ema or 'off'}",
         "- configuration: `configs/train.json` (`config`); pictures: `progress.gif`, `losses.png`",
     ]) + "\n"
     _write_text(run_dir / "docs" / "README.md", text)
@@ -97,8 +102,7 @@ def export_model(trainer, run_dir: Path) -> Path:
     tensors and numbers only (loads with ``weights_only=True``)."""
     state = {
         "format": MODEL_FORMAT,
-        "G_AB": trainer.nets["G_AB"].state_dict(),
-        "G_BA": trainer.nets["G_BA"].state_dict(),
+        **{name: net.state_dict() for name, net in trainer.generators.items()},
         "config": trainer.config.to_dict(),
         **trainer.export_state,
         "iteration": int(trainer.state.iteration),

@@ -96,8 +96,10 @@ def is_amp_choice(value) -> bool:
 @dataclass
 class TrainConfig:
     """Length and bookkeeping of a run: ``iterations`` optimisation steps (``epoch_length`` per epoch),
-    checkpoint, progress-montage and validation (``val_every``, with ``train --val``) intervals, seed, ``device`` (``auto`` = cuda when present) and ``amp``
-    (mixed precision, one of :data:`AMP_CHOICES`)."""
+    checkpoint, progress-montage and validation (``val_every``, with ``train --val``) intervals, seed, ``device``
+    (``auto`` = cuda when present) and ``amp`` (mixed precision, one of :data:`AMP_CHOICES`). ``ema``: decay per
+    iteration of an exponential moving average of the generators' weights (0: none); when set, the average is
+    what validation scores, the montages show and ``models/model.pt`` carries."""
 
     iterations: int = 2000
     epoch_length: int = 100
@@ -107,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | str = True
+    ema: float = 0.0
 
 
 @dataclass
@@ -150,6 +153,8 @@ class RunConfig:
                                      f"16 = 2 ** 4), got {len(self.model.channels)}")
         if min(self.train.iterations, self.train.epoch_length, self.train.val_every) < 1:
             raise InputError(source, "train.iterations, train.epoch_length and train.val_every must be >= 1")
+        if not 0 <= self.train.ema < 1:
+            raise InputError(source, f"train.ema must be in [0, 1) (0: no weight averaging), got {self.train.ema}")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 

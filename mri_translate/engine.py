@@ -5,6 +5,7 @@ curves). Training only: inference never imports this module."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -118,6 +119,9 @@ class CycleGANTrainer(Trainer):
         for name, key in (("G_AB", "AB"), ("G_BA", "BA")):  # before DDP broadcasts rank 0's buffers
             if priors is not None and isinstance(self.nets[name], PriorResidualUNet):
                 self.nets[name].set_prior(priors[key])
+        # weight averages of the generators (train.ema), updated after every step; identical on every rank
+        self.averages = {name: copy.deepcopy(self.nets[name]).requires_grad_(False)
+                         for name in ("G_AB", "G_BA")} if train.ema else {}
         self.step_nets = self.nets
         if distributed:  # DDP broadcasts rank 0's weights at construction and averages gradients in backward
             ids = [device.index] if device.type == "cuda" else None
@@ -145,6 +149,24 @@ class CycleGANTrainer(Trainer):
         self.best: dict | None = None  # {"iteration", "score"} of the exported model when validating
         self.state.history = {}
 
+    @property
+    def generators(self) -> dict[str, torch.nn.Module]:
+        """The generators ``{"G_AB", "G_BA"}`` that are validated and exported: the weight averages when
+        ``train.ema`` is set, else the trained networks."""
+        return self.averages or {name: self.nets[name] for name in ("G_AB", "G_BA")}
+
+    @torch.no_grad()
+    def update_averages(self, iteration: int) -> None:
+        """Move each average towards its generator: ``avg += (1 - d) (w - avg)``, with the decay ``d`` warmed up
+        as ``min(train.ema, (1 + t) / (10 + t))`` so the first iterations do not pull towards the initial
+        weights; buffers are copied."""
+        decay = min(self.config.train.ema, (1 + iteration) / (10 + iteration))
+        for name, average in self.averages.items():
+            net = self.nets[name]
+            torch._foreach_lerp_(list(average.parameters()), list(net.parameters()), 1 - decay)
+            for mine, theirs in zip(average.buffers(), net.buffers()):
+                mine.copy_(theirs)
+
     def validation_curves(self) -> dict[str, list[tuple[int, float]]]:
         """Validation PSNR per direction against the iteration, named ``val_psnr_<direction>``."""
         keys = [k for k in (self.validation[0] if self.validation else {}) if k.startswith("psnr_")]
@@ -161,6 +183,7 @@ class CycleGANTrainer(Trainer):
         losses = cyclegan_step(self.step_nets, self.optimizers, real_a, real_b, self.loss, self.pools,
                                self.precision.autocast, self.grad_scaler, self.priors,
                                self.prior_weight(engine.state.iteration), batchdata.get("paired"))
+        self.update_averages(engine.state.iteration)
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise TrainingError(f"loss {', '.join(bad)} is not finite at iteration {engine.state.iteration}; "
@@ -171,7 +194,8 @@ class CycleGANTrainer(Trainer):
 
     def checkpoint_objects(self) -> dict:
         """Everything that is saved and restored: networks, optimisers, schedulers, scaler and trainer state."""
-        objects = {**self.nets, **{f"opt_{k}": o for k, o in self.optimizers.items()},
+        objects = {**self.nets, **{f"average_{k}": n for k, n in self.averages.items()},
+                   **{f"opt_{k}": o for k, o in self.optimizers.items()},
                    **{f"sched_{k}": s for k, s in self.schedulers.items()}, "trainer": self}
         if self.grad_scaler is not None:
             objects["scaler"] = self.grad_scaler
@@ -266,7 +290,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
         iteration = engine.state.iteration
         if trainer.validation and trainer.validation[-1]["iteration"] == iteration:
             return  # already scored (the end of a run that stops on a validation iteration)
-        result = validator(trainer.nets, trainer.export_state, engine.state.device)
+        result = validator(trainer.generators, trainer.export_state, engine.state.device)
         trainer.validation.append({"iteration": iteration, **result})
         best = trainer.best is None or result["score"] > trainer.best["score"]
         log.info("validation at iteration %d: score %.2f dB%s | %s", iteration, result["score"],
@@ -279,7 +303,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
             on_save(engine)
 
     def montage(engine):
-        montages.append(progress_montage(trainer.nets, fixed, engine.state.device))
+        montages.append(progress_montage(trainer.generators, fixed, engine.state.device))
 
     def log_stats(engine):
         values = " ".join(f"{k}={v:.4f}" for k, v in engine.state.output.items())

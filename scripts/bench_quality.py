@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="variants to train")
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
-    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of the previous run (WORK/quality.json) and add these")
     args = parser.parse_args()
@@ -166,7 +166,8 @@ def main() -> None:
     print(text)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     Path(args.work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    replace_section("bench_quality", text, Path(args.markdown))
+    if args.markdown:
+        replace_section("bench_quality", text, Path(args.markdown))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/default-model")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default-model.yaml"),
+                        help="the recipe (default: configs/default-model.yaml)")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--hold-out", nargs="*", default=[], choices=sorted(PAIRS),
                         help="leave these pairs out (leave-one-out evaluation); never with --install")
@@ -80,7 +82,7 @@ def main() -> None:
     if args.validate and not args.hold_out:
         parser.error("--validate scores the --hold-out pairs; name at least one")
     t1, t2 = sources(out.parent / f"{out.name}-pairs", args.hold_out)
-    train(t1, t2, out, config=ROOT / "configs" / "default-model.yaml",
+    train(t1, t2, out, config=args.config,
           overrides={"train": {"iterations": args.iterations, "val_every": args.val_every}}, resume=args.resume,
           overwrite=not args.resume, progress_bar=False, paired=True,
           val=[PAIRS[subject] for subject in args.hold_out] if args.validate else None)

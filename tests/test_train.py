@@ -152,6 +152,49 @@ def test_resume_matches_an_uninterrupted_run_with_decay_and_prior(sources, tiny_
     assert sum(prior[4:]) > 0  # the prior was on after the resume too
 
 
+def test_weight_average_follows_its_warmed_up_decay():
+    """``avg += (1 - d) (w - avg)`` with ``d = min(train.ema, (1 + t) / (10 + t))``: at t = 0 the average all
+    but jumps to the weights (d = 0.1); later it moves by ``1 - train.ema``."""
+    from types import SimpleNamespace
+
+    from mri_translate.config import RunConfig
+    from mri_translate.engine import CycleGANTrainer
+
+    net, average = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        for p, q in zip(net.parameters(), average.parameters()):
+            p.fill_(1.0)
+            q.fill_(0.0)
+    trainer = SimpleNamespace(config=RunConfig.from_dict({"train": {"ema": 0.5}}), averages={"G_AB": average},
+                              nets={"G_AB": net})
+    CycleGANTrainer.update_averages(trainer, 0)
+    assert all(torch.allclose(q, torch.full_like(q, 0.9)) for q in average.parameters())
+    CycleGANTrainer.update_averages(trainer, 100)  # d = min(0.5, 101 / 110) = 0.5
+    assert all(torch.allclose(q, torch.full_like(q, 0.95)) for q in average.parameters())
+
+
+def test_weight_averaging_exports_the_average_and_resumes_exactly(sources, tiny_config, tmp_path, monkeypatch):
+    """``train.ema``: models/model.pt carries the averaged generators (not the last weights), the checkpoint
+    carries both, and a run interrupted and resumed ends with the averages of an uninterrupted one."""
+    config = tiny_config(train={"ema": 0.9})
+    straight = run(sources, tmp_path / "straight", config)
+    state, model = load(straight / "checkpoint.pt"), load(straight / "models" / "model.pt")
+    for name in ("G_AB", "G_BA"):
+        assert all(torch.equal(model[name][k], state[f"average_{name}"][k]) for k in model[name])
+        assert any(not torch.equal(state[name][k], state[f"average_{name}"][k]) for k in state[name])
+    assert "generator weight average (train.ema): 0.9" in (straight / "docs" / "README.md").read_text()
+    StopAt(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "split", config)
+    monkeypatch.undo()
+    run(sources, tmp_path / "split", None, resume=True)
+    resumed = load(tmp_path / "split" / "checkpoint.pt")
+    for name in ("average_G_AB", "average_G_BA"):
+        assert all(torch.equal(state[name][k], resumed[name][k]) for k in state[name]), name
+    with pytest.raises(InputError, match="train.ema must be in"):
+        run(sources, tmp_path / "bad", tiny_config("bad.yaml", train={"ema": 1.0}))
+
+
 def test_extending_a_run_continues_its_schedules_instead_of_restarting_them(sources, tiny_config, tmp_path,
                                                                             monkeypatch):
     """Planned for 8, interrupted at 4, resumed with 16: the learning rate and the prior weight continue from
