@@ -138,7 +138,7 @@ class RunConfig:
             for key, value in (entries or {}).items():
                 if key not in known:
                     raise InputError(source, f"unknown key '{section}.{key}' (expected one of {', '.join(known)})")
-                setattr(part, key, tuple(value) if isinstance(value, list) else value)
+                setattr(part, key, _typed(f"{section}.{key}", known[key].type, value, source))
         config.validate(source)
         return config
 
@@ -157,6 +157,35 @@ class RunConfig:
             raise InputError(source, f"train.ema must be in [0, 1) (0: no weight averaging), got {self.train.ema}")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
+
+
+#: the words for each annotation of the configuration's fields, and what they accept (a bool is no number)
+_KINDS = {"int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+          "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+          "bool": ("true or false", lambda v: isinstance(v, bool)),
+          "str": ("a string", lambda v: isinstance(v, str)),
+          "None": ("null", lambda v: v is None),
+          "tuple[int, ...]": ("a list of integers", lambda v: isinstance(v, (list, tuple)) and all(
+              isinstance(i, int) and not isinstance(i, bool) for i in v))}
+
+
+def _typed(name: str, annotation: str, value, source: str):
+    """``value`` checked against the field's ``annotation`` (e.g. ``"float | None"``); lists become tuples and a
+    number written as text (YAML reads ``1e-4`` as a string) becomes that number.
+
+    Raises:
+        InputError: the value has the wrong type, e.g. ``data.crop must be an integer, got 'big'``.
+    """
+    kinds = [kind.strip() for kind in str(annotation).split("|")]
+    if "float" in kinds and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not any(_KINDS[kind][1](value) for kind in kinds):
+        words = " or ".join(_KINDS[kind][0] for kind in kinds)
+        raise InputError(source, f"{name} must be {words}, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _plain(value):

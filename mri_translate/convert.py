@@ -8,7 +8,6 @@ interrupted batch restarted with the same command skips finished files and redoe
 from __future__ import annotations
 
 import glob
-import json
 import os
 import platform
 import sys
@@ -23,8 +22,8 @@ from . import __version__
 from .contrast_check import check_direction, check_skull_stripping, contrast_record, judge_domain, model_checks
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
-from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, list_images_2d,
-                 load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix)
+from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
+                 list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix)
 
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
 
@@ -149,7 +148,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             save_volume(error_map, tmp_extras[-1], volume.meta["original_affine"],
                         descrip="mri-translate cycle error |x - G_BA(G_AB(x))|, [-1,1] units")
         sidecar["ElapsedSeconds"] = round(time.perf_counter() - start, 3)
-        tmp_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+        tmp_sidecar.write_text(json_text(sidecar))
     return sidecar
 
 
@@ -287,7 +286,7 @@ def write_derivative_description(output_dir, direction: str) -> None:
                    "GeneratedBy": [{"Name": "mri-translate", "Version": __version__,
                                     "Description": f"CycleGAN translation {direction}; images are SYNTHETIC"}]}
     with atomic_path(Path(output_dir) / "dataset_description.json") as tmp:
-        tmp.write_text(json.dumps(description, indent=2) + "\n")
+        tmp.write_text(json_text(description))
 
 
 def is_batch_input(source) -> bool:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
 from .errors import InputError
-from .io import atomic_path, list_images_2d, load_volume
+from .io import atomic_path, json_text, list_images_2d, load_volume
 from .transforms import to_canonical
 
 
@@ -112,7 +111,7 @@ def write_reports(report: dict, json_path=None, csv_path=None, plot_path=None) -
     """Write the JSON summary, the per-slice CSV and a PNG of per-slice SSIM/PSNR (each atomically)."""
     if json_path:
         with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+            tmp.write_text(json_text(report))
     if csv_path:
         buffer = _io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["slice", "psnr", "ssim", "mae"])

@@ -249,6 +249,26 @@ def load_volume(path, series_uid: str | None = None):
     return MetaTensor(array[None], meta=meta)
 
 
+def json_text(value) -> str:
+    """``value`` as strict JSON text (indent 2, trailing newline) for sidecars and reports that other tools
+    read: NumPy scalars become numbers, NaN and infinities ``null`` (``json.dumps`` would write ``Infinity``)."""
+    import json
+    import math
+
+    def plain(item):
+        if isinstance(item, dict):
+            return {key: plain(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [plain(v) for v in item]
+        if isinstance(item, np.generic):
+            item = item.item()
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        return item
+
+    return json.dumps(plain(value), indent=2, allow_nan=False) + "\n"
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix_override: str | None = None):
     """Yield a hidden temporary path beside ``path`` (same suffix, e.g. ``.nii.gz``, so writers pick the

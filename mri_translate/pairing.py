@@ -10,7 +10,6 @@ the fixed one and the other is resampled onto its grid, so no scan is interpolat
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import NIFTI_SUFFIXES, atomic_path, load_volume, suffix
+from .io import NIFTI_SUFFIXES, atomic_path, json_text, load_volume, suffix
 
 #: Contrast tokens removed from a file name to find its subject (``sub-01_T1w`` and ``sub-01_T2w`` -> ``sub-01``).
 _CONTRAST = re.compile(r"(?i)(^|[_.-])(t1w?|t2w?)(?=$|[_.-])")
@@ -161,7 +160,7 @@ def register(t1, t2, out_dir, onto: str = "thicker", seed: int = 0) -> Registrat
                           [float(p) for p in transform.GetParameters()], checkerboard)
     key = Path(subject_key(fixed_path)).name or fixed_path.parent.name
     with atomic_path(out_dir / f"{key}_registration.json") as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        tmp.write_text(json_text(result.to_dict()))
     return result
 
 

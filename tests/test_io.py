@@ -526,3 +526,18 @@ def test_single_dicom_meta_has_no_patient_identifiers(shared_data):
 def test_path_is_accepted_as_string(synthetic_nifti):
     assert tuple(load_volume(str(synthetic_nifti)).shape) == (1, *SYNTHETIC_SHAPE)
     assert os.fspath(synthetic_nifti) == load_volume(synthetic_nifti).meta["filename_or_obj"]
+
+
+def test_json_text_is_strict_json_for_other_tools():
+    """Sidecars and reports: NumPy scalars as numbers, NaN and infinities as null (never ``Infinity``)."""
+    import json
+
+    from mri_translate.io import json_text
+
+    text = json_text({"a": float("inf"), "b": [np.float32(0.5), float("nan")], "c": {"d": np.int64(3)}, "e": "x"})
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(text, parse_constant=refuse) == {"a": None, "b": [0.5, None], "c": {"d": 3}, "e": "x"}
+    assert text.endswith("}\n")

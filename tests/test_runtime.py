@@ -1,6 +1,7 @@
 """Tests of mri_translate.runtime (device, mixed-precision policy) and of the layering it makes possible:
 the maths and inference import no training infrastructure."""
 
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,23 @@ def test_the_cyclegan_maths_imports_no_infrastructure():
     for infrastructure in ("mri_translate.distributed", "mri_translate.engine", "mri_translate.io",
                            "mri_translate.runtime", "mri_translate.data"):
         assert infrastructure not in modules, f"import mri_translate.cyclegan loads {infrastructure}"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"data": {"crop": "big"}}, "data.crop must be an integer, got 'big'"),
+    ({"data": {"spacing": "fine"}}, "data.spacing must be a number or null, got 'fine'"),
+    ({"model": {"channels": [8, "16"]}}, "model.channels must be a list of integers"),
+    ({"data": {"flip": 1}}, "data.flip must be true or false, got 1"),
+    ({"train": {"iterations": 2.5}}, "train.iterations must be an integer, got 2.5"),
+])
+def test_configuration_values_of_the_wrong_type_are_named(values, message):
+    """A preset's typo fails at once with the key, the expected type and the value, not deep in training."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        RunConfig.from_dict(values, "preset.yaml")
+
+
+def test_numbers_written_as_text_are_read_as_numbers():
+    """YAML reads ``1e-4`` (no dot) as a string; a float field takes it as the number; lists become tuples."""
+    config = RunConfig.from_dict({"optim": {"lr": "1e-4"}, "model": {"channels": [8, 16]},
+                                  "data": {"spacing": None}, "loss": {"prior_fraction": float("inf")}})
+    assert config.optim.lr == 1e-4 and config.model.channels == (8, 16) and config.data.spacing is None
