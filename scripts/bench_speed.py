@@ -2,7 +2,8 @@
 data's load time and peak memory for 5, 10 and 21 real volumes (``--part data``: that part alone).
 
     python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10] [--part all|speed|data]
-    python scripts/bench_speed.py --part speed --device cuda --json docs/bench_speed_gpu.json --iterations 50
+    python scripts/bench_speed.py --part speed --device cuda --json docs/bench_speed_gpu.json --iterations 30
+    python scripts/bench_speed.py --render docs/bench_speed_gpu.json   # the docs section of a saved run
 
 Each measurement runs in its own subprocess so peak memory (max RSS; on GPU also torch's peak allocated) is
 the measurement's own. On a GPU the training and conversion run with AMP on and off.
@@ -180,10 +181,15 @@ def main() -> None:
                         help="only this generator's rows (default: both)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                         help="which speed rows: cpu, cuda (AMP on/off, channels_last, torch.compile) or both")
+    parser.add_argument("--render", metavar="JSON", help="only write the docs section of a saved --json (e.g. one "
+                                                           "brought back from a GPU machine) and stop")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
+        return
+    if args.render:
+        write_speed_section(Path(args.render), args.markdown)
         return
     import torch
 
@@ -195,7 +201,7 @@ def main() -> None:
         ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() and args.device != "cpu" else [])
     if not devices:
         parser.error("--device cuda: no CUDA device here")
-    results = []
+    specs = []
     for name, (channels, res_units) in GENERATORS.items():
         if not name.startswith(args.generator):
             continue
@@ -204,20 +210,30 @@ def main() -> None:
             variants = [(128, {}), (256, {})] + ([(256, {"channels_last": True})] if device == "cuda" and amp else []) \
                 + ([(256, {"compiled": True})] if device == "cuda" and amp and name.startswith("light") else [])
             for size, variant in variants:
-                spec = {"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
-                        "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant}
-                results.append(run(spec))
-                print(json.dumps(results[-1]))
+                specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
+                              "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
             for batch_size, mirror in ([(1, True), (8, True), (1, False)] if device == "cpu" else
                                        [(64, True), (64, False)]):
-                spec = {"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
-                        "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror}
-                results.append(run(spec))
-                print(json.dumps(results[-1]))
+                specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
+                              "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror})
+    # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "date": time.strftime("%Y-%m-%d")}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    results = []
+    for spec in specs:
+        results.append(run(spec))
+        print(json.dumps(results[-1]))
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    write_speed_section(Path(args.json), args.markdown)
+
+
+def write_speed_section(saved: Path, markdown: str) -> None:
+    """The speed table of a saved ``--json`` (its own docs section for GPU rows, so a CPU-only run does not
+    erase them and back)."""
+    data = json.loads(saved.read_text())
+    machine, results = data["machine"], data["results"]
     lines = ["| generator | what | device | result | peak RSS (MB) | peak GPU (MB) |", "|---|---|---|---|---|---|"]
     for r in results:
         mirror = "" if r.get("mirror", True) else ", --no-mirror"
@@ -231,15 +247,17 @@ def main() -> None:
             (f", torch.compile ({r['warmup_s']} s to compile)" if r.get("compiled") else "")
         lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
                      f"{r.get('peak_gpu_mb', '')} |")
-    text = (f"## Speed (scripts/bench_speed.py, {time.strftime('%Y-%m-%d')})\n\nMachine: {machine}. A training "
-            "iteration updates both generators and both discriminators (k = 3).\n\n" + "\n".join(lines) + "\n")
+    gpu = any(r["device"].startswith("cuda") for r in results)
+    text = (f"## Speed{' on GPU' if gpu else ''} (scripts/bench_speed.py, {machine.get('date', saved.name)})\n\n"
+            f"Machine: {machine}. "
+            "A training iteration updates both generators and both discriminators (k = 3).\n\n" + "\n".join(lines)
+            + "\n")
     print(text)
-    if args.markdown:
+    if markdown:
         sys.path.insert(0, str(ROOT / "scripts"))
         from benchmarks_doc import replace_section
 
-        # the GPU rows keep their own section, so a CPU-only run does not erase them (and back)
-        replace_section("bench_speed_gpu" if args.device == "cuda" else "bench_speed", text, Path(args.markdown))
+        replace_section("bench_speed_gpu" if gpu else "bench_speed", text, Path(markdown))
 
 
 def bench_data_memory(markdown: str) -> None:
