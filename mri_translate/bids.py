@@ -51,7 +51,8 @@ def select(pairs, root, participants=None, sessions=None) -> list[tuple[Path, Pa
 
 def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", participant_labels=None,
                  session_labels=None, model=None, direction: str = "t1-to-t2", device: str = "auto",
-                 batch_size: int = 8, overwrite: bool = False, progress: bool = True, force: bool = False):
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True, force: bool = False,
+                 qc: bool = False, strict: bool = False):
     """Run the BIDS App at one analysis level.
 
     Args:
@@ -64,6 +65,8 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         overwrite: redo finished outputs.
         progress: progress bar.
         force: skip the contrast check of each input (see :mod:`mri_translate.contrast_check`).
+        qc, strict: reference-free checks in each sidecar; ``strict`` also refuses a translation outside the
+            model's training domain or a whole-head scan for a brain-only model (that file fails, the others go on).
 
     Returns:
         The :class:`~mri_translate.convert.BatchReport` of the participant level, ``None`` for the group level.
@@ -72,7 +75,7 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         InputError: not a BIDS dataset, output folder equal to the dataset, unknown level or participant,
             nothing to translate.
     """
-    from .convert import CONTRASTS, convert_batch, plan_batch, write_derivative_description
+    from .convert import CONTRASTS, convert_batch, domain_check_options, plan_batch, write_derivative_description
     from .inference import Translator
 
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
@@ -92,4 +95,5 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
     translator = Translator.from_run(model, direction, device, batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_derivative_description(output_dir, direction)
-    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force)
+    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force,
+                         **domain_check_options(translator, qc, strict))

@@ -92,7 +92,7 @@ def bids_entry(args) -> int:
     report = run_bids_app(args.bids_dir, args.output_dir, args.analysis_level, args.participant_label,
                           args.session_label, model=args.model, direction=args.direction, device=args.device,
                           batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
-                          force=args.force)
+                          force=args.force, qc=args.qc, strict=args.strict)
     print(GROUP_LEVEL_NOTE if report is None else report.summary())
     return EXIT_FAILED if report is not None and report.failed else EXIT_OK
 
@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--force", action="store_true",
                    help="translate even a scan that does not look like the --direction's source contrast")
+    p.add_argument("--qc", action="store_true",
+                   help="reference-free checks in each sidecar and a *_cycle-error.nii.gz map")
+    p.add_argument("--strict", action="store_true",
+                   help="like --qc, and a scan outside the model's training domain fails instead of a warning")
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=bids_entry)

@@ -257,6 +257,18 @@ def shard(pairs: list, spec: str | None) -> list:
     return pairs[rank::world]
 
 
+def domain_check_options(translator: Translator, qc: bool = False, strict: bool = False) -> dict:
+    """The :func:`convert_file` options of ``--qc`` / ``--strict``: the reverse translator (for the cycle error)
+    with the same model, device and settings, the model's out-of-domain thresholds and ``strict``; ``{}`` when
+    neither is asked for."""
+    if not (qc or strict):
+        return {}
+    reverse = "t2-to-t1" if translator.direction == "t1-to-t2" else "t1-to-t2"
+    cycle = Translator.from_run(translator.model_path, reverse, translator.device, translator.batch_size,
+                                axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp)
+    return {"cycle": cycle, "strict": strict, "checks": model_checks(translator.model_path, translator.direction)}
+
+
 def convert_batch(translator: Translator, pairs, overwrite: bool = False, progress: bool = True,
                   **options) -> BatchReport:
     """Convert every pair; a failing file is reported and the others carry on. Inputs are never
@@ -323,10 +335,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror)
-    if qc or strict:
-        reverse = "t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"
-        options["cycle"] = Translator.from_run(model, reverse, device, batch_size, axis=axis, mirror=mirror)
-        options.update(strict=strict, checks=model_checks(translator.model_path, direction))
+    options.update(domain_check_options(translator, qc, strict))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)
         return BatchReport(done=[Path(output)])

@@ -5,6 +5,8 @@ session labels are honoured, the group level does nothing, bad calls fail in one
 
 import json
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -143,6 +145,41 @@ def test_contrast_check_applies_and_force_skips_it(capsys, monkeypatch, bids_dat
     assert stderr.count("looks like a T2w scan") == 3
     status, stdout, _ = bids(capsys, *arguments, "--force")
     assert status == 0 and "3 converted" in stdout
+
+
+def model_with_limits(tiny_run, folder, limit: float) -> Path:
+    """The tiny model with every out-of-domain threshold set to ``limit`` (stored as calibrate_checks does)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        from calibrate_checks import store
+    finally:
+        sys.path.pop(0)
+    model = folder / f"model_{limit:g}.pt"
+    shutil.copyfile(Path(tiny_run) / "models" / "model.pt", model)
+    limits = {"CycleErrorMAE": limit, "HistogramDistance": limit, "InterSliceConsistency": limit}
+    store(model, {"t1-to-t2": limits, "t2-to-t1": limits, "Calibration": "test"})
+    return model
+
+
+def test_qc_records_the_domain_check_and_strict_refuses_each_file(capsys, bids_dataset, tmp_path, tiny_run):
+    """``bids --qc`` judges every translation in its sidecar; ``--strict`` fails each out-of-domain file (exit 1,
+    one line per file) and writes none of them."""
+    lenient, strict = model_with_limits(tiny_run, tmp_path, 1e6), model_with_limits(tiny_run, tmp_path, 0.0)
+    out = tmp_path / "qc"
+    status, stdout, _ = bids(capsys, bids_dataset, out, "participant", "--model", lenient, "--device", "cpu",
+                             "--no-progress", "--qc")
+    assert status == 0 and "3 converted" in stdout
+    sidecars = sorted(out.rglob("*_T2w.json"))
+    assert len(sidecars) == 3
+    for path in sidecars:
+        sidecar = json.loads(path.read_text())
+        assert sidecar["InDomain"] is True and sidecar["DomainCheck"]["ThresholdSource"] == "test"
+    out = tmp_path / "strict"
+    status, stdout, stderr = bids(capsys, bids_dataset, out, "participant", "--model", strict, "--device", "cpu",
+                                  "--no-progress", "--strict")
+    assert status == 1 and "0 converted, 0 skipped (already done), 3 failed" in stdout
+    assert stderr.count("refused by --strict") == 3
+    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*_T2w.json"))
 
 
 def test_group_level_does_nothing(capsys, bids_dataset, tmp_path):
