@@ -136,14 +136,28 @@ class TranslatorInferer(Inferer):
 
     Takes the loaded scans ``(B, 1, X, Y, Z)`` (a batch of :func:`~mri_translate.io.load_volume` results, meta
     per item) and returns their translations in each input's own voxel order; ``network`` is the translator's
-    generator, already inside it."""
+    generator, already inside it. Like ``convert``, each scan first passes the contrast check (a scan that looks
+    like the wrong contrast stops the run with its name; ``force`` skips the check) and a whole-head scan for a
+    model trained on brains only gets a warning."""
 
-    def __init__(self, translator: Translator):
+    def __init__(self, translator: Translator, force: bool = False):
         super().__init__()
-        self.translator = translator
+        self.translator, self.force = translator, force
 
     def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
-        return torch.stack([self.translator(volume).as_tensor() for volume in inputs])
+        return torch.stack([self.translate(volume) for volume in inputs])
+
+    def translate(self, volume: MetaTensor) -> torch.Tensor:
+        """One loaded scan ``(1, X, Y, Z)`` through the checks and the translator."""
+        from .contrast_check import check_direction, check_skull_stripping
+
+        translator = self.translator
+        source = volume.meta.get("filename_or_obj", "input") if isinstance(volume, MetaTensor) else "input"
+        if not self.force:
+            check_direction(volume, translator.direction, source)
+        canonical = translator.prepare(volume)
+        check_skull_stripping(canonical, translator.trained_on_brains, source)
+        return translator.restore(translator.run_normalized(canonical), volume).as_tensor()
 
 
 class Translator:

@@ -472,6 +472,23 @@ def test_plan_batch_and_output_path(tmp_path):
 # --- the MONAI bundle gives what the CLI gives ----------------------------------------------------------------
 
 
+def test_bundle_inference_refuses_a_scan_of_the_wrong_contrast(tiny_run, tmp_path):
+    """The bundle runs the contrast check as ``convert`` does: a phantom stops the run, named, with nothing
+    written for it."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    thick = np.diag([-4.0, 1.0, 1.0, 1.0])
+    write_nifti(folder / "thick_sagittal.nii.gz", shape=(9, 40, 36), affine=thick)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_run / "configs" / "inference.json"),
+         "--meta_file", str(tiny_run / "configs" / "metadata.json"), "--bundle_root", str(tiny_run),
+         "--dataset_dir", str(folder), "--output_dir", str(out)],
+        cwd=tiny_run, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "thick_sagittal.nii.gz" in result.stderr and "ContrastMismatchError" in result.stderr
+    assert not out.exists() or not list(out.glob("*.nii.gz"))
+
+
 @pytest.mark.parametrize("model", ["tiny_run", "tiny_standardized_run"])
 def test_bundle_inference_equals_cli(model, capsys, shared_data, tmp_path, request):
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
@@ -489,11 +506,11 @@ def test_bundle_inference_equals_cli(model, capsys, shared_data, tmp_path, reque
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_run / "configs" / "inference.json"),
          "--meta_file", str(tiny_run / "configs" / "metadata.json"), "--bundle_root", str(tiny_run),
-         "--dataset_dir", str(folder), "--output_dir", str(bundle_out)],
+         "--dataset_dir", str(folder), "--output_dir", str(bundle_out), "--force", "True"],
         cwd=tiny_run, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     status, _, stderr = cli(capsys, "convert", folder, cli_out, "--model", tiny_run, "--no-progress",
-                            "--force")  # the bundle has no contrast check; a phantom is among the inputs
+                            "--force")  # a phantom is among the inputs: both skip the contrast check
     assert status == 0, stderr
     names = ["avg152T1_T2w.nii.gz", "thick_sagittal_T2w.nii.gz"]
     assert sorted(p.name for p in bundle_out.glob("*.nii.gz")) == names
