@@ -96,6 +96,44 @@ def export_state(normalization: dict, spacing: float | None = None, standardizer
             "skull_stripped": dict(skull_stripped) if skull_stripped is not None else None}
 
 
+#: what a model file holds per direction besides the weights: laid over the top level by :func:`direction_state`
+DIRECTION_KEYS = ("config", "normalization", "spacing", "standardize", "skull_stripped")
+
+
+def direction_state(state: dict, direction: str) -> dict:
+    """What a model file holds for one direction: its top level, with ``directions[direction]`` (written by
+    :func:`compose_model`: that direction's configuration and intensity mapping) laid over it."""
+    overlay = (state.get("directions") or {}).get(direction, {})
+    return {**{k: v for k, v in state.items() if k != "directions"}, **overlay}
+
+
+def compose_model(t1_to_t2, t2_to_t1, out) -> Path:
+    """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
+    normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
+    ``G_BA`` from ``t2_to_t1`` with that run's own :data:`DIRECTION_KEYS` under ``directions["t2-to-t1"]``, and
+    both files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
+
+    Raises:
+        InputError: a path that is no run or model file. ModelError: not an mri-translate model.
+    """
+    from .contrast_check import CHECKS_KEY
+    from .inference import resolve_model_path, sha256
+    from .runtime import read_checkpoint
+
+    paths = {"t1-to-t2": resolve_model_path(t1_to_t2), "t2-to-t1": resolve_model_path(t2_to_t1)}
+    first, second = (read_checkpoint(path) for path in paths.values())
+    state = {k: v for k, v in first.items() if k not in ("directions", "composed_from", CHECKS_KEY)}
+    state["G_BA"] = direction_state(second, "t2-to-t1")["G_BA"]
+    state["directions"] = {"t2-to-t1": {k: v for k, v in direction_state(second, "t2-to-t1").items()
+                                        if k in DIRECTION_KEYS}}
+    state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return out
+
+
 def export_model(trainer, run_dir: Path) -> Path:
     """Write ``models/model.pt``: both generators' weights, the configuration, the trainer's
     :attr:`~mri_translate.engine.CycleGANTrainer.export_state` (:func:`export_state`) and the iteration; plain

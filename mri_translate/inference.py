@@ -16,7 +16,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from .bundle import DIRECTIONS, TEMPLATE
+from .bundle import DIRECTIONS, TEMPLATE, direction_state
 from .config import RunConfig
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
@@ -57,11 +57,12 @@ def sha256(path) -> str:
 
 def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
     """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
-    (read with :func:`~mri_translate.runtime.read_checkpoint`).
+    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model).
 
     Raises:
         ModelError: the weights do not fit the stored configuration.
     """
+    state = direction_state(state, direction)
     model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
     generator = build_generator(model)
     try:
@@ -222,6 +223,7 @@ class Translator:
             ModelError: the state holds no normalisation for the target domain.
         """
         source, target = ("A", "B") if direction == "t1-to-t2" else ("B", "A")
+        state = direction_state(state, direction)
         normalization = state.get("normalization")
         if normalization is None or target not in normalization:
             raise ModelError(f"{path or 'model'}: holds no intensity normalisation (a checkpoint of an older "

@@ -312,6 +312,29 @@ def test_from_run_model_file_other_direction(tiny_run):
     assert_same_weights(translator.generator, saved_state(tiny_run)["G_BA"])
 
 
+def test_a_composed_model_translates_each_direction_as_its_own_run(tiny_run, tiny_standardized_run,
+                                                                   synthetic_nifti, tmp_path):
+    """compose_model: G_AB and its settings from one run, G_BA from another with that run's own pixel size and
+    standardisers; each direction of the composed file translates voxel for voxel as its source does."""
+    from mri_translate.bundle import compose_model
+
+    other = tmp_path / "other.pt"  # another run: other G_BA weights, trained at 2 mm with standardisation
+    state = saved_state(tiny_standardized_run)
+    torch.manual_seed(1)
+    state["G_BA"] = ModifiedUNet(3, (8, 16), 1).state_dict()
+    torch.save(state, other)
+    composed = compose_model(tiny_run, other, tmp_path / "composed" / "model.pt")
+    for direction, source in (("t1-to-t2", tiny_run), ("t2-to-t1", other)):
+        expected = Translator.from_run(source, direction, "cpu")(synthetic_nifti)
+        got = Translator.from_run(composed, direction, "cpu")(synthetic_nifti)
+        assert torch.equal(got.as_tensor(), expected.as_tensor()), direction
+    saved = torch.load(composed, weights_only=True)
+    assert saved["composed_from"] == {"t1-to-t2": inference.sha256(tiny_run / "models" / "model.pt"),
+                                      "t2-to-t1": inference.sha256(other)}
+    assert saved.get("spacing") is None and saved["directions"]["t2-to-t1"]["spacing"] == 2.0
+    assert_same_weights(inference.load_generator(saved, "t2-to-t1"), state["G_BA"])
+
+
 def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
     out = Translator.from_run(tiny_run, device="cpu")(synthetic_nifti)
     low, high = TINY_NORMALIZATION["B"]
