@@ -193,7 +193,8 @@ class CycleGANTrainer(Trainer):
         return losses
 
     def checkpoint_objects(self) -> dict:
-        """Everything that is saved and restored: networks, optimisers, schedulers, scaler and trainer state."""
+        """Everything that is saved and restored: networks, their weight averages (train.ema), optimisers,
+        schedulers, scaler and trainer state."""
         objects = {**self.nets, **{f"average_{k}": n for k, n in self.averages.items()},
                    **{f"opt_{k}": o for k, o in self.optimizers.items()},
                    **{f"sched_{k}": s for k, s in self.schedulers.items()}, "trainer": self}
