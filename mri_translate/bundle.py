@@ -123,9 +123,9 @@ def compose_model(t1_to_t2, t2_to_t1, out) -> Path:
     paths = {"t1-to-t2": resolve_model_path(t1_to_t2), "t2-to-t1": resolve_model_path(t2_to_t1)}
     first, second = (read_checkpoint(path) for path in paths.values())
     state = {k: v for k, v in first.items() if k not in ("directions", "composed_from", CHECKS_KEY)}
-    state["G_BA"] = direction_state(second, "t2-to-t1")["G_BA"]
-    state["directions"] = {"t2-to-t1": {k: v for k, v in direction_state(second, "t2-to-t1").items()
-                                        if k in DIRECTION_KEYS}}
+    reverse = direction_state(second, "t2-to-t1")
+    state["G_BA"] = reverse["G_BA"]
+    state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
     state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ import torch
 from monai.transforms import MapTransform
 
 from . import __version__
-from .contrast_check import check_direction, check_skull_stripping, contrast_record, judge_domain, model_checks
+from .contrast_check import (ContrastVerdict, check_direction, check_skull_stripping, contrast_record, judge_domain,
+                             model_checks)
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
@@ -99,13 +100,11 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if reference_volume is not None and reference_volume.shape != volume.shape:
         raise InputError(reference, f"reference shape {tuple(reference_volume.shape[1:])} differs from the "
                                     f"input's {tuple(volume.shape[1:])}; the GIF shows them on one grid")
-    contrast = None if force else check_direction(volume, translator.direction, source)
-    canonical = translator.prepare(volume)
-    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)  # before the network
-    normalized = translator.run_normalized(canonical)
-    translated = translator.restore(normalized, volume)
+    checked = translate_checked(translator, volume, source, force, strict)
+    translated = checked.translated
     a, b = CONTRASTS[translator.direction]
-    qc, error_map = quality_checks(translator, cycle, canonical, normalized, volume) if cycle else (None, None)
+    qc, error_map = (quality_checks(translator, cycle, checked.canonical, checked.normalized, volume) if cycle
+                     else (None, None))
     if qc is not None:
         domain = judge_domain(qc, checks or model_checks(translator.model_path, translator.direction), source, strict)
     sidecar = {
@@ -120,8 +119,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
-        "ContrastCheck": contrast_record(contrast),
-        **({"SkullStripping": skull} if skull is not None else {}),
+        "ContrastCheck": contrast_record(checked.contrast),
+        **({"SkullStripping": checked.skull} if checked.skull is not None else {}),
         **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
         "Software": _versions(),
     }
@@ -150,6 +149,36 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         sidecar["ElapsedSeconds"] = round(time.perf_counter() - start, 3)
         tmp_sidecar.write_text(json_text(sidecar))
     return sidecar
+
+
+@dataclass
+class CheckedTranslation:
+    """One scan through convert's input checks and the translator: the contrast verdict (``None``: skipped by
+    ``force``), the ``SkullStripping`` record (``None``: the model records nothing), the prepared input and the
+    output in [-1, 1] on the RAS grid ``(1, X, Y, Z)``, and the translation in the input's own geometry."""
+
+    contrast: ContrastVerdict | None
+    skull: dict | None
+    canonical: torch.Tensor
+    normalized: torch.Tensor
+    translated: torch.Tensor
+
+
+def translate_checked(translator: Translator, volume, source, force: bool = False,
+                      strict: bool = False) -> CheckedTranslation:
+    """The contrast check (unless ``force``), the skull-stripping check on the prepared input before the network
+    runs (``strict``: refuse instead of warning), then the translation: the one sequence that ``convert`` and
+    the bundle's :class:`~mri_translate.inference.TranslatorInferer` share.
+
+    Raises:
+        ``ContrastMismatchError``; ``InputError`` for a whole-head scan with ``strict`` (see
+        :mod:`mri_translate.contrast_check`).
+    """
+    contrast = None if force else check_direction(volume, translator.direction, source)
+    canonical = translator.prepare(volume)
+    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
+    normalized = translator.run_normalized(canonical)
+    return CheckedTranslation(contrast, skull, canonical, normalized, translator.restore(normalized, volume))
 
 
 def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume):

@@ -149,16 +149,12 @@ class TranslatorInferer(Inferer):
         return torch.stack([self.translate(volume) for volume in inputs])
 
     def translate(self, volume: MetaTensor) -> torch.Tensor:
-        """One loaded scan ``(1, X, Y, Z)`` through the checks and the translator."""
-        from .contrast_check import check_direction, check_skull_stripping
+        """One loaded scan ``(1, X, Y, Z)`` through convert's checks and the translator
+        (:func:`~mri_translate.convert.translate_checked`)."""
+        from .convert import translate_checked
 
-        translator = self.translator
         source = volume.meta.get("filename_or_obj", "input") if isinstance(volume, MetaTensor) else "input"
-        if not self.force:
-            check_direction(volume, translator.direction, source)
-        canonical = translator.prepare(volume)
-        check_skull_stripping(canonical, translator.trained_on_brains, source)
-        return translator.restore(translator.run_normalized(canonical), volume).as_tensor()
+        return translate_checked(self.translator, volume, source, self.force).translated.as_tensor()
 
 
 class Translator:
