@@ -18,6 +18,7 @@ from mri_translate import inference
 from mri_translate.errors import InputError, ModelError
 from mri_translate.inference import SlabInferer, Translator, resolve_model_path
 from mri_translate.io import load_volume
+from mri_translate.standardize import volume_landmarks
 from mri_translate.networks import ModifiedUNet
 from mri_translate.transforms import RobustNormalize, to_canonical
 
@@ -455,6 +456,28 @@ def test_convert_applies_the_stored_landmarks(synthetic_nifti):
     np.testing.assert_allclose(out[inside], 2 * source[inside], rtol=0.02)
     assert np.all(out[~inside] == out[~inside][0])
     assert translator.target_range[1] > 2 * np.percentile(source[inside], 98)
+
+
+def test_the_translation_is_standardised_onto_the_target_domain(synthetic_nifti):
+    """A generator whose output histogram drifts (a monotone squash of its input): with ``standardize_output``
+    the translation's own foreground landmarks are mapped onto the target domain's scale, so its landmarks are
+    the domain's typical ones (those of the x2 volume) as for an identity model; without it they drift. The
+    background stays exactly the background level either way."""
+    volume = load_volume(synthetic_nifti)
+    state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
+
+    class Squash(IdentityNet):
+        def forward(self, x):
+            return (x + 1) ** 2 / 2 - 1
+
+    typical = volume_landmarks(volume * 2)[1:]
+    inside = volume[0].numpy() > 0
+    for standardize_output, close in ((True, True), (False, False)):
+        out = Translator.from_state(state, "t1-to-t2", Squash(), standardize_output=standardize_output)(volume)
+        landmarks = volume_landmarks(out)[1:]
+        assert torch.allclose(landmarks, typical, rtol=0.03) is close, (landmarks, typical)
+        background = out[0].numpy()[~inside]
+        assert np.all(background == background[0]) and background[0] < out[0].numpy()[inside].min()
 
 
 def test_inference_runs_at_the_model_spacing_and_comes_back_on_the_input_grid(synthetic_nifti, slab_axes):
