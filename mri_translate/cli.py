@@ -79,7 +79,7 @@ def convert_entry(args) -> int:
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
                      series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict,
-                     mirror=not args.no_mirror)
+                     mirror=not args.no_mirror, standardize_output=not args.raw_output)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
     p.add_argument("--no-mirror", action="store_true",
                    help="translate once instead of averaging with the left-right mirrored translation (2x faster)")
+    p.add_argument("--raw-output", action="store_true",
+                   help="keep the generator's own intensity histogram instead of standardising the translation "
+                        "onto the target domain's landmarks (models trained with data.standardize)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--gif", help="also write a GIF sweep: input | translated (| reference)")
     p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")

@@ -115,7 +115,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         "Model": str(translator.model_path) if translator.model_path else None,
         "ModelSHA256": translator.model_sha256(),
         "Parameters": {"k": translator.k, "axis": translator.axis if translator.axis is not None else "through-plane",
-                       "batch_size": translator.batch_size,
+                       "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
+                       "standardize_output": translator.standardize_output and translator.target_standardizer is not None,
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
@@ -294,7 +295,8 @@ def domain_check_options(translator: Translator, qc: bool = False, strict: bool 
         return {}
     reverse = "t2-to-t1" if translator.direction == "t1-to-t2" else "t1-to-t2"
     cycle = Translator.from_run(translator.model_path, reverse, translator.device, translator.batch_size,
-                                axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp)
+                                axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp,
+                                standardize_output=translator.standardize_output)
     return {"cycle": cycle, "strict": strict, "checks": model_checks(translator.model_path, translator.direction)}
 
 
@@ -341,7 +343,7 @@ def is_batch_input(source) -> bool:
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
             progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
-            **options) -> BatchReport:
+            standardize_output: bool = True, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -349,7 +351,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis, mirror: see :class:`~mri_translate.inference.Translator`.
+        device, batch_size, axis, mirror, standardize_output: see :class:`~mri_translate.inference.Translator`.
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
@@ -363,7 +365,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     Returns:
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
-    translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror)
+    translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror,
+                                     standardize_output=standardize_output)
     options.update(domain_check_options(translator, qc, strict))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)

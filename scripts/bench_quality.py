@@ -71,23 +71,24 @@ def seen(pair: dict, sources: set[Path] | None) -> str:
     return "trained on" if hit else "unseen"
 
 
-def evaluate_model(run: Path, pairs: list[dict], work: Path) -> list[dict]:
-    """Translate every held-out pair both ways and score it (and the baselines) against the truth."""
+def evaluate_model(run: Path, pairs: list[dict], work: Path, standardize_output: bool = True) -> list[dict]:
+    """Translate every held-out pair both ways and score it (and the baselines) against the truth; without
+    ``standardize_output`` (the ablation) the rows are named ``<run> raw-output``."""
     from mri_translate.convert import convert_file
     from mri_translate.evaluate import evaluate
     from mri_translate.inference import Translator
 
-    rows = []
+    rows, name = [], run.name if standardize_output else f"{run.name} raw-output"
     for direction, source, target in (("t1-to-t2", "t1", "t2"), ("t2-to-t1", "t2", "t1")):
-        translator = Translator.from_run(run, direction, device="auto")
+        translator = Translator.from_run(run, direction, device="auto", standardize_output=standardize_output)
         for pair in pairs:
-            output = work / f"{run.name}-{direction}-{Path(pair[source]).name.split('.')[0]}-{len(rows)}.nii.gz"
+            output = work / f"{name.replace(' ', '-')}-{direction}-{Path(pair[source]).name.split('.')[0]}-{len(rows)}.nii.gz"
             start = time.perf_counter()
             convert_file(translator, pair[source], output, overwrite=True)
             seconds = time.perf_counter() - start
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
                               target_example=pair[f"example_{target}"])
-            rows.append({"model": run.name, "direction": direction, "volume": pair["name"],
+            rows.append({"model": name, "direction": direction, "volume": pair["name"],
                          "seen": seen(pair, trained_on(run)), "convert_s": seconds,
                          "model_scores": report["model"], "consistency": report["interslice_consistency"],
                          "reference_consistency": report["reference_interslice_consistency"],
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="training budget per ablation")
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="variants to train")
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
+    parser.add_argument("--raw-output", action="store_true",
+                        help="also score each --model without standardising its translation (the ablation of "
+                             "Translator's standardize_output)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--append", action="store_true",
@@ -151,6 +155,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = held_out_pairs(Path(tmp))
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp))]
+        if args.raw_output:
+            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), standardize_output=False)]
     previous = Path(args.work, "quality.json")
     if args.append and previous.is_file():
         rows = json.loads(previous.read_text()) + rows

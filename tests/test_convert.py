@@ -98,6 +98,7 @@ def test_sidecar(capsys, tmp_path, synthetic_nifti, tiny_run):
     assert {"mri-translate", "numpy", "nibabel", "python"} <= set(facts["Software"])
     assert isinstance(facts["ElapsedSeconds"], (int, float)) and facts["ElapsedSeconds"] >= 0
     assert facts["Parameters"]["k"] == 3 and facts["Parameters"]["dtype"] == "float32"
+    assert facts["Parameters"]["mirror"] is True and facts["Parameters"]["standardize_output"] is False  # no landmarks
     assert facts["Parameters"]["output_intensity_range"] == TINY_NORMALIZATION["B"]
 
 
@@ -575,3 +576,20 @@ def test_missing_model_is_one_line(capsys, tmp_path, synthetic_nifti):
                             tmp_path / "no_model.pt", "--no-progress")
     assert status == 2 and "no_model.pt" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_raw_output_skips_standardising_the_translation(capsys, synthetic_nifti, tmp_path, tiny_standardized_run):
+    """``convert --raw-output`` writes what ``Translator(standardize_output=False)`` gives, voxel for voxel; the
+    default (the translation standardised onto the target domain's landmarks) differs from it; the sidecars
+    say which was done."""
+    default, raw = tmp_path / "default.nii.gz", tmp_path / "raw.nii.gz"
+    for output, flags in ((default, ()), (raw, ("--raw-output",))):
+        status, _, stderr = cli(capsys, "convert", synthetic_nifti, output, "--model", tiny_standardized_run,
+                                "--force", *flags)  # a phantom: skip the contrast check
+        assert status == 0, stderr
+    expected = Translator.from_run(tiny_standardized_run, device="cpu", standardize_output=False)(synthetic_nifti)
+    np.testing.assert_allclose(nib.load(str(raw)).get_fdata(), expected[0].numpy(), atol=1e-4)
+    assert np.abs(nib.load(str(default)).get_fdata() - nib.load(str(raw)).get_fdata()).max() > 1e-2
+    for output, done in ((default, True), (raw, False)):
+        assert json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())[
+            "Parameters"]["standardize_output"] is done
