@@ -490,11 +490,13 @@ def test_bundle_inference_refuses_a_scan_of_the_wrong_contrast(tiny_run, tmp_pat
     assert not out.exists() or not list(out.glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("model", ["tiny_run", "tiny_standardized_run"])
-def test_bundle_inference_equals_cli(model, capsys, shared_data, tmp_path, request):
+@pytest.mark.parametrize("model, raw", [("tiny_run", False), ("tiny_standardized_run", False),
+                                        ("tiny_standardized_run", True)])
+def test_bundle_inference_equals_cli(model, raw, capsys, shared_data, tmp_path, request):
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
     voxel for voxel, for the LAS avg152 template and a volume with thick sagittal slices (slabs along x); also
-    for a model that resamples in-plane and standardises intensities."""
+    for a model that resamples in-plane and standardises intensities, with and without standardising the
+    translation (``--standardize_output False`` / ``--raw-output``)."""
     tiny_run = request.getfixturevalue(model)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -507,11 +509,13 @@ def test_bundle_inference_equals_cli(model, capsys, shared_data, tmp_path, reque
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_run / "configs" / "inference.json"),
          "--meta_file", str(tiny_run / "configs" / "metadata.json"), "--bundle_root", str(tiny_run),
-         "--dataset_dir", str(folder), "--output_dir", str(bundle_out), "--force", "True"],
+         "--dataset_dir", str(folder), "--output_dir", str(bundle_out), "--force", "True",
+         *(["--standardize_output", "False"] if raw else [])],
         cwd=tiny_run, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # a phantom is among the inputs: both skip the contrast check
     status, _, stderr = cli(capsys, "convert", folder, cli_out, "--model", tiny_run, "--no-progress",
-                            "--force")  # a phantom is among the inputs: both skip the contrast check
+                            "--force", *(["--raw-output"] if raw else []))
     assert status == 0, stderr
     names = ["avg152T1_T2w.nii.gz", "thick_sagittal_T2w.nii.gz"]
     assert sorted(p.name for p in bundle_out.glob("*.nii.gz")) == names
