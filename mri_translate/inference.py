@@ -263,9 +263,15 @@ class Translator:
         if self.spacing:
             out = resample_onto(out, data.shape, axis)
         out[background_of(data)] = -1.0  # background stays background, exactly (once, on x's grid)
-        if self.standardize_output and self.target_standardizer is not None:
+        if self.standardizes_output:
             out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
         return MetaTensor(out[None], meta=dict(x.meta))
+
+    @property
+    def standardizes_output(self) -> bool:
+        """Whether :meth:`run_normalized` standardises the translation: asked for (``standardize_output``) and
+        the model has a target standardiser."""
+        return self.standardize_output and self.target_standardizer is not None
 
     def prepare(self, volume: MetaTensor) -> MetaTensor:
         """The loaded input as the generator's domain sees it: canonical (RAS) and normalised, ``(1, X, Y, Z)`` in

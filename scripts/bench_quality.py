@@ -82,7 +82,8 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, standardize_output:
     for direction, source, target in (("t1-to-t2", "t1", "t2"), ("t2-to-t1", "t2", "t1")):
         translator = Translator.from_run(run, direction, device="auto", standardize_output=standardize_output)
         for pair in pairs:
-            output = work / f"{name.replace(' ', '-')}-{direction}-{Path(pair[source]).name.split('.')[0]}-{len(rows)}.nii.gz"
+            stem = Path(pair[source]).name.split('.')[0]
+            output = work / f"{name.replace(' ', '-')}-{direction}-{stem}-{len(rows)}.nii.gz"
             start = time.perf_counter()
             convert_file(translator, pair[source], output, overwrite=True)
             seconds = time.perf_counter() - start
