@@ -24,7 +24,9 @@ from .contrast_check import (ContrastVerdict, check_direction, check_skull_strip
 from .errors import InputError, MriTranslateError
 from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
-                 list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix)
+                 list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix,
+                 voxel_spacing)
+from .slabs import PLANES
 
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
 
@@ -114,7 +116,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         "InputSHA256": sha256(source),
         "Model": str(translator.model_path) if translator.model_path else None,
         "ModelSHA256": translator.model_sha256(),
-        "Parameters": {"k": translator.k, "axis": translator.axis if translator.axis is not None else "through-plane",
+        "Parameters": {"k": translator.k, "planes": [PLANES[axis] for axis in translator.axes(
+                           voxel_spacing(checked.canonical.affine), checked.canonical.shape[1:])],
                        "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
                        "standardize_output": translator.standardizes_output,
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
@@ -296,7 +299,8 @@ def domain_check_options(translator: Translator, qc: bool = False, strict: bool 
     reverse = "t2-to-t1" if translator.direction == "t1-to-t2" else "t1-to-t2"
     cycle = Translator.from_run(translator.model_path, reverse, translator.device, translator.batch_size,
                                 axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp,
-                                standardize_output=translator.standardize_output)
+                                standardize_output=translator.standardize_output,
+                                fuse_planes=translator.fuse_planes)
     return {"cycle": cycle, "strict": strict, "checks": model_checks(translator.model_path, translator.direction)}
 
 
@@ -343,7 +347,7 @@ def is_batch_input(source) -> bool:
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
             progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
-            standardize_output: bool = True, **options) -> BatchReport:
+            standardize_output: bool = True, fuse_planes: bool = True, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -351,7 +355,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis, mirror, standardize_output: see :class:`~mri_translate.inference.Translator`.
+        device, batch_size, axis, mirror, standardize_output, fuse_planes: see
+            :class:`~mri_translate.inference.Translator`.
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
@@ -366,7 +371,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror,
-                                     standardize_output=standardize_output)
+                                     standardize_output=standardize_output, fuse_planes=fuse_planes)
     options.update(domain_check_options(translator, qc, strict))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)

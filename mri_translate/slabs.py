@@ -18,6 +18,33 @@ def through_plane_axis(spacing) -> int:
     return int(np.flatnonzero(spacing >= spacing.max() * (1 - 1e-3))[-1])
 
 
+#: the plane a slab lies in, by the RAS axis it is cut along
+PLANES = ("sagittal", "coronal", "axial")
+#: a scan is near-isotropic when its largest voxel spacing is at most this many times its smallest
+ISOTROPIC_RATIO = 1.5
+#: fewest voxels along every axis for slicing along all three (a thin slab of slices is translated along one)
+MIN_FUSE_VOXELS = 32
+
+
+def slicing_axes(spacing, shape, fuse: bool = True) -> list[int]:
+    """The RAS axes to slice a scan along, the through-plane axis first: with ``fuse`` on a near-isotropic scan
+    (:data:`ISOTROPIC_RATIO`) of at least :data:`MIN_FUSE_VOXELS` voxels along every axis, all three (axial,
+    coronal and sagittal slabs, whose translations are averaged); otherwise the through-plane axis only, since
+    a slice cut across thick slices is no image the model knows.
+
+    Args:
+        spacing: voxel size (mm) of the three axes.
+        shape: ``(X, Y, Z)`` voxels.
+        fuse: allow the three planes.
+    """
+    first = through_plane_axis(spacing)
+    spacing = np.asarray(spacing, dtype=float)
+    isotropic = spacing.max() <= ISOTROPIC_RATIO * spacing.min()
+    if not (fuse and isotropic and min(int(s) for s in shape) >= MIN_FUSE_VOXELS):
+        return [first]
+    return [first] + [axis for axis in (2, 1, 0) if axis != first]
+
+
 def _check_k(k: int) -> None:
     if k < 1 or k % 2 == 0:
         raise ValueError(f"k (slices per slab) must be a positive odd number, got {k}")

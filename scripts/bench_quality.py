@@ -71,16 +71,21 @@ def seen(pair: dict, sources: set[Path] | None) -> str:
     return "trained on" if hit else "unseen"
 
 
-def evaluate_model(run: Path, pairs: list[dict], work: Path, standardize_output: bool = True) -> list[dict]:
-    """Translate every held-out pair both ways and score it (and the baselines) against the truth; without
-    ``standardize_output`` (the ablation) the rows are named ``<run> raw-output``."""
+#: inference ablation name -> the Translator option it turns off
+VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_planes": False},
+            "no-mirror": {"mirror": False}}
+
+
+def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None = None) -> list[dict]:
+    """Translate every held-out pair both ways and score it (and the baselines) against the truth; with a
+    ``variant`` (an inference ablation of :data:`VARIANTS`) the rows are named ``<run> <variant>``."""
     from mri_translate.convert import convert_file
     from mri_translate.evaluate import evaluate
     from mri_translate.inference import Translator
 
-    rows, name = [], run.name if standardize_output else f"{run.name} raw-output"
+    rows, name = [], run.name if variant is None else f"{run.name} {variant}"
     for direction, source, target in (("t1-to-t2", "t1", "t2"), ("t2-to-t1", "t2", "t1")):
-        translator = Translator.from_run(run, direction, device="auto", standardize_output=standardize_output)
+        translator = Translator.from_run(run, direction, device="auto", **VARIANTS.get(variant, {}))
         for pair in pairs:
             stem = Path(pair[source]).name.split('.')[0]
             output = work / f"{name.replace(' ', '-')}-{direction}-{stem}-{len(rows)}.nii.gz"
@@ -127,9 +132,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="training budget per ablation")
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="variants to train")
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
-    parser.add_argument("--raw-output", action="store_true",
-                        help="also score each --model without standardising its translation (the ablation of "
-                             "Translator's standardize_output)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="also score each --model with this inference step off: raw-output (Translator's "
+                             "standardize_output), single-plane (fuse_planes), no-mirror (mirror)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--append", action="store_true",
@@ -156,8 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = held_out_pairs(Path(tmp))
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp))]
-        if args.raw_output:
-            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), standardize_output=False)]
+        for variant in args.variants:
+            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant)]
     previous = Path(args.work, "quality.json")
     if args.append and previous.is_file():
         rows = json.loads(previous.read_text()) + rows

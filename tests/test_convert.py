@@ -490,13 +490,19 @@ def test_bundle_inference_refuses_a_scan_of_the_wrong_contrast(tiny_run, tmp_pat
     assert not out.exists() or not list(out.glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("model, raw", [("tiny_run", False), ("tiny_standardized_run", False),
-                                        ("tiny_standardized_run", True)])
-def test_bundle_inference_equals_cli(model, raw, capsys, shared_data, tmp_path, request):
+#: the same switch on the bundle's command line and on convert's
+SWITCHES = {None: ((), ()), "raw": (("--standardize_output", "False"), ("--raw-output",)),
+            "single-plane": (("--fuse_planes", "False"), ("--single-plane",))}
+
+
+@pytest.mark.parametrize("model, switch", [("tiny_run", None), ("tiny_run", "single-plane"),
+                                           ("tiny_standardized_run", None), ("tiny_standardized_run", "raw")])
+def test_bundle_inference_equals_cli(model, switch, capsys, shared_data, tmp_path, request):
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
     voxel for voxel, for the LAS avg152 template and a volume with thick sagittal slices (slabs along x); also
     for a model that resamples in-plane and standardises intensities, with and without standardising the
-    translation (``--standardize_output False`` / ``--raw-output``)."""
+    translation (``--standardize_output False`` / ``--raw-output``), and with the isotropic avg152 translated
+    along one plane instead of three (``--fuse_planes False`` / ``--single-plane``)."""
     tiny_run = request.getfixturevalue(model)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -509,13 +515,12 @@ def test_bundle_inference_equals_cli(model, raw, capsys, shared_data, tmp_path, 
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_run / "configs" / "inference.json"),
          "--meta_file", str(tiny_run / "configs" / "metadata.json"), "--bundle_root", str(tiny_run),
-         "--dataset_dir", str(folder), "--output_dir", str(bundle_out), "--force", "True",
-         *(["--standardize_output", "False"] if raw else [])],
+         "--dataset_dir", str(folder), "--output_dir", str(bundle_out), "--force", "True", *SWITCHES[switch][0]],
         cwd=tiny_run, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # a phantom is among the inputs: both skip the contrast check
     status, _, stderr = cli(capsys, "convert", folder, cli_out, "--model", tiny_run, "--no-progress",
-                            "--force", *(["--raw-output"] if raw else []))
+                            "--force", *SWITCHES[switch][1])
     assert status == 0, stderr
     names = ["avg152T1_T2w.nii.gz", "thick_sagittal_T2w.nii.gz"]
     assert sorted(p.name for p in bundle_out.glob("*.nii.gz")) == names
@@ -552,13 +557,13 @@ def test_axis_option_is_used_and_recorded(capsys, tmp_path, synthetic_nifti, tin
         assert status == 0, stderr
         outputs[axis] = np.asarray(nib.load(str(out)).dataobj)
         assert nib.load(str(out)).shape == SYNTHETIC_SHAPE
-    assert json.loads((tmp_path / "sagittal.json").read_text())["Parameters"]["axis"] == 0
+    assert json.loads((tmp_path / "sagittal.json").read_text())["Parameters"]["planes"] == ["sagittal"]
     assert not np.allclose(outputs["sagittal"], outputs["axial"], atol=1e-2)
     # axial is the through-plane axis of this volume: same as the default
     status, _, _ = cli(capsys, "convert", synthetic_nifti, tmp_path / "default.nii.gz", "--model", tiny_run,
                        "--no-progress")
     np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "default.nii.gz")).dataobj), outputs["axial"])
-    assert json.loads((tmp_path / "default.json").read_text())["Parameters"]["axis"] == "through-plane"
+    assert json.loads((tmp_path / "default.json").read_text())["Parameters"]["planes"] == ["axial"]  # 2.5 mm slices
 
 
 def test_glob_matching_nothing(capsys, tmp_path, tiny_run):
@@ -580,6 +585,23 @@ def test_missing_model_is_one_line(capsys, tmp_path, synthetic_nifti):
                             tmp_path / "no_model.pt", "--no-progress")
     assert status == 2 and "no_model.pt" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_isotropic_scan_is_translated_along_three_planes(capsys, tmp_path, tiny_run):
+    """A 1 mm isotropic scan: by default its axial, coronal and sagittal translations are averaged (the sidecar
+    lists the planes); ``--single-plane`` writes what ``Translator(fuse_planes=False)`` gives, the axial one."""
+    source = tmp_path / "isotropic.nii.gz"
+    write_nifti(source, shape=(40, 36, 34), affine=np.diag([-1.0, 1.0, 1.0, 1.0]))
+    outputs = {}
+    for name, flags in (("fused", ()), ("single", ("--single-plane",))):
+        outputs[name] = tmp_path / f"{name}.nii.gz"
+        status, _, stderr = cli(capsys, "convert", source, outputs[name], "--model", tiny_run, "--force", *flags)
+        assert status == 0, stderr
+    planes = {name: json.loads(sidecar_path(out).read_text())["Parameters"]["planes"] for name, out in outputs.items()}
+    assert planes == {"fused": ["axial", "coronal", "sagittal"], "single": ["axial"]}
+    expected = Translator.from_run(tiny_run, device="cpu", fuse_planes=False)(source)
+    np.testing.assert_allclose(nib.load(str(outputs["single"])).get_fdata(), expected[0].numpy(), atol=1e-4)
+    assert np.abs(nib.load(str(outputs["fused"])).get_fdata() - expected[0].numpy()).max() > 1e-2
 
 
 def test_raw_output_skips_standardising_the_translation(capsys, synthetic_nifti, tmp_path, tiny_standardized_run):

@@ -20,15 +20,16 @@ from mri_translate.inference import SlabInferer, Translator, resolve_model_path
 from mri_translate.io import load_volume
 from mri_translate.standardize import volume_landmarks
 from mri_translate.networks import ModifiedUNet
+from mri_translate.slabs import slicing_axes
 from mri_translate.transforms import RobustNormalize, to_canonical
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 SHARED_NIFTI = {
-    # name: (relative path, axcodes, RAS through-plane axis)
-    "avg152_las_2mm": ("volumes/avg152/avg152T1.nii", "LAS", 2),
-    "tcga_du_7294_lps_1mm": ("volumes/tcga_du_7294/t1.nii.gz", "LPS", 2),
-    "tcga_fg_6692_native_las_5mm": ("volumes/tcga_fg_6692_native/t1_ax_se.nii.gz", "LAS", 2),
+    # name: (relative path, axcodes, RAS through-plane axis, RAS axes sliced along: three for isotropic voxels)
+    "avg152_las_2mm": ("volumes/avg152/avg152T1.nii", "LAS", 2, [2, 1, 0]),
+    "tcga_du_7294_lps_1mm": ("volumes/tcga_du_7294/t1.nii.gz", "LPS", 2, [2, 1, 0]),
+    "tcga_fg_6692_native_las_5mm": ("volumes/tcga_fg_6692_native/t1_ax_se.nii.gz", "LAS", 2, [2]),
 }
 SERIES_DIR = "dicom/mr_t1_mprage_series"
 
@@ -94,7 +95,7 @@ def slab_axes(monkeypatch):
 
 @pytest.mark.parametrize("name", list(SHARED_NIFTI))
 def test_identity_translation_of_shared_nifti_is_exact(shared_data, name, slab_axes):
-    relative, axcodes, through_plane = SHARED_NIFTI[name]
+    relative, axcodes, through_plane, planes = SHARED_NIFTI[name]
     path = shared_data / relative
     volume = load_volume(path)
     assert volume.meta["original_axcodes"] == axcodes
@@ -107,7 +108,8 @@ def test_identity_translation_of_shared_nifti_is_exact(shared_data, name, slab_a
     assert through_plane == int(np.flatnonzero(ras_spacing >= ras_spacing.max() * 0.999)[-1])
     if name.endswith("5mm"):
         assert ras_spacing[through_plane] > 5 > np.delete(ras_spacing, through_plane).max()
-    assert slab_axes == [through_plane] * 2
+    # each plane twice (the volume and its mirror image), the through-plane axis first
+    assert slab_axes == [axis for axis in planes for _ in range(2)]
 
 
 def test_identity_translation_of_synthetic_volume(synthetic_nifti, slab_axes):
@@ -154,6 +156,61 @@ def test_axis_override_changes_a_real_network_output(synthetic_nifti):
     volume = load_volume(synthetic_nifti)
     outputs = [Translator(net, 3, (0.0, 1.0), "cpu", axis=axis)(volume) for axis in (0, 2)]
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+class InPlaneShift(torch.nn.Module):
+    """Shifts each slab one pixel along its first in-plane axis: the result depends on how the volume was cut."""
+
+    k = 3
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.roll(x, 1, dims=2)
+
+
+def isotropic_volume(shape=(40, 36, 34)) -> MetaTensor:
+    """A 1 mm isotropic RAS volume with a bright textured ellipsoid on a zero background, as ``load_volume``
+    returns it."""
+    from conftest import synthetic_volume
+
+    volume = MetaTensor(torch.from_numpy(synthetic_volume(shape))[None], affine=torch.eye(4))
+    volume.meta.update(original_affine=np.eye(4), original_axcodes="RAS", filename_or_obj="isotropic")
+    return volume
+
+
+def test_isotropic_scan_averages_the_three_planes(slab_axes):
+    """fuse_planes: a near-isotropic scan is translated along axial, coronal and sagittal slabs and the three
+    translations are averaged (before the background is set); without it, or with an axis given, one plane."""
+    volume = isotropic_volume()
+    translator = Translator(InPlaneShift(), 3, (0.0, 1.0), "cpu", mirror=False)
+    canonical = translator.prepare(volume)
+    fused = translator.run_normalized(canonical)[0]
+    assert slab_axes == [2, 1, 0]
+    singles = [Translator(InPlaneShift(), 3, (0.0, 1.0), "cpu", mirror=False, axis=axis).run_normalized(canonical)[0]
+               for axis in (2, 1, 0)]
+    background = fused == -1
+    assert background.any() and (~background).any()
+    torch.testing.assert_close(fused[~background], (sum(singles) / 3)[~background], rtol=0, atol=1e-6)
+    assert all(not torch.allclose(fused, single, atol=1e-3) for single in singles)
+    del slab_axes[:]
+    one = Translator(InPlaneShift(), 3, (0.0, 1.0), "cpu", mirror=False, fuse_planes=False).run_normalized(canonical)
+    assert slab_axes == [2]
+    torch.testing.assert_close(one[0], singles[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spacing, shape, fuse, expected", [
+    ((1.0, 1.0, 1.0), (64, 64, 64), True, [2, 1, 0]),
+    ((1.0, 1.2, 1.4), (64, 64, 64), True, [2, 1, 0]),       # near-isotropic: largest / smallest <= 1.5
+    ((1.2, 1.0, 1.0), (64, 64, 64), True, [0, 2, 1]),       # thickest first
+    ((0.9, 0.9, 5.5), (256, 224, 26), True, [2]),           # thick slices: through-plane only
+    ((1.0, 1.0, 1.0), (64, 64, 20), True, [2]),             # too few voxels along z for sagittal/coronal slabs
+    ((1.0, 1.0, 1.0), (64, 64, 64), False, [2]),
+])
+def test_slicing_axes(spacing, shape, fuse, expected):
+    assert slicing_axes(spacing, shape, fuse) == expected
 
 
 # --- DICOM series (converted once for this module) -------------------------------------------------------------
