@@ -70,10 +70,12 @@ def bench_train(channels, res_units, size, iterations, device, amp, channels_las
             "warmup_s": round(warmup, 1)}
 
 
-def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> dict:
-    """``convert`` of a 256x256x150 NIfTI, file in to file out (load, standardise, translate, standardise the
-    translation, save, sidecar), as the shipped model does it (landmark standardisers, 1 mm); ``mirror``: also
-    translate the mirrored volume and average (the default; ``--no-mirror`` halves the network work)."""
+def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fuse_planes=True) -> dict:
+    """``convert`` of a 256x256x150 NIfTI at 1 mm, file in to file out (load, standardise, translate, standardise
+    the translation, save, sidecar), as the shipped model does it (landmark standardisers, 1 mm); ``mirror``: also
+    translate the mirrored volume and average (the default; ``--no-mirror`` halves the network work);
+    ``fuse_planes``: translate along all three axes of this isotropic volume and average (the default;
+    ``--single-plane`` does a third of the network work)."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -98,7 +100,7 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True) -> 
         torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
                     "config": config.to_dict(), **state}, tmp / "model.pt")
         translator = Translator.from_run(tmp / "model.pt", device=device, batch_size=batch_size, amp=amp,
-                                         mirror=mirror)
+                                         mirror=mirror, fuse_planes=fuse_planes)
         # force: the input is noise, which the contrast check refuses (its own cost: scripts/bench_checks.py)
         convert_file(translator, tmp / "in.nii.gz", tmp / "warm.nii.gz", force=True)  # warm-up (imports, cuDNN)
         _sync(device)
@@ -158,7 +160,7 @@ def _child(spec: dict) -> None:
                              spec["amp"], spec.get("channels_last", False), spec.get("compiled", False))
     else:
         result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"],
-                               spec.get("mirror", True))
+                               spec.get("mirror", True), spec.get("fuse_planes", True))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if spec["device"].startswith("cuda"):
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -215,10 +217,11 @@ def main() -> None:
             for size, variant in variants:
                 specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
-            for batch_size, mirror in ([(1, True), (8, True), (1, False)] if device == "cpu" else
-                                       [(64, True), (64, False)]):
+            for batch_size, mirror, fuse in ([(1, True, True), (8, True, True), (1, True, False), (1, False, False)]
+                                             if device == "cpu" else [(64, True, True), (64, False, False)]):
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
-                              "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror})
+                              "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror,
+                              "fuse_planes": fuse})
     # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -239,9 +242,11 @@ def write_speed_section(saved: Path, markdown: str) -> None:
     machine, results = data["machine"], data["results"]
     lines = ["| generator | what | device | result | peak RSS (MB) | peak GPU (MB) |", "|---|---|---|---|---|---|"]
     for r in results:
-        mirror = "" if r.get("mirror", True) else ", --no-mirror"
+        # rows saved before fuse_planes existed translated one plane
+        flags = ("" if r.get("fuse_planes", False) else ", --single-plane") + \
+            ("" if r.get("mirror", True) else ", --no-mirror")
         what = f"train {r['size']}x{r['size']}, batch 1" if r["kind"] == "train" else \
-            f"convert 256x256x150 file to file, batch {r['batch_size']}{mirror}"
+            f"convert 256x256x150 file to file, batch {r['batch_size']}{flags}"
         result = (f"failed: {r['error']}" if "error" in r else
                   f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)")
