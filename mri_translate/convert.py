@@ -199,14 +199,12 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     from monai.data import MetaTensor
 
     from . import metrics
-    from .io import voxel_spacing
-    from .slabs import through_plane_axis
     from .transforms import from_canonical
 
     x, y = canonical[0].numpy(), normalized[0].numpy()
     cycled = cycle.run_normalized(normalized)[0].numpy()
     mask = metrics.auto_mask((x + 1) / 2)
-    axis = translator.axis if translator.axis is not None else through_plane_axis(voxel_spacing(canonical.affine))
+    axis = translator.axes(voxel_spacing(canonical.affine), canonical.shape[1:])[0]  # the through-plane one first
     error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))
     error = from_canonical(error, volume.meta["original_axcodes"], volume.meta["original_affine"])
     histogram = translator.target_histogram
