@@ -69,8 +69,10 @@ class DataConfig:
     ``augment`` (small affine, bias field, gamma). ``spacing``: the in-plane pixel size (mm) every scan is
     resampled to, in training and in ``convert`` (``null``: each scan keeps its own). ``standardize``: per-volume
     piecewise-linear landmark standardisation learned on each domain (:mod:`~mri_translate.standardize`) instead
-    of a two-percentile rescaling. ``paired_fraction``: the share of batches drawn from co-registered pairs
-    (``train --paired``) when there are any."""
+    of a two-percentile rescaling. ``planes``: near-isotropic scans are also sampled as coronal and sagittal slabs,
+    the planes ``convert`` translates them along and averages (:func:`~mri_translate.slabs.slicing_axes`).
+    ``paired_fraction``: the share of batches drawn from co-registered pairs (``train --paired``) when there are
+    any."""
 
     crop: int = 128
     batch_size: int = 1
@@ -79,6 +81,7 @@ class DataConfig:
     augment: bool = True
     spacing: float | None = 1.0
     standardize: bool = True
+    planes: bool = False
     paired_fraction: float = 0.5
     num_workers: int = 0
 

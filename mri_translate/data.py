@@ -5,8 +5,10 @@ Memory stays bounded: each source is loaded once, put in RAS, resampled in-plane
 (``data.spacing``, 1 mm; the through-plane axis as it is), normalised (per source, per image for 2D images,
 exactly as ``convert`` normalises its input; or by a learned
 :class:`~mri_translate.standardize.LandmarkStandardizer`) and stored once as float16 slices ``(N, H, W)`` cropped
-to its head (no padding to other sources' sizes, no k copies). Slabs of k neighbouring slices are cut when an item is drawn,
-from a slice picked in proportion to its foreground area, then randomly cropped, flipped left-right where the
+to its head (no padding to other sources' sizes, no k copies). With ``planes`` a near-isotropic volume is stored
+along each of the three axes that ``convert`` translates it along (:func:`~mri_translate.slabs.slicing_axes`), so
+the generators learn coronal and sagittal slabs too. Slabs of k neighbouring slices are cut when an item is drawn,
+from a slice picked in proportion to its foreground area (a volume's planes share its weight), then randomly cropped, flipped left-right where the
 slice has a left-right axis and augmented (small affine, bias field, gamma) with MONAI random transforms.
 """
 
@@ -25,7 +27,7 @@ from .distributed import Context
 from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2
 from .errors import ConstantImageError, InputError
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
-from .slabs import through_plane_axis
+from .slabs import PLANES, slicing_axes
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, resample_inplane, to_canonical
 
@@ -177,24 +179,30 @@ def skull_stripping_mismatch(a: Slices, b: Slices) -> str | None:
             f"{SKULL_STRIPPED_AREA_CM2:g} cm^2): the generators will learn to remove or add the skull")
 
 
-def _prepare(volume, spacing_mm: float | None) -> tuple[torch.Tensor, int, np.ndarray]:
-    """RAS, in-plane resampling to ``spacing_mm`` (``None``: none): raw ``(X, Y, Z)`` float32, through-plane
-    axis, voxel spacing (mm)."""
+def _prepare(volume, spacing_mm: float | None, planes: bool):
+    """RAS, then for each axis the scan is sliced along (:func:`~mri_translate.slabs.slicing_axes`; the
+    through-plane one only without ``planes``), in-plane resampling to ``spacing_mm`` (``None``: none).
+
+    Yields:
+        ``(raw (X, Y, Z) float32, axis, voxel spacing (mm), number of axes)``, one axis at a time (bounded memory).
+    """
     canonical = to_canonical(volume)
     spacing = voxel_spacing(canonical.affine)
-    axis = through_plane_axis(spacing)
-    if spacing_mm is None:
-        return canonical[0].as_tensor().float(), axis, spacing
-    resampled = resample_inplane(canonical[0].as_tensor(), spacing, axis, spacing_mm)
-    return resampled, axis, np.where(np.arange(3) == axis, spacing, spacing_mm)
+    data = canonical[0].as_tensor().float()
+    axes = slicing_axes(spacing, data.shape, planes)
+    for axis in axes:
+        if spacing_mm is None:
+            yield data, axis, spacing, len(axes)
+        else:
+            yield (resample_inplane(data, spacing, axis, spacing_mm), axis,
+                   np.where(np.arange(3) == axis, spacing, spacing_mm), len(axes))
 
 
-def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foreground: float, landmarks: bool):
-    """Normalise one prepared volume and keep what training needs.
+def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foreground: float):
+    """Normalise one prepared volume and keep what training needs, its slices along ``axis``.
 
     Returns:
-        ``None`` (no usable slice) or ``(SourceVolume, (raw crop, its volume's landmarks))``, the second item
-        only with ``landmarks`` (for standardisation, which needs the landmarks of the whole volume).
+        ``None`` (no usable slice) or ``(SourceVolume, raw crop)`` (the crop for standardisation).
     """
     normalized = RobustNormalize()(raw[None])
     low_high = tuple(normalized.meta[RANGE_KEY])
@@ -212,11 +220,11 @@ def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foregro
     crop = (slice(lo, hi), slice(top, bottom), slice(left, right))
     source = SourceVolume(name, normalized[crop].half().contiguous(), lo, axis, kept - lo,
                           mask[kept].flatten(1).sum(1).double(), low_high, area, (top, left))
-    return source, ((slices[crop].contiguous(), volume_landmarks(raw)) if landmarks else None)
+    return source, slices[crop].contiguous()
 
 
 def load_slices(paths, k: int = 3, min_foreground: float = 0.05, spacing: float | None = None,
-                standardize: bool | LandmarkStandardizer = False) -> Slices:
+                standardize: bool | LandmarkStandardizer = False, planes: bool = False) -> Slices:
     """Load every source of one domain, one at a time, and keep its usable slices (see :class:`SourceVolume`).
 
     Args:
@@ -228,30 +236,39 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05, spacing: float 
         standardize: ``False``: each source normalised on its own (RobustNormalize, per image for 2D images, as
             in ``convert``); ``True``: a :class:`~mri_translate.standardize.LandmarkStandardizer` fitted on these
             sources maps them (kept in ``Slices.standardizer``); a fitted standardizer: that one maps them.
+        planes: store a near-isotropic volume along all three axes (``data.planes``), as ``convert`` slices it;
+            the extra planes are named ``file (coronal)`` / ``file (sagittal)`` and each plane of a volume gets
+            ``1 / planes`` of its sampling weight. Otherwise along its through-plane axis only.
 
     Raises:
         InputError: a source cannot be loaded, or no source yields a usable slice.
     """
-    volumes, raws, files = [], [], expand_sources(paths)
+    volumes, raws, landmarks, files = [], [], [], expand_sources(paths)
     for file in files:
         try:
-            raw, axis, voxel = _prepare(load_volume(file), spacing)
-            stored = _store(file.name, raw, axis, voxel, k, min_foreground, standardize is not False)
+            for raw, axis, voxel, count in _prepare(load_volume(file), spacing, planes):
+                first = not volumes or volumes[-1].path != str(file)
+                stored = _store(file.name if first else f"{file.name} ({PLANES[axis]})", raw, axis, voxel, k,
+                                min_foreground)
+                if stored is None:
+                    continue
+                stored[0].path, stored[0].weights = str(file), stored[0].weights / count
+                volumes.append(stored[0])
+                if standardize is not False:
+                    if first:
+                        landmarks.append(volume_landmarks(raw))  # once per source, on its first stored plane
+                    raws.append((stored[1], len(landmarks) - 1))
         except ConstantImageError:
             continue  # an all-black (or uniform) image has no usable slice, like an empty slice of a volume
-        if stored is not None:
-            stored[0].path = str(file)
-            volumes.append(stored[0])
-            raws.append(stored[1])
     if not volumes:
         where = ", ".join(str(p) for p in paths) or "(no paths)"
         raise InputError(where, f"no usable slices (foreground >= {min_foreground:.0%}) in {len(files)} source(s)")
     standardizer = None
     if standardize is not False:
         standardizer = standardize if isinstance(standardize, LandmarkStandardizer) else \
-            LandmarkStandardizer.from_landmarks([landmarks for _, landmarks in raws])
-        for volume, (raw, landmarks) in zip(volumes, raws):
-            standardized = standardizer(raw[None], landmarks)
+            LandmarkStandardizer.from_landmarks(landmarks)
+        for volume, (raw, index) in zip(volumes, raws):
+            standardized = standardizer(raw[None], landmarks[index])
             volume.slices, volume.range = standardized[0].as_tensor().half(), tuple(standardized.meta[RANGE_KEY])
     return Slices(volumes, k, standardizer)
 
@@ -343,9 +360,10 @@ class UnpairedSlabDataset(Dataset):
         return slab.contiguous()
 
     def _draw_pair(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
-        """One subject's slab in both contrasts, aligned: the same slice, the common in-plane window of the two
+        """One subject's slab in both contrasts, aligned (the same plane): the same slice, the common in-plane window of the two
         stored crops, then one crop and flip for both."""
-        pair = self.pairs[int(torch.randint(len(self.pairs), (1,), generator=rng))]
+        shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
+        pair = self.pairs[int(torch.multinomial(shares, 1, generator=rng))]  # each subject equally often
         index = pair.usable[int(torch.multinomial(pair.weights, 1, generator=rng))]
         a, b = pair.a.slab(index - pair.a.first, self.a.k), pair.b.slab(index - pair.b.first, self.b.k)
         (ta, la), (tb, lb) = pair.a.corner, pair.b.corner
@@ -359,33 +377,44 @@ class UnpairedSlabDataset(Dataset):
 
 @dataclass
 class PairedVolume:
-    """One co-registered subject as stored in both domains: its :class:`SourceVolume` in A and in B, the source
-    slice indices usable in both (``usable``) and their sampling ``weights`` (the T1w's foreground areas)."""
+    """One co-registered subject as stored in both domains along one plane: its :class:`SourceVolume` in A and in
+    B, the source slice indices usable in both (``usable``), their sampling ``weights`` (the T1w's foreground
+    areas) and the plane's ``share`` of the subject's paired draws (1 / the subject's planes)."""
 
     a: SourceVolume
     b: SourceVolume
     usable: list[int]
     weights: torch.Tensor
+    share: float = 1.0
 
 
 def paired_volumes(a: Slices, b: Slices, pairs) -> list[PairedVolume]:
     """The stored volumes of co-registered ``pairs`` ``[(t1, t2), ...]`` (already loaded into ``a`` and ``b``,
-    found by path).
+    found by path), one :class:`PairedVolume` per plane both contrasts were stored along.
 
     Raises:
         InputError: a pair's file left no usable slice, or the two share no usable slice.
     """
-    by_path = [{v.path: v for v in domain.volumes} for domain in (a, b)]
+    by_source = [{(v.path, v.axis): v for v in domain.volumes} for domain in (a, b)]
     found = []
     for t1, t2 in pairs:
-        va, vb = by_path[0].get(str(t1)), by_path[1].get(str(t2))
-        if va is None or vb is None:
-            raise InputError(t1 if va is None else t2, "gave no usable slice, so it cannot be trained as a pair")
-        in_b = set((vb.first + vb.kept).tolist())
-        usable = [(int(va.first + p), float(w)) for p, w in zip(va.kept, va.weights) if int(va.first + p) in in_b]
-        if not usable:
+        planes = [(va, by_source[1].get((str(t2), axis))) for (path, axis), va in by_source[0].items()
+                  if path == str(t1)]
+        if not planes or all(vb is None for _, vb in planes):
+            raise InputError(t1 if not planes else t2, "gave no usable slice, so it cannot be trained as a pair")
+        usable_planes = []
+        for va, vb in planes:
+            if vb is None:
+                continue
+            in_b = set((vb.first + vb.kept).tolist())
+            usable = [(int(va.first + p), float(w)) for p, w in zip(va.kept, va.weights) if int(va.first + p) in in_b]
+            if usable:
+                usable_planes.append(PairedVolume(va, vb, [i for i, _ in usable], torch.tensor([w for _, w in usable])))
+        if not usable_planes:
             raise InputError(t2, f"shares no usable slice with {t1}")
-        found.append(PairedVolume(va, vb, [i for i, _ in usable], torch.tensor([w for _, w in usable])))
+        for plane in usable_planes:
+            plane.share = 1 / len(usable_planes)
+        found.extend(usable_planes)
     return found
 
 

@@ -107,8 +107,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         t1, t2 = [moved.get(p, p) for p in t1], [moved.get(p, p) for p in t2]
     pairs = [aligned for _, aligned in pairs]
     data = config.data
-    domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize)
-    domain_b = load_slices(t2, k, data.min_foreground, data.spacing, data.standardize)
+    domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize, data.planes)
+    domain_b = load_slices(t2, k, data.min_foreground, data.spacing, data.standardize, data.planes)
     log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s); %d pair(s)",
              len(domain_a.names), len(t1), len(domain_b.names), len(t2), len(pairs))
     mismatch = skull_stripping_mismatch(domain_a, domain_b)

@@ -55,6 +55,42 @@ def _offset(image: torch.Tensor, crop: torch.Tensor) -> tuple[int, int]:
     return min(errors, key=errors.get)
 
 
+def test_load_slices_with_planes_stores_a_near_isotropic_volume_along_all_three_axes(synthetic_4mm):
+    """data.planes: the 4 mm isotropic volume is stored axial (as without planes), coronal and sagittal, each plane
+    the normalised volume's slices along its axis, and each plane gets a third of the volume's sampling weight."""
+    path = synthetic_4mm["t1"][0]
+    one = load_slices([path], spacing=4.0)
+    three = load_slices([path], spacing=4.0, planes=True)
+    assert [v.axis for v in three.volumes] == [2, 1, 0]
+    assert [v.name for v in three.volumes] == [path.name, f"{path.name} (coronal)", f"{path.name} (sagittal)"]
+    assert {v.path for v in three.volumes} == {str(path)}
+    torch.testing.assert_close(three.volumes[0].slices, one.volumes[0].slices)
+    total = float(one.volumes[0].weights.sum())
+    for volume in three.volumes:
+        assert float(volume.weights.sum()) == pytest.approx(total / 3, rel=0.1)  # foreground voxels / 3
+    assert len(three) == sum(len(v.kept) for v in three.volumes) > 2 * len(one)
+    normalized = RobustNormalize()(to_canonical(load_volume(path))).as_tensor()[0]  # (X, Y, Z)
+    coronal = three.volumes[1]
+    position = int(coronal.kept[len(coronal.kept) // 2])
+    slab = coronal.slab(position, 3)
+    y = coronal.first + position
+    top, left = _offset(normalized[:, y, :], slab[1])  # coronal slices are (X, Z): left-right first
+    for c in range(3):
+        torch.testing.assert_close(slab[c], normalized[top: top + slab.shape[1], y + c - 1, left: left + slab.shape[2]],
+                                   atol=1e-3, rtol=0)
+
+
+def test_load_slices_with_planes_keeps_thick_slices_to_their_own_plane(synthetic_4mm, tmp_path):
+    """A scan whose slices are twice as thick as its pixels is no near-isotropic volume: one plane only."""
+    image = nib.load(str(synthetic_4mm["t1"][0]))
+    affine = image.affine.copy()
+    affine[:3, 2] *= 2  # 4 x 4 x 8 mm voxels
+    path = tmp_path / "thick.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), str(path))
+    (volume,) = load_slices([path], spacing=4.0, planes=True).volumes
+    assert volume.axis == 2 and volume.name == "thick.nii.gz"
+
+
 def test_load_slices_resamples_in_plane_to_the_training_spacing(synthetic_4mm):
     path = synthetic_4mm["t2"][0]
     coarse = load_slices([path], spacing=4.0).volumes[0]
@@ -360,18 +396,22 @@ def test_a_real_thin_pixel_volume_is_stored_at_1_mm(shared_data):
     assert volume.slices.numel() * 2 < 512 * 512 * 22 * 4 / 8                  # float16 at 1 mm: < 1/8 of the source
 
 
-def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path):
-    """A co-registered synthetic subject stored in both domains (each cropped to its own head): a paired item
-    is the same slab of both, aligned voxel for voxel (the heads' outlines coincide), while unpaired items of
+@pytest.mark.parametrize("planes", [False, True])
+def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path, planes):
+    """A co-registered synthetic subject stored in both domains (each cropped to its own head; with planes along
+    all three axes): a paired item is the same slab of both, aligned voxel for voxel (the heads' outlines coincide), while unpaired items of
     two different subjects do not line up; paired_volumes refuses a file that is not loaded."""
     from mri_translate.data import paired_volumes
     from mri_translate.synthetic import write_dataset
 
     data = write_dataset(tmp_path, n_subjects=2, resolution=4.0)
     pair = (data["t1"][0], data["t2"][0])
-    a = load_slices([pair[0], data["t1"][1]], k=3, spacing=None)
-    b = load_slices([pair[1]], k=3, spacing=None)
+    a = load_slices([pair[0], data["t1"][1]], k=3, spacing=None, planes=planes)
+    b = load_slices([pair[1]], k=3, spacing=None, planes=planes)
     pairs = paired_volumes(a, b, [pair])
+    # with planes the subject is paired along each of its three planes, each a third of its paired draws
+    assert [(p.a.axis, p.b.axis, p.share) for p in pairs] == \
+        ([(2, 2, 1 / 3), (1, 1, 1 / 3), (0, 0, 1 / 3)] if planes else [(2, 2, 1.0)])
     dataset = UnpairedSlabDataset(a, b, crop=32, seed=0, length=40, augment=True, pairs=pairs, paired_fraction=0.5)
     overlap = {0.0: [], 1.0: []}
     for i in range(40):
