@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "volumes" / "train_real"
 #: (T1w, T2w) volumes of ``train_real`` loaded for each data-set size: 5, 10 and all 21.
 DATA_SIZES = ((3, 2), (7, 3), (16, 5))
+#: (T1w, T2w) volumes also measured with ``data.planes`` on (near-isotropic volumes stored along three axes)
+DATA_SIZES_PLANES = ((16, 5),)
 GENERATORS = {"default (32-64-128-256, 2 res units)": [[32, 64, 128, 256], 2],
               "light (16-32-64-128, 2 res units)": [[16, 32, 64, 128], 2]}
 
@@ -111,9 +113,11 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
     return {"wall_s": round(seconds, 3), "slices_per_s": round(150 / seconds, 1)}
 
 
-def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batch_size: int = 1) -> dict:
+def bench_data(n_t1: int, n_t2: int, planes: bool = False, iterations: int = 50, crop: int = 128,
+               batch_size: int = 1) -> dict:
     """``load_slices`` of the first ``n_t1`` T1w and ``n_t2`` T2w volumes of ``train_real`` (1 mm in-plane,
-    k = 3), then ``iterations`` batches of augmented slabs from the training DataLoader."""
+    k = 3, ``data.planes`` = ``planes``), then ``iterations`` batches of augmented slabs from the training
+    DataLoader."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -123,12 +127,11 @@ def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batc
 
     t1 = sorted(REAL.glob("*_T1w.nii.gz"))[:n_t1]
     t2 = sorted(REAL.glob("*_T2w.nii.gz"))[:n_t2]
-    start = time.perf_counter()
-    a, b = load_slices(t1, 3, spacing=1.0), load_slices(t2, 3, spacing=1.0)
-    load_s = time.perf_counter() - start
-    config = RunConfig.from_dict({"data": {"crop": crop, "batch_size": batch_size},
+    config = RunConfig.from_dict({"data": {"crop": crop, "batch_size": batch_size, "augment": True, "planes": planes},
                                   "train": {"epoch_length": iterations}})
-    config.data.augment = True  # data.augment (read by make_loader), until DataConfig declares it
+    start = time.perf_counter()
+    a, b = (load_slices(files, 3, spacing=1.0, planes=config.data.planes) for files in (t1, t2))
+    load_s = time.perf_counter() - start
     start = time.perf_counter()
     for batch in make_loader(a, b, config):
         assert batch["A"].shape == (batch_size, 3, crop, crop)
@@ -137,8 +140,9 @@ def bench_data(n_t1: int, n_t2: int, iterations: int = 50, crop: int = 128, batc
     sources = sum(4 * int(np.prod(nib.load(str(f)).shape)) for f in t1 + t2)
     return {"volumes": n_t1 + n_t2, "load_s": round(load_s, 1), "batches_s": round(batches_s, 2),
             "stored_mb": round(stored / 2**20, 1), "sources_mb": round(sources / 2**20, 1), "slices_A": len(a),
-            "slices_B": len(b),
-            "kept": {v.name: len(v.kept) for d in (a, b) for v in d.volumes}, "torch_threads": torch.get_num_threads()}
+            "slices_B": len(b), "planes": config.data.planes, "torch_threads": torch.get_num_threads(),
+            "kept": {Path(v.path).name: sum(len(u.kept) for u in d.volumes if u.path == v.path)
+                     for d in (a, b) for v in d.volumes}}
 
 
 def _sync(device) -> None:
@@ -154,7 +158,7 @@ def _child(spec: dict) -> None:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if spec["kind"] == "data":
-        result = bench_data(spec["t1"], spec["t2"])
+        result = bench_data(spec["t1"], spec["t2"], spec.get("planes", False))
     elif spec["kind"] == "train":
         result = bench_train(spec["channels"], spec["res_units"], spec["size"], spec["iterations"], spec["device"],
                              spec["amp"], spec.get("channels_last", False), spec.get("compiled", False))
@@ -273,20 +277,23 @@ def bench_data_memory(markdown: str) -> None:
     if not REAL.is_dir():
         print(f"{REAL} not found: data memory benchmark skipped")
         return
-    results = [run({"kind": "data", "t1": n_t1, "t2": n_t2, "device": "cpu"}) for n_t1, n_t2 in DATA_SIZES]
-    lines = ["| volumes (T1w + T2w) | sources as float32 (MB) | load | 50 batches | usable slices A / B | "
-             "stored slices (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+    results = [run({"kind": "data", "t1": n_t1, "t2": n_t2, "device": "cpu", "planes": planes})
+               for planes, sizes in ((False, DATA_SIZES), (True, DATA_SIZES_PLANES)) for n_t1, n_t2 in sizes]
+    lines = ["| volumes (T1w + T2w) | planes | sources as float32 (MB) | load | 50 batches | usable slices A / B | "
+             "stored slices (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['volumes']} ({r['t1']} + {r['t2']}) | {r['sources_mb']} | {r['load_s']} s | "
+        lines.append(f"| {r['volumes']} ({r['t1']} + {r['t2']}) | {'three' if r['planes'] else 'one'} | "
+                     f"{r['sources_mb']} | {r['load_s']} s | "
                      f"{r['batches_s']} s | "
                      f"{r['slices_A']} / {r['slices_B']} | {r['stored_mb']} | {r['peak_rss_mb']} |")
     kept = ", ".join(f"{name.replace('.nii.gz', '')} {n}" for name, n in results[-1]["kept"].items())
     text = (f"## Training data memory (scripts/bench_speed.py --part data, {time.strftime('%Y-%m-%d')})\n\n"
             f"`load_slices` of the first volumes of `../shared/data/volumes/train_real` (sorted by name; RAS, 1 mm "
-            "in-plane, k = 3, each stored once as float16 cropped to the head), then 50 batches of augmented "
+            "in-plane, k = 3, each stored once as float16 cropped to the head; `planes` three: `data.planes` on, "
+            "near-isotropic volumes stored along all three axes), then 50 batches of augmented "
             f"128x128 slabs from `make_loader`, in one process per row ({os.cpu_count()} CPUs, "
             f"{results[-1]['torch_threads']} torch threads).\n\n" + "\n".join(lines) +
-            f"\n\nUsable slices per volume (all 21): {kept}. Before slabs were cut lazily (every slab of every "
+            f"\n\nUsable slices per volume (all 21, three planes): {kept}. Before slabs were cut lazily (every slab of every "
             "volume padded to the largest slice and stored k times), training on all 21 was killed at 24 GB.\n")
     print(text)
     if markdown:
