@@ -87,6 +87,23 @@ def test_train_writes_the_run_bundle_and_a_resumable_checkpoint(sources, tiny_co
     assert str(sources[0][0]) in readme and str(sources[1][0]) in readme
 
 
+def test_train_with_planes_draws_from_the_three_planes_of_an_isotropic_scan(sources, tiny_config, tmp_path, caplog):
+    """data.planes: the 4 mm isotropic sources are loaded along all three axes (the logged slice counts are those
+    of load_slices with planes, more than twice those along one axis) and the run records the setting."""
+    from mri_translate.data import load_slices
+
+    out = run(sources, tmp_path / "run", tiny_config(data={"planes": True}, train={"iterations": 2}))
+    config = load(out / "models" / "model.pt")["config"]
+    assert config["data"]["planes"] is True
+    data = config["data"]
+    counts = {planes: [len(load_slices(files, 3, data["min_foreground"], data["spacing"], data["standardize"], planes))
+                       for files in sources] for planes in (False, True)}
+    assert all(three > 2 * one for one, three in zip(counts[False], counts[True]))
+    message = (f"domain A (T1w): {counts[True][0]} slices from 1 source(s); "
+               f"domain B (T2w): {counts[True][1]} slices from 1 source(s)")
+    assert any(r.getMessage().startswith(message) for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_seeded_cpu_runs_are_reproducible(sources, tiny_config, tmp_path):
     config = tiny_config(train={"iterations": 4})
     weights = {}
