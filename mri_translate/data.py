@@ -46,9 +46,11 @@ class SourceVolume:
         slices: ``(N, H, W)`` float16 in [-1, 1]: the canonical volume's slices along ``axis``, cropped to the
             head, only those within k // 2 of a kept slice.
         first: index in the source of ``slices[0]`` (for names).
-        axis: through-plane axis in RAS (0 sagittal, 1 coronal, 2 axial); 1 and 2 have X (left-right) first.
+        axis: the RAS axis the slices are cut along (0 sagittal, 1 coronal, 2 axial): the through-plane axis, or
+            with ``planes`` any of the three; 1 and 2 have X (left-right) first.
         kept: ``(M,)`` positions in ``slices`` of the usable slices (centre foreground >= ``min_foreground``).
-        weights: ``(M,)`` their foreground areas in pixels: how often each is drawn.
+        weights: ``(M,)`` their foreground areas in pixels (divided by the number of planes its source is stored
+            along): how often each is drawn.
         range: raw ``(low, high)`` mapped to -1 and +1.
         head_area_cm2: largest axial cross-section of the foreground (:func:`head_area_cm2`).
         corner: in-plane ``(row, column)`` of ``slices[:, 0, 0]`` in the uncropped slice (to align a pair).
@@ -91,7 +93,8 @@ class Slices:
 
     @property
     def names(self) -> list[str]:
-        """``file[i]`` of every usable slice, ``i`` its index along the through-plane axis of the RAS volume."""
+        """``file[i]`` of every usable slice, ``i`` its index along the slicing axis of the RAS volume (``file``
+        with `` (coronal)`` / `` (sagittal)`` for the extra planes of :func:`load_slices`' ``planes``)."""
         return [f"{v.name}[{v.first + int(p)}]" for v in self.volumes for p in v.kept]
 
     @property
@@ -105,7 +108,7 @@ class Slices:
         return torch.cat([v.weights for v in self.volumes]).double()
 
     def slab(self, index: int) -> tuple[torch.Tensor, int]:
-        """Usable slice ``index`` (order of :attr:`names`) as ``(slab (k, H, W) float32, through-plane axis)``."""
+        """Usable slice ``index`` (order of :attr:`names`) as ``(slab (k, H, W) float32, slicing axis)``."""
         for volume in self.volumes:
             if index < len(volume.kept):
                 return volume.slab(int(volume.kept[index]), self.k), volume.axis
