@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=1.25, help="as in scripts/calibrate_checks.py")
     parser.add_argument("--rows", type=Path, default=ROOT / "docs" / "bench_checks.json")
     parser.add_argument("--reuse", action="store_true", help="take the translations' checks from --rows")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as work:
@@ -226,7 +226,8 @@ def main() -> None:
     print(text)
     from benchmarks_doc import replace_section
 
-    replace_section("bench_checks", text, args.markdown)
+    if args.markdown:
+        replace_section("bench_checks", text, Path(args.markdown))
 
 
 if __name__ == "__main__":
