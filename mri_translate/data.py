@@ -7,9 +7,10 @@ exactly as ``convert`` normalises its input; or by a learned
 :class:`~mri_translate.standardize.LandmarkStandardizer`) and stored once as float16 slices ``(N, H, W)`` cropped
 to its head (no padding to other sources' sizes, no k copies). With ``planes`` a near-isotropic volume is stored
 along each of the three axes that ``convert`` translates it along (:func:`~mri_translate.slabs.slicing_axes`), so
-the generators learn coronal and sagittal slabs too. Slabs of k neighbouring slices are cut when an item is drawn,
-from a slice picked in proportion to its foreground area (a volume's planes share its weight), then randomly cropped, flipped left-right where the
-slice has a left-right axis and augmented (small affine, bias field, gamma) with MONAI random transforms.
+the generators learn coronal and sagittal slabs too. Slabs of k neighbouring slices are cut when an item is
+drawn, from a slice picked in proportion to its foreground area (a volume's planes share its weight), then
+randomly cropped, flipped left-right where the slice has a left-right axis and augmented (small affine, bias
+field, gamma) with MONAI random transforms.
 """
 
 from __future__ import annotations
@@ -363,8 +364,8 @@ class UnpairedSlabDataset(Dataset):
         return slab.contiguous()
 
     def _draw_pair(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
-        """One subject's slab in both contrasts, aligned (the same plane): the same slice, the common in-plane window of the two
-        stored crops, then one crop and flip for both."""
+        """One subject's slab in both contrasts, aligned: the same plane and slice, the common in-plane window of
+        the two stored crops, then one crop and flip for both."""
         shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
         pair = self.pairs[int(torch.multinomial(shares, 1, generator=rng))]  # each subject equally often
         index = pair.usable[int(torch.multinomial(pair.weights, 1, generator=rng))]

@@ -293,8 +293,9 @@ def bench_data_memory(markdown: str) -> None:
             "near-isotropic volumes stored along all three axes), then 50 batches of augmented "
             f"128x128 slabs from `make_loader`, in one process per row ({os.cpu_count()} CPUs, "
             f"{results[-1]['torch_threads']} torch threads).\n\n" + "\n".join(lines) +
-            f"\n\nUsable slices per volume (all 21, three planes): {kept}. Before slabs were cut lazily (every slab of every "
-            "volume padded to the largest slice and stored k times), training on all 21 was killed at 24 GB.\n")
+            f"\n\nUsable slices per volume (all 21, three planes): {kept}. Before slabs were cut lazily (every "
+            "slab of every volume padded to the largest slice and stored k times), training on all 21 was killed at "
+            "24 GB.\n")
     print(text)
     if markdown:
         sys.path.insert(0, str(ROOT / "scripts"))

@@ -399,8 +399,9 @@ def test_a_real_thin_pixel_volume_is_stored_at_1_mm(shared_data):
 @pytest.mark.parametrize("planes", [False, True])
 def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path, planes):
     """A co-registered synthetic subject stored in both domains (each cropped to its own head; with planes along
-    all three axes): a paired item is the same slab of both, aligned voxel for voxel (the heads' outlines coincide), while unpaired items of
-    two different subjects do not line up; paired_volumes refuses a file that is not loaded."""
+    all three axes): a paired item is the same slab of both, aligned voxel for voxel (the heads' outlines
+    coincide), while unpaired items of two different subjects do not line up; paired_volumes refuses a file that
+    is not loaded."""
     from mri_translate.data import paired_volumes
     from mri_translate.synthetic import write_dataset
 
