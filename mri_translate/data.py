@@ -250,17 +250,18 @@ def load_slices(paths, k: int = 3, min_foreground: float = 0.05, spacing: float 
     volumes, raws, landmarks, files = [], [], [], expand_sources(paths)
     for file in files:
         try:
-            for raw, axis, voxel, count in _prepare(load_volume(file), spacing, planes):
-                first = not volumes or volumes[-1].path != str(file)
-                stored = _store(file.name if first else f"{file.name} ({PLANES[axis]})", raw, axis, voxel, k,
+            fitted = False  # this source's landmarks are in ``landmarks``
+            for plane, (raw, axis, voxel, count) in enumerate(_prepare(load_volume(file), spacing, planes)):
+                stored = _store(f"{file.name} ({PLANES[axis]})" if plane else file.name, raw, axis, voxel, k,
                                 min_foreground)
                 if stored is None:
                     continue
                 stored[0].path, stored[0].weights = str(file), stored[0].weights / count
                 volumes.append(stored[0])
                 if standardize is not False:
-                    if first:
+                    if not fitted:
                         landmarks.append(volume_landmarks(raw))  # once per source, on its first stored plane
+                        fitted = True
                     raws.append((stored[1], len(landmarks) - 1))
         except ConstantImageError:
             continue  # an all-black (or uniform) image has no usable slice, like an empty slice of a volume
@@ -402,14 +403,12 @@ def paired_volumes(a: Slices, b: Slices, pairs) -> list[PairedVolume]:
     by_source = [{(v.path, v.axis): v for v in domain.volumes} for domain in (a, b)]
     found = []
     for t1, t2 in pairs:
-        planes = [(va, by_source[1].get((str(t2), axis))) for (path, axis), va in by_source[0].items()
-                  if path == str(t1)]
-        if not planes or all(vb is None for _, vb in planes):
-            raise InputError(t1 if not planes else t2, "gave no usable slice, so it cannot be trained as a pair")
+        stored_a = [va for (path, _), va in by_source[0].items() if path == str(t1)]
+        planes = [(va, by_source[1][str(t2), va.axis]) for va in stored_a if (str(t2), va.axis) in by_source[1]]
+        if not planes:
+            raise InputError(t2 if stored_a else t1, "gave no usable slice, so it cannot be trained as a pair")
         usable_planes = []
         for va, vb in planes:
-            if vb is None:
-                continue
             in_b = set((vb.first + vb.kept).tolist())
             usable = [(int(va.first + p), float(w)) for p, w in zip(va.kept, va.weights) if int(va.first + p) in in_b]
             if usable:
