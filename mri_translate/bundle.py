@@ -47,11 +47,11 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     metadata["version"] = __version__
     metadata.update(monai_version=monai.__version__, pytorch_version=torch.__version__.split("+")[0],
                     numpy_version=numpy.__version__)
-    _write_text(configs / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    _write_text(configs / "metadata.json", json.dumps(metadata, indent=2, allow_nan=False) + "\n")
     train_config = json.loads((TEMPLATE / "configs" / "train.json").read_text())
     train_config["config"] = config.to_dict()
     train_config["sources"] = sources  # train_bundle trains on these when no dataset_dir is given
-    _write_text(configs / "train.json", json.dumps(train_config, indent=2) + "\n")
+    _write_text(configs / "train.json", json.dumps(train_config, indent=2, allow_nan=False) + "\n")
     for name in ("inference.json", "logging.conf"):  # inference rebuilds the network from models/model.pt
         _write_text(configs / name, (TEMPLATE / "configs" / name).read_text())
     license_file = TEMPLATE / "docs" / "data_license.txt"

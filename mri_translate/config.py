@@ -6,6 +6,7 @@ checkpoint, so a model rebuilds from its run directory alone. The CLI and the MO
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        """Plain nested dict (tuples as lists), ready for JSON/YAML."""
+        """Plain nested dict (tuples as lists, an infinite number as the text ``"inf"``, which :meth:`from_dict`
+        reads back), ready for strict JSON and YAML."""
         return _plain(dataclasses.asdict(self))
 
     @classmethod
@@ -196,6 +198,8 @@ def _plain(value):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return str(value)  # JSON has no infinity; "inf" / "-inf" read back through _typed
     return value
 
 

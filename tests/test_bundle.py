@@ -158,6 +158,22 @@ def test_run_bundle_train_json_trains_on_the_recorded_sources(run_dir, tmp_path,
     assert seen == recorded
 
 
+def test_train_json_is_strict_json_and_keeps_a_constant_prior(tmp_path, synthetic_4mm, tiny_config):
+    """``prior_fraction: .inf`` (the prior at full weight all run) is written as "inf", not as the ``Infinity``
+    that strict JSON readers refuse, and reads back as infinity."""
+    from mri_translate.config import RunConfig
+
+    run = tiny_run(tmp_path / "run", synthetic_4mm, tiny_config, loss={"prior_fraction": float("inf")})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    recorded = json.loads((run / "configs" / "train.json").read_text(), parse_constant=refuse)
+    assert recorded["config"]["loss"]["prior_fraction"] == "inf"
+    assert RunConfig.from_dict(recorded["config"]).loss.prior_fraction == float("inf")
+    json.loads((run / "configs" / "metadata.json").read_text(), parse_constant=refuse)
+
+
 @pytest.mark.slow
 def test_monai_bundle_run_trains_into_a_run_bundle(tmp_path):
     """``python -m monai.bundle run`` on the template's train.json, a tiny configuration given with
