@@ -29,6 +29,7 @@ recipe without that pair, and ``scripts/bench_quality.py --model RUN`` scores it
     python scripts/train_default_model.py --compose runs/default-t1-to-t2 runs/default-t2-to-t1 \\
                                           --out runs/default-model [--install]
     python scripts/train_default_model.py --out runs/loo-tcga --hold-out tcga_du_7294 [--validate --val-every 500]
+                                          [--seed 1]
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
                         help="which direction's recipe to train (data and preset)")
     parser.add_argument("--config", help="another preset for the recipe's data")
     parser.add_argument("--iterations", type=int)
+    parser.add_argument("--seed", type=int, help="train.seed (the recipes use 0): a second seed shows run-to-run spread")
     parser.add_argument("--hold-out", nargs="*", default=[], choices=sorted(PAIRS),
                         help="leave these pairs out (leave-one-out evaluation); never with --install")
     parser.add_argument("--validate", action="store_true",
@@ -126,7 +128,8 @@ def train_recipe(recipe: Recipe, out: Path, args) -> None:
 
     t1, t2 = sources(out.parent / f"{out.name}-pairs", args.hold_out, recipe)
     train(t1, t2, out, config=args.config or recipe.config,
-          overrides={"train": {"iterations": args.iterations, "val_every": args.val_every}}, resume=args.resume,
+          overrides={"train": {"iterations": args.iterations, "val_every": args.val_every, "seed": args.seed}},
+          resume=args.resume,
           overwrite=not args.resume, progress_bar=False, paired=True, register=True,
           val=[PAIRS[subject] for subject in args.hold_out] if args.validate else None)
 
