@@ -77,7 +77,7 @@ def convert_entry(args) -> int:
     report = convert(args.input, args.output, model=args.model, direction=args.direction, device=args.device,
                      batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
-                     dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference,
+                     dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference, mask=args.mask,
                      series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict,
                      mirror=not args.no_mirror, standardize_output=not args.raw_output,
                      fuse_planes=not args.single_plane)
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--gif", help="also write a GIF sweep: input | translated (| reference)")
     p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")
+    p.add_argument("--mask", help="brain mask on the input's grid (> 0 inside, e.g. from SynthStrip): translate the "
+                                  "brain only, as a skull-stripped scan (for a whole-head input)")
     p.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--dicom", action="store_true",
                    help="write a derived DICOM series (OUTPUT = its folder) from a DICOM series input")

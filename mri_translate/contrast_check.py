@@ -263,7 +263,7 @@ def check_skull_stripping(canonical, trained_on_brains: bool | None, source, str
     if trained_on_brains and not record["InputLooksSkullStripped"]:
         message = (f"looks like a whole head (largest axial head area {area:.0f} cm^2 >= {SKULL_STRIPPED_AREA_CM2:g}) "
                    "but the model was trained on skull-stripped brains only: skull-strip it first (e.g. SynthStrip, "
-                   "HD-BET) or use a model trained on whole-head scans")
+                   "HD-BET; or give convert its brain mask with --mask) or use a model trained on whole-head scans")
         if strict:
             raise InputError(source, message + "; refused by --strict")
         from tqdm import tqdm

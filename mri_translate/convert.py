@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.transforms import MapTransform
 
@@ -50,7 +51,7 @@ def _versions() -> dict:
 def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
                  reference=None, overwrite: bool = False, series_uid: str | None = None,
                  cycle: Translator | None = None, dicom: bool = False, force: bool = False, strict: bool = False,
-                 checks: tuple[dict, str] | None = None) -> dict:
+                 checks: tuple[dict, str] | None = None, mask=None) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -71,6 +72,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             (:func:`~mri_translate.contrast_check.check_skull_stripping`) and, with ``cycle``, a translation out
             of the model's domain, instead of warning.
         checks: ``(thresholds, source)`` of the out-of-domain flag (default: read from the model file).
+        mask: a brain mask on the input's grid (:func:`apply_brain_mask`): the scan is translated as the brain
+            it outlines, the rest is background in the output.
 
     Returns:
         The sidecar dictionary.
@@ -95,6 +98,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if dtype not in ("float32", "int16"):
         raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
     volume = load_volume(source, series_uid)
+    if mask is not None:
+        volume = apply_brain_mask(volume, mask, source)
     if kind in IMAGE_SUFFIXES and volume.shape[-1] != 1:
         raise InputError(output, f"a 2D image output needs a 2D input, but {source.name} has "
                                  f"{volume.shape[-1]} slices; write .nii.gz instead")
@@ -112,8 +117,9 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
-        "Sources": [str(source)],
+        "Sources": [str(source)] + ([str(mask)] if mask is not None else []),
         "InputSHA256": sha256(source),
+        **({"BrainMask": str(mask), "BrainMaskSHA256": sha256(mask)} if mask is not None else {}),
         "Model": str(translator.model_path) if translator.model_path else None,
         "ModelSHA256": translator.model_sha256(),
         "Parameters": {"k": translator.k, "planes": [PLANES[axis] for axis in translator.axes(
@@ -153,6 +159,29 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         sidecar["ElapsedSeconds"] = round(time.perf_counter() - start, 3)
         tmp_sidecar.write_text(json_text(sidecar))
     return sidecar
+
+
+def apply_brain_mask(volume, mask, source):
+    """``volume`` ``(1, X, Y, Z)`` with every voxel outside the brain mask set to the volume's minimum (its
+    background), so a whole-head scan reaches a model trained on skull-stripped brains as one (e.g. a SynthStrip
+    or HD-BET mask). ``mask``: a NIfTI (or any :func:`~mri_translate.io.load_volume` input) on the same grid,
+    > 0 inside.
+
+    Raises:
+        InputError: the mask is unreadable, on another grid (shape or affine) than ``source``, or empty.
+    """
+    brain = load_volume(mask)
+    if brain.shape != volume.shape or not np.allclose(brain.meta["original_affine"], volume.meta["original_affine"],
+                                                      atol=1e-3):
+        raise InputError(mask, f"brain mask is not on the grid of {Path(source).name} (shape "
+                               f"{tuple(brain.shape[1:])} vs {tuple(volume.shape[1:])}, or another affine); "
+                               "resample it onto the scan first")
+    inside = brain > 0
+    if not bool(inside.any()):
+        raise InputError(mask, "brain mask is empty (no voxel > 0)")
+    masked = volume.clone()
+    masked[~inside] = float(volume.min())
+    return masked
 
 
 @dataclass
@@ -361,9 +390,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
             against the model's out-of-domain thresholds (a warning line when exceeded).
         strict: like ``qc``, and an out-of-domain translation is refused (exit 2) instead of a warning.
         progress: progress bar for batches.
-        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom``, ``force`` of
-            :func:`convert_file`
-            (``gif``/``reference`` for single scans only).
+        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom``, ``force``, ``mask``
+            of :func:`convert_file` (``gif``/``reference``/``mask`` for single scans only).
 
     Returns:
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
@@ -374,8 +402,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)
         return BatchReport(done=[Path(output)])
-    if options.get("gif") or options.get("reference"):
-        raise InputError(source, "--gif and --reference apply to a single scan, not to a batch")
+    if options.get("gif") or options.get("reference") or options.get("mask"):
+        raise InputError(source, "--gif, --reference and --mask apply to a single scan, not to a batch")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InputError(output, "a batch needs an output folder, but this is a file")

@@ -169,6 +169,40 @@ def test_gif_reference_of_another_shape(capsys, tmp_path, synthetic_nifti, tiny_
 # --- 2D images ------------------------------------------------------------------------------------------------
 
 
+def test_brain_mask_translates_the_scan_as_the_brain_it_outlines(capsys, tmp_path, synthetic_nifti, tiny_run):
+    """``--mask``: exactly the translation of the scan with every voxel outside the mask set to its background
+    (the minimum), so outside the mask the output is one background value; the sidecar names the mask."""
+    image = nib.load(str(synthetic_nifti))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    brain = np.zeros(data.shape, np.uint8)
+    brain[tuple(slice(s // 4, s - s // 4) for s in data.shape)] = 1
+    mask, stripped = tmp_path / "brain_mask.nii.gz", tmp_path / "stripped.nii.gz"
+    nib.save(nib.Nifti1Image(brain, image.affine), str(mask))
+    nib.save(nib.Nifti1Image(np.where(brain > 0, data, data.min()).astype(np.float32), image.affine), str(stripped))
+    out, expected = tmp_path / "masked_T2w.nii.gz", tmp_path / "stripped_T2w.nii.gz"
+    assert cli(capsys, "convert", synthetic_nifti, out, "--model", tiny_run, "--mask", mask, "--no-progress")[0] == 0
+    assert cli(capsys, "convert", stripped, expected, "--model", tiny_run, "--no-progress")[0] == 0
+    result = np.asarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(result, np.asarray(nib.load(str(expected)).dataobj))
+    assert np.unique(result[brain == 0]).size == 1 and np.unique(result[brain > 0]).size > 1
+    facts = json.loads(sidecar_path(out).read_text())
+    assert facts["Sources"] == [str(synthetic_nifti), str(mask)] and facts["BrainMask"] == str(mask)
+    assert facts["BrainMaskSHA256"] == file_sha256(mask) and facts["InputSHA256"] == file_sha256(synthetic_nifti)
+
+
+@pytest.mark.parametrize("problem", ["another grid", "empty"])
+def test_bad_brain_mask_is_one_line_and_writes_nothing(capsys, tmp_path, synthetic_nifti, tiny_run, problem):
+    image = nib.load(str(synthetic_nifti))
+    shape = image.shape if problem == "empty" else tuple(s + 2 for s in image.shape)
+    mask, out = tmp_path / "mask.nii.gz", tmp_path / "out.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), image.affine), str(mask))
+    status, _, stderr = cli(capsys, "convert", synthetic_nifti, out, "--model", tiny_run, "--mask", mask,
+                            "--no-progress")
+    assert status == 2 and len(stderr.strip().splitlines()) == 1 and str(mask) in stderr
+    assert ("is not on the grid of" if problem == "another grid" else "brain mask is empty") in stderr
+    assert not out.exists() and not sidecar_path(out).exists()
+
+
 def test_png_to_png_identity_keeps_pixels(shared_data, tmp_path):
     source = shared_data / PNG_FILES[0]
     volume = load_volume(source)
@@ -336,6 +370,9 @@ def test_batch_refuses_gif(capsys, tmp_path, batch_folder, tiny_run):
     status, _, stderr = cli(capsys, "convert", batch_folder, tmp_path / "out", "--model", tiny_run, "--gif",
                             tmp_path / "x.gif", "--no-progress")
     assert status == 2 and "--gif" in stderr
+    status, _, stderr = cli(capsys, "convert", batch_folder, tmp_path / "out", "--model", tiny_run, "--mask",
+                            tmp_path / "mask.nii.gz", "--no-progress")
+    assert status == 2 and "--mask apply to a single scan" in stderr
 
 
 def test_batch_of_2d_images(capsys, shared_data, tmp_path, tiny_run):
