@@ -172,9 +172,10 @@ def main() -> None:
     trained = (f"; ablations trained {args.iterations} iterations each ({budget}) on the data of "
                f"scripts/train_default_model.py without {', '.join(ABLATION_HOLD_OUT)}") if budget else ""
     text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Machine: {machine}. Models: {', '.join(dict.fromkeys(r['model'] for r in rows))}{trained}. `seen` says whether the model "
-            f"trained on that volume (from its configs/train.json). Baseline = inverted input histogram-matched to "
-            f"another subject's target contrast; identity = the input itself.\n\n" + table(rows) + "\n")
+            f"Machine: {machine}. Models: {', '.join(dict.fromkeys(r['model'] for r in rows))}{trained}. "
+            f"`seen` says whether the model trained on that volume (from its configs/train.json). Baseline = "
+            f"inverted input histogram-matched to another subject's target contrast; identity = the input "
+            f"itself.\n\n" + table(rows) + "\n")
     print(text)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     Path(args.work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")

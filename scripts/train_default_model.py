@@ -92,7 +92,8 @@ def main() -> None:
                         help="which direction's recipe to train (data and preset)")
     parser.add_argument("--config", help="another preset for the recipe's data")
     parser.add_argument("--iterations", type=int)
-    parser.add_argument("--seed", type=int, help="train.seed (the recipes use 0): a second seed shows run-to-run spread")
+    parser.add_argument("--seed", type=int,
+                        help="train.seed (the recipes use 0): a second seed shows run-to-run spread")
     parser.add_argument("--hold-out", nargs="*", default=[], choices=sorted(PAIRS),
                         help="leave these pairs out (leave-one-out evaluation); never with --install")
     parser.add_argument("--validate", action="store_true",
