@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.transforms import MapTransform
 
@@ -27,6 +26,7 @@ from .inference import Translator, sha256
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
                  list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix,
                  voxel_spacing)
+from .pairing import same_grid
 from .slabs import PLANES
 
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
@@ -171,11 +171,10 @@ def apply_brain_mask(volume, mask, source):
         InputError: the mask is unreadable, on another grid (shape or affine) than ``source``, or empty.
     """
     brain = load_volume(mask)
-    if brain.shape != volume.shape or not np.allclose(brain.meta["original_affine"], volume.meta["original_affine"],
-                                                      atol=1e-3):
-        raise InputError(mask, f"brain mask is not on the grid of {Path(source).name} (shape "
-                               f"{tuple(brain.shape[1:])} vs {tuple(volume.shape[1:])}, or another affine); "
-                               "resample it onto the scan first")
+    differs = same_grid(volume, brain)
+    if differs:
+        raise InputError(mask, f"brain mask is not on the grid of {Path(source).name} ({differs}); resample it onto "
+                               "the scan first")
     inside = brain > 0
     if not bool(inside.any()):
         raise InputError(mask, "brain mask is empty (no voxel > 0)")
