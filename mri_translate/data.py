@@ -331,6 +331,8 @@ class UnpairedSlabDataset(Dataset):
         self.augment = SlabAugment() if augment else None
         self.length = length or max(len(self.a), len(self.b))
         self.pairs, self.paired_fraction = list(pairs), paired_fraction if pairs else 0.0
+        #: how often each paired plane is drawn (:attr:`PairedVolume.share`: each subject equally often)
+        self.pair_shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different samples in each epoch."""
@@ -367,8 +369,7 @@ class UnpairedSlabDataset(Dataset):
     def _draw_pair(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
         """One subject's slab in both contrasts, aligned: the same plane and slice, the common in-plane window of
         the two stored crops, then one crop and flip for both."""
-        shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
-        pair = self.pairs[int(torch.multinomial(shares, 1, generator=rng))]  # each subject equally often
+        pair = self.pairs[int(torch.multinomial(self.pair_shares, 1, generator=rng))]
         index = pair.usable[int(torch.multinomial(pair.weights, 1, generator=rng))]
         a, b = pair.a.slab(index - pair.a.first, self.a.k), pair.b.slab(index - pair.b.first, self.b.k)
         (ta, la), (tb, lb) = pair.a.corner, pair.b.corner
