@@ -107,11 +107,13 @@ def direction_state(state: dict, direction: str) -> dict:
     return {**{k: v for k, v in state.items() if k != "directions"}, **overlay}
 
 
-def compose_model(t1_to_t2, t2_to_t1, out) -> Path:
+def compose_model(t1_to_t2, t2_to_t1, out, inverted_weights: dict | None = None) -> Path:
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
     ``G_BA`` from ``t2_to_t1`` with that run's own :data:`DIRECTION_KEYS` under ``directions["t2-to-t1"]``, and
     both files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
+    ``inverted_weights`` (``{direction: weight}``) sets a direction's ``model.inverted_weight``, an inference
+    setting chosen after training (e.g. by leave-one-out); the weights are untouched.
 
     Raises:
         InputError: a path that is no run or model file. ModelError: not an mri-translate model.
@@ -127,6 +129,9 @@ def compose_model(t1_to_t2, t2_to_t1, out) -> Path:
     state["G_BA"] = reverse["G_BA"]
     state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
     state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
+    configs = {"t1-to-t2": state["config"], "t2-to-t1": state["directions"]["t2-to-t1"]["config"]}
+    for direction, weight in (inverted_weights or {}).items():
+        configs[direction]["model"]["inverted_weight"] = float(weight)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -80,7 +80,7 @@ def convert_entry(args) -> int:
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference, mask=args.mask,
                      series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict,
                      mirror=not args.no_mirror, standardize_output=not args.raw_output,
-                     fuse_planes=not args.single_plane)
+                     fuse_planes=not args.single_plane, inverted_weight=args.inverted_weight)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-output", action="store_true",
                    help="keep the generator's own intensity histogram instead of standardising the translation "
                         "onto the target domain's landmarks (models trained with data.standardize)")
+    p.add_argument("--inverted-weight", type=float, metavar="W",
+                   help="share in [0, 1) of the inverted input (its intensities reversed inside the brain and "
+                        "standardised onto the target domain) averaged into the translation; 0: the generator "
+                        "alone (default: the model's own, model.inverted_weight)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--gif", help="also write a GIF sweep: input | translated (| reference)")
     p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")

@@ -20,7 +20,11 @@ class ModelConfig:
     ``k``: neighbouring slices in and out (odd); ``channels``: U-Net widths per level (each level halves
     the resolution); ``res_units``: residual units per block; ``disc_channels``/``disc_layers``: PatchGAN width
     and depth (3 layers = the 70x70 receptive field); ``prior_residual``: the generators learn a correction of
-    the contrast prior's map (:class:`~mri_translate.networks.PriorResidualUNet`) and start as that map.
+    the contrast prior's map (:class:`~mri_translate.networks.PriorResidualUNet`) and start as that map;
+    ``inverted_weight``: at inference, the share (in [0, 1)) of the *inverted input* in the translation: the
+    input's brain/head intensities reversed and standardised onto the target domain's scale, a map with no
+    learning that keeps the input's sharp anatomy (:func:`~mri_translate.inference.inverted_input`; needs
+    ``data.standardize``). Chosen after training, per direction, by leave-one-out (docs/benchmarks.md).
     """
 
     k: int = 3
@@ -29,6 +33,7 @@ class ModelConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     prior_residual: bool = False
+    inverted_weight: float = 0.0
 
 
 @dataclass
@@ -160,6 +165,12 @@ class RunConfig:
             raise InputError(source, "train.iterations, train.epoch_length and train.val_every must be >= 1")
         if not 0 <= self.train.ema < 1:
             raise InputError(source, f"train.ema must be in [0, 1) (0: no weight averaging), got {self.train.ema}")
+        if not 0 <= self.model.inverted_weight < 1:
+            raise InputError(source, f"model.inverted_weight must be in [0, 1) (0: the generator alone), got "
+                                     f"{self.model.inverted_weight}")
+        if self.model.inverted_weight and not self.data.standardize:
+            raise InputError(source, "model.inverted_weight needs data.standardize: true (the inverted input is "
+                                     "standardised onto the target domain's scale)")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 

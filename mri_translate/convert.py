@@ -126,6 +126,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                            voxel_spacing(checked.canonical.affine), checked.canonical.shape[1:])],
                        "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
                        "standardize_output": translator.standardizes_output,
+                       "inverted_weight": translator.inverted_weight,
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
@@ -373,7 +374,8 @@ def is_batch_input(source) -> bool:
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
             progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
-            standardize_output: bool = True, fuse_planes: bool = True, **options) -> BatchReport:
+            standardize_output: bool = True, fuse_planes: bool = True, inverted_weight: float | None = None,
+            **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -381,8 +383,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis, mirror, standardize_output, fuse_planes: see
-            :class:`~mri_translate.inference.Translator`.
+        device, batch_size, axis, mirror, standardize_output, fuse_planes, inverted_weight: see
+            :class:`~mri_translate.inference.Translator` (``inverted_weight`` ``None``: the model's own).
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
@@ -396,7 +398,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror,
-                                     standardize_output=standardize_output, fuse_planes=fuse_planes)
+                                     standardize_output=standardize_output, fuse_planes=fuse_planes,
+                                     inverted_weight=inverted_weight)
     options.update(domain_check_options(translator, qc, strict))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)

@@ -3,8 +3,9 @@ translated volume in the input's exact geometry.
 
 ``volume (1, X, Y, Z)`` -> RAS -> normalise to [-1, 1] -> 2.5D slabs along the through-plane axis (and, on a
 near-isotropic scan, along the other two: the three translations averaged) -> generator (batched,
-``inference_mode``, AMP on GPU) -> average each slice's k predictions -> map intensities to the target domain's
-training range -> original orientation and affine.
+``inference_mode``, AMP on GPU) -> average each slice's k predictions (-> a share of the inverted input averaged in,
+:func:`inverted_input`) -> map intensities to the target domain's training range -> original orientation and
+affine.
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def background_of(volume: torch.Tensor) -> torch.Tensor:
     volume = torch.as_tensor(volume).cpu()
     inside = ndimage.binary_fill_holes(foreground_mask(volume + 1).numpy())
     return (volume <= -1) & ~torch.from_numpy(inside)
+
+
+def inverted_input(volume: torch.Tensor, background: torch.Tensor, standardizer: LandmarkStandardizer) -> torch.Tensor:
+    """The translation with no learning: a normalised input ``(X, Y, Z)`` in [-1, 1] with its intensities
+    reversed inside the head/brain (``~background``; bright white matter becomes the darkest tissue, dark CSF the
+    brightest) and standardised onto the target domain's scale by its own landmarks, exactly as a scan of that
+    domain is. It keeps the input's anatomy as sharp as it was acquired, which a generator trained on few
+    subjects blurs. Returns ``(X, Y, Z)`` in [-1, 1], background exactly -1."""
+    raw = torch.where(background, torch.zeros_like(volume), 2 - volume)  # in [1, 3] inside, 0 outside
+    out = standardizer(raw[None]).as_tensor()[0]
+    out[background] = -1.0
+    return out
 
 
 class SlabInferer(Inferer):
@@ -184,12 +197,14 @@ class Translator:
         fuse_planes: on a near-isotropic scan (:func:`~mri_translate.slabs.slicing_axes`), translate it cut into
             axial, coronal and sagittal slabs and average the three translations (three times the work); a scan
             with thick slices is cut along its through-plane axis only.
+        inverted_weight: the share of :func:`inverted_input` in the translation, in [0, 1) (needs a model that
+            standardises; :meth:`from_state` sets the model's own ``model.inverted_weight`` unless given).
     """
 
     def __init__(self, generator: torch.nn.Module, k: int, target_range, device="cpu", batch_size: int = 8,
                  amp: bool = True, direction: str = "t1-to-t2", model_path: Path | None = None,
                  axis: int | None = None, mirror: bool = True, standardize_output: bool = True,
-                 fuse_planes: bool = True):
+                 fuse_planes: bool = True, inverted_weight: float = 0.0):
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
@@ -198,6 +213,7 @@ class Translator:
         self.normalize = RobustNormalize()  # or the source domain's LandmarkStandardizer (from_state)
         self.target_standardizer = None
         self.standardize_output, self.fuse_planes = standardize_output, fuse_planes
+        self.inverted_weight = inverted_weight
         self.spacing = None  # in-plane pixel size (mm) the model was trained at; None: the scan's own
         self.trained_on_brains = None  # whether every source-domain training scan was skull-stripped (from_state)
         self.inferer = SlabInferer(k, axis, batch_size, amp, mirror)
@@ -205,7 +221,8 @@ class Translator:
     @classmethod
     def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int = 8,
                  amp: bool = True, axis: int | None = None, mirror: bool = True,
-                 standardize_output: bool = True, fuse_planes: bool = True) -> Translator:
+                 standardize_output: bool = True, fuse_planes: bool = True,
+                 inverted_weight: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
         the shipped default model when ``model`` is ``None``.
 
@@ -217,19 +234,20 @@ class Translator:
         path = resolve_model_path(model)
         state = read_checkpoint(path)
         return cls.from_state(state, direction, load_generator(state, direction, path), resolve_device(device),
-                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes)
+                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight)
 
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
                    batch_size: int = 8, amp: bool = True, axis: int | None = None,
                    path: Path | None = None, mirror: bool = True, standardize_output: bool = True,
-                   fuse_planes: bool = True) -> Translator:
+                   fuse_planes: bool = True, inverted_weight: float | None = None) -> Translator:
         """A translator from what a model file holds besides weights (``normalization``, see
         :func:`~mri_translate.bundle.export_state`) and a generator: the one home of how a model translates,
         shared by :meth:`from_run` and validation during training.
 
         Raises:
-            ModelError: the state holds no normalisation for the target domain.
+            ModelError: the state holds no normalisation for the target domain, or ``inverted_weight`` (given or
+                the model's) is outside [0, 1) or set for a model that does not standardise.
         """
         source, target = ("A", "B") if direction == "t1-to-t2" else ("B", "A")
         state = direction_state(state, direction)
@@ -247,6 +265,12 @@ class Translator:
             translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])
             translator.target_standardizer = LandmarkStandardizer.from_dict(state["standardize"][target])
             translator.target_range = tuple(float(v) for v in translator.to_target(torch.tensor([-1.0, 1.0])))
+        if inverted_weight is None:
+            inverted_weight = float((state.get("config") or {}).get("model", {}).get("inverted_weight", 0.0))
+        if not 0 <= inverted_weight < 1 or (inverted_weight and translator.target_standardizer is None):
+            raise ModelError(f"{path or 'model'}: inverted_weight must be in [0, 1) and needs a model that "
+                             f"standardises (data.standardize), got {inverted_weight}")
+        translator.inverted_weight = inverted_weight
         return translator
 
     def to_target(self, values: torch.Tensor) -> torch.Tensor:
@@ -260,16 +284,20 @@ class Translator:
     def run_normalized(self, x: MetaTensor) -> MetaTensor:
         """The generator on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
         :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
-        resampled back onto ``x``'s grid; those translations averaged, the background set to exactly -1 and, with
-        ``standardize_output``, standardised onto the target domain's scale. Returns ``(1, X, Y, Z)`` in [-1, 1]
-        with ``x``'s meta."""
+        resampled back onto ``x``'s grid; those translations averaged, the background set to exactly -1, with
+        ``standardize_output`` standardised onto the target domain's scale, and ``inverted_weight`` of
+        :func:`inverted_input` averaged in. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         out = sum(self._translate_along(data, spacing, axis) for axis in axes) / len(axes)
-        out[background_of(data)] = -1.0  # background stays background, exactly (once, on x's grid)
+        background = background_of(data)
+        out[background] = -1.0  # background stays background, exactly (once, on x's grid)
         if self.standardizes_output:
             out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
+        if self.inverted_weight:
+            inverted = inverted_input(data, background, self.target_standardizer)
+            out = (1 - self.inverted_weight) * out + self.inverted_weight * inverted  # background: -1 in both
         return MetaTensor(out[None], meta=dict(x.meta))
 
     def _translate_along(self, data: torch.Tensor, spacing, axis: int) -> torch.Tensor:

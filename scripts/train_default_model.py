@@ -138,10 +138,13 @@ def train_recipe(recipe: Recipe, out: Path, args) -> None:
 def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path) -> None:
     """``out`` as a run folder holding the composed ``models/model.pt``, the first run's
     ``configs/metadata.json`` and a ``configs/train.json`` whose sources are both runs' (so a benchmark marks a
-    volume seen when either direction trained on it)."""
+    volume seen when either direction trained on it). Each direction's ``model.inverted_weight`` is its
+    recipe preset's (chosen by leave-one-out after training)."""
     from mri_translate.bundle import compose_model
+    from mri_translate.config import load_config
 
-    compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt")
+    weights = {direction: load_config(recipe.config).model.inverted_weight for direction, recipe in RECIPES.items()}
+    compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inverted_weights=weights)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(t1_to_t2 / "configs" / "metadata.json", out / "configs" / "metadata.json")
     runs = {"t1-to-t2": t1_to_t2, "t2-to-t1": t2_to_t1}

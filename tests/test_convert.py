@@ -641,6 +641,28 @@ def test_isotropic_scan_is_translated_along_three_planes(capsys, tmp_path, tiny_
     assert np.abs(nib.load(str(outputs["fused"])).get_fdata() - expected[0].numpy()).max() > 1e-2
 
 
+def test_inverted_weight_option_is_applied_and_recorded(capsys, synthetic_nifti, tmp_path, tiny_standardized_run):
+    """``convert --inverted-weight 0.5`` writes what ``Translator(inverted_weight=0.5)`` gives, voxel for voxel,
+    unlike the model's own weight (none for this model); the sidecars record the weight used; a weight of 1 is
+    refused in one line, nothing written."""
+    own, half = tmp_path / "own.nii.gz", tmp_path / "half.nii.gz"
+    for output, flags in ((own, ()), (half, ("--inverted-weight", "0.5"))):
+        status, _, stderr = cli(capsys, "convert", synthetic_nifti, output, "--model", tiny_standardized_run,
+                                "--force", *flags)  # a phantom: skip the contrast check
+        assert status == 0, stderr
+    expected = Translator.from_run(tiny_standardized_run, device="cpu", inverted_weight=0.5)(synthetic_nifti)
+    np.testing.assert_allclose(nib.load(str(half)).get_fdata(), expected[0].numpy(), atol=1e-4)
+    assert np.abs(nib.load(str(own)).get_fdata() - nib.load(str(half)).get_fdata()).max() > 1e-2
+    for output, weight in ((own, 0.0), (half, 0.5)):
+        assert json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())[
+            "Parameters"]["inverted_weight"] == weight
+    refused = tmp_path / "refused.nii.gz"
+    status, _, stderr = cli(capsys, "convert", synthetic_nifti, refused, "--model", tiny_standardized_run,
+                            "--force", "--inverted-weight", "1")
+    assert status == 2 and "inverted_weight must be in [0, 1)" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not refused.exists()
+
+
 def test_raw_output_skips_standardising_the_translation(capsys, synthetic_nifti, tmp_path, tiny_standardized_run):
     """``convert --raw-output`` writes what ``Translator(standardize_output=False)`` gives, voxel for voxel; the
     default (the translation standardised onto the target domain's landmarks) differs from it; the sidecars

@@ -393,6 +393,20 @@ def test_a_composed_model_translates_each_direction_as_its_own_run(tiny_run, tin
     assert_same_weights(inference.load_generator(saved, "t2-to-t1"), state["G_BA"])
 
 
+def test_composing_sets_each_direction_s_inverted_weight(tiny_run, tiny_standardized_run, synthetic_nifti, tmp_path):
+    """compose_model(inverted_weights=...): the named direction translates as its run does with that weight, the
+    other keeps its run's own (none here), and the weights are the runs' own."""
+    from mri_translate.bundle import compose_model
+
+    composed = compose_model(tiny_run, tiny_standardized_run, tmp_path / "model.pt",
+                             inverted_weights={"t2-to-t1": 0.25})
+    reverse = Translator.from_run(composed, "t2-to-t1", "cpu")
+    assert reverse.inverted_weight == 0.25 and Translator.from_run(composed, "t1-to-t2", "cpu").inverted_weight == 0
+    expected = Translator.from_run(tiny_standardized_run, "t2-to-t1", "cpu", inverted_weight=0.25)(synthetic_nifti)
+    assert torch.equal(reverse(synthetic_nifti).as_tensor(), expected.as_tensor())
+    assert_same_weights(reverse.generator, saved_state(tiny_standardized_run)["G_BA"])
+
+
 def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
     out = Translator.from_run(tiny_run, device="cpu")(synthetic_nifti)
     low, high = TINY_NORMALIZATION["B"]
@@ -535,6 +549,59 @@ def test_the_translation_is_standardised_onto_the_target_domain(synthetic_nifti)
         assert torch.allclose(landmarks, typical, rtol=0.03) is close, (landmarks, typical)
         background = out[0].numpy()[~inside]
         assert np.all(background == background[0]) and background[0] < out[0].numpy()[inside].min()
+
+
+def test_the_inverted_input_reverses_the_tissue_order_on_the_target_scale(synthetic_nifti):
+    """Inside the head the inverted input orders the voxels exactly the other way round (brightest -> darkest),
+    its landmarks are the target domain's standard scale (it is standardised like a scan of that domain), and
+    the background is exactly -1."""
+    volume = load_volume(synthetic_nifti)
+    state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
+    translator = Translator.from_state(state, "t1-to-t2", IdentityNet())
+    x = translator.prepare(volume)[0]
+    background = inference.background_of(x)
+    inverted = inference.inverted_input(x, background, translator.target_standardizer)
+    assert torch.all(inverted[background] == -1) and inverted[~background].min() > -1
+    inside, flipped = x[~background], inverted[~background]
+    order = torch.argsort(inside)
+    assert torch.all(torch.diff(flipped[order]) <= 1e-6)  # non-increasing where the input increases
+    assert float(flipped[order[0]] - flipped[order[-1]]) > 0.5
+    landmarks = volume_landmarks(inverted[None])
+    scale = translator.target_standardizer.scale
+    np.testing.assert_allclose(landmarks[1:].numpy(), scale[1:].numpy(), atol=0.05)
+
+
+def test_inverted_weight_averages_the_inverted_input_into_the_translation(synthetic_nifti):
+    """``inverted_weight`` w: the normalised translation is (1 - w) x the generator's + w x the inverted input,
+    voxel for voxel, the background exactly -1; 0 leaves the generator's translation as it was."""
+    volume = load_volume(synthetic_nifti)
+    state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
+    x, alone = Translator.from_state(state, "t1-to-t2", IdentityNet()).translate_normalized(volume)
+    translator = Translator.from_state(state, "t1-to-t2", IdentityNet(), inverted_weight=0.4)
+    _, blended = translator.translate_normalized(volume)
+    background = inference.background_of(x[0])
+    inverted = inference.inverted_input(x[0], background, translator.target_standardizer)
+    np.testing.assert_allclose(blended[0].numpy(), (0.6 * alone[0] + 0.4 * inverted).numpy(), atol=1e-5)
+    assert torch.all(blended[0][background] == -1)
+    assert float((blended - alone).abs().max()) > 0.1
+
+
+def test_the_model_s_own_inverted_weight_is_used_per_direction(synthetic_nifti):
+    """A model file carries ``model.inverted_weight`` in its configuration, per direction in a composed file; a
+    weight given to the translator wins; a weight outside [0, 1), or any weight for a model that does not
+    standardise, is refused with the model named."""
+    volume = load_volume(synthetic_nifti)
+    state = standardized_state([volume], spacing=None)
+    state["config"] = {"model": {"inverted_weight": 0.3}}
+    state["directions"] = {"t2-to-t1": {"config": {"model": {"inverted_weight": 0.0}}}}
+    assert Translator.from_state(state, "t1-to-t2", IdentityNet()).inverted_weight == 0.3
+    assert Translator.from_state(state, "t2-to-t1", IdentityNet()).inverted_weight == 0.0
+    assert Translator.from_state(state, "t1-to-t2", IdentityNet(), inverted_weight=0.0).inverted_weight == 0.0
+    with pytest.raises(ModelError, match=r"model.pt: inverted_weight must be in \[0, 1\)"):
+        Translator.from_state(state, "t1-to-t2", IdentityNet(), path=Path("model.pt"), inverted_weight=1.0)
+    state["standardize"] = None
+    with pytest.raises(ModelError, match="needs a model that standardises"):
+        Translator.from_state(state, "t1-to-t2", IdentityNet())
 
 
 def test_inference_runs_at_the_model_spacing_and_comes_back_on_the_input_grid(synthetic_nifti, slab_axes):

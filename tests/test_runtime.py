@@ -81,6 +81,17 @@ def test_configuration_values_of_the_wrong_type_are_named(values, message):
         RunConfig.from_dict(values, "preset.yaml")
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"model": {"inverted_weight": 1.0}}, "model.inverted_weight must be in [0, 1) (0: the generator alone), got 1.0"),
+    ({"model": {"inverted_weight": -0.1}}, "model.inverted_weight must be in [0, 1)"),
+    ({"model": {"inverted_weight": 0.3}, "data": {"standardize": False}},
+     "model.inverted_weight needs data.standardize: true"),
+])
+def test_configuration_values_that_cannot_work_are_named(values, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        RunConfig.from_dict(values, "preset.yaml")
+
+
 def test_numbers_written_as_text_are_read_as_numbers():
     """YAML reads ``1e-4`` (no dot) as a string; a float field takes it as the number; lists become tuples."""
     config = RunConfig.from_dict({"optim": {"lr": "1e-4"}, "model": {"channels": [8, 16]},
