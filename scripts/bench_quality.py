@@ -5,7 +5,9 @@
                                     no-prior k1] [--iterations 1000] [--markdown docs/benchmarks.md]
 
 Volumes: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
-co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped) and avg152 (template, skull on). The shipped
+co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped), avg152 (template, skull on) and the
+clinical pairs adi_brain and tcga_fg_6692 (whole head, 2D FSE/TSE T2w; registered and skull-stripped here by
+scripts/strip_pairs.py; ``--volumes`` picks some by name). The shipped
 recipe trains on tcga_du_7294 and brats23_gli_00000 as pairs; a run's ``configs/train.json`` says what it trained
 on, so a row reads "unseen" only when neither scan of the volume was among its sources. Leave-one-out runs
 (``scripts/train_default_model.py --hold-out NAME``) and the ablations (which hold out tcga_du_7294) give the
@@ -48,6 +50,12 @@ def held_out_pairs(work: Path) -> list[dict]:
                       "t2": brats / "t2.nii.gz", "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         pairs.append({"name": "avg152 (2 mm, LAS, skull on)", "t1": avg / "avg152T1.nii", "t2": avg / "avg152T2.nii",
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
+        from strip_pairs import clinical_pairs
+
+        for pair in clinical_pairs(work / "stripped"):  # histograms of a BraTS-style subject, as for tcga_du_7294
+            spacing = "0.43 x 0.43 x 2.55 mm" if pair["name"] == "adi_brain" else "0.9 x 0.9 x 5.5 mm"
+            pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing}, skull-stripped here)",
+                          "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
     return pairs
 
 
@@ -62,30 +70,39 @@ def trained_on(run: Path) -> set[Path] | None:
 
 def seen(pair: dict, sources: set[Path] | None) -> str:
     """'unseen', 'trained on' or 'not recorded' for a pair and a run's sources (registered copies of a scan are
-    named after it, so they count too)."""
+    named after it, so they count too, and so do the scans a pair was made ``from``)."""
     if sources is None:
         return "not recorded"
     stems = {Path(pair[c]).name.split(".")[0] for c in ("t1", "t2")}
-    files = {Path(pair[c]).resolve() for c in ("t1", "t2")}
+    files = {Path(path).resolve() for path in [pair["t1"], pair["t2"], *pair.get("from", ())]}
     hit = any(path in files or path.name.split("_space-")[0] in stems for path in sources)
     return "trained on" if hit else "unseen"
 
 
 #: inference ablation name -> the Translator option it turns off
 VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_planes": False},
-            "no-mirror": {"mirror": False}}
+            "no-mirror": {"mirror": False}, "no-inverted": {"inverted_weight": 0.0}}
 
 
-def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None = None) -> list[dict]:
+DIRECTIONS = {"t1-to-t2": ("t1", "t2"), "t2-to-t1": ("t2", "t1")}
+
+
+def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None = None,
+                   directions=tuple(DIRECTIONS)) -> list[dict]:
     """Translate every held-out pair both ways and score it (and the baselines) against the truth; with a
-    ``variant`` (an inference ablation of :data:`VARIANTS`) the rows are named ``<run> <variant>``."""
+    ``variant`` (an inference ablation of :data:`VARIANTS`) the rows are named ``<run> <variant>``, and a
+    direction the variant does not change (e.g. no-inverted where the model's weight is 0) is skipped."""
     from mri_translate.convert import convert_file
     from mri_translate.evaluate import evaluate
     from mri_translate.inference import Translator
 
     rows, name = [], run.name if variant is None else f"{run.name} {variant}"
-    for direction, source, target in (("t1-to-t2", "t1", "t2"), ("t2-to-t1", "t2", "t1")):
+    for direction in directions:
+        source, target = DIRECTIONS[direction]
         translator = Translator.from_run(run, direction, device="auto", **VARIANTS.get(variant, {}))
+        if variant and all(getattr(Translator.from_run(run, direction, device="cpu"), option, None) == value
+                           for option, value in VARIANTS[variant].items()):
+            continue
         for pair in pairs:
             stem = Path(pair[source]).name.split('.')[0]
             output = work / f"{name.replace(' ', '-')}-{direction}-{stem}-{len(rows)}.nii.gz"
@@ -101,6 +118,11 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None
                          "identity": report["baselines"]["identity"],
                          "baseline": report["baselines"]["inverted_histogram_matched"]})
     return rows
+
+
+def row_key(row: dict) -> tuple[str, str, str]:
+    """What a row scores: model, direction and volume."""
+    return row["model"], row["direction"], row["volume"]
 
 
 def table(rows: list[dict]) -> str:
@@ -137,8 +159,11 @@ def main() -> None:
                              "standardize_output), single-plane (fuse_planes), no-mirror (mirror)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
+    parser.add_argument("--volumes", nargs="*", help="score only the volumes whose names start with these")
+    parser.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     parser.add_argument("--append", action="store_true",
-                        help="keep the rows of the previous run (WORK/quality.json) and add these")
+                        help="keep the rows of the previous run (WORK/quality.json), these replacing any of the same "
+                             "model, direction and volume")
     args = parser.parse_args()
 
     import torch
@@ -159,13 +184,15 @@ def main() -> None:
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = held_out_pairs(Path(tmp))
-        rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp))]
+        pairs = [pair for pair in held_out_pairs(Path(tmp))
+                 if not args.volumes or any(pair["name"].startswith(name) for name in args.volumes)]
+        rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), None, args.directions)]
         for variant in args.variants:
-            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant)]
+            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant, args.directions)]
     previous = Path(args.work, "quality.json")
     if args.append and previous.is_file():
-        rows = json.loads(previous.read_text()) + rows
+        new = {row_key(row) for row in rows}
+        rows = [row for row in json.loads(previous.read_text()) if row_key(row) not in new] + rows
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
