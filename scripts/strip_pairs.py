@@ -109,11 +109,13 @@ def _montage(arrays: dict, mask: np.ndarray, path: Path, columns: int = 8) -> No
 
 
 def clinical_pairs(out: Path) -> list[dict]:
-    """The skull-stripped versions of the whole-head pairs of scripts/train_default_model.py (none when
-    ../shared/data is absent)."""
-    from train_default_model import WHOLE_HEAD_PAIRS
+    """The skull-stripped versions of the whole-head pairs of scripts/train_default_model.py and of brainix
+    (a spin-echo T1w / TSE T2w pair whose licence allows development use only: measured, never trained on);
+    those present in ../shared/data."""
+    from train_default_model import REAL, WHOLE_HEAD_PAIRS
 
-    return [stripped_pair(subject, t1, t2, out) for subject, (t1, t2) in WHOLE_HEAD_PAIRS.items()
+    pairs = {**WHOLE_HEAD_PAIRS, "brainix": (REAL / "brainix_T1w.nii.gz", REAL / "brainix_T2w.nii.gz")}
+    return [stripped_pair(subject, t1, t2, out) for subject, (t1, t2) in pairs.items()
             if Path(t1).exists() and Path(t2).exists()]
 
 
