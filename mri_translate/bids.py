@@ -8,10 +8,14 @@ participant level translates every ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (``*_T2
 software versions) and writes ``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``):
 :func:`mri_translate.convert.plan_batch` is the index, :func:`~mri_translate.convert.convert_batch` does the
 work, so finished files are skipped on a rerun. The group level has nothing to aggregate and says so.
+``--brain-masks DIR`` takes each scan's brain mask from a derivative dataset (e.g. fMRIPrep's or a skull
+stripper's, on the scan's own grid) by the BIDS Derivatives name :func:`brain_mask_path` gives, so a whole-head
+scan is translated as the skull-stripped brain the shipped model expects.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from .errors import InputError
@@ -49,10 +53,27 @@ def select(pairs, root, participants=None, sessions=None) -> list[tuple[Path, Pa
             and (sessions is None or _entity(source, root, "ses-") in sessions)]
 
 
+def brain_mask_path(source: Path, bids_dir, masks_dir) -> Path:
+    """The brain mask of ``source`` in the derivative dataset ``masks_dir``: the same ``sub-*/[ses-*/]anat``
+    folder and entities, the suffix replaced by ``desc-brain_mask`` (``sub-01_T1w.nii.gz`` ->
+    ``sub-01_desc-brain_mask.nii.gz``; ``.nii`` too).
+
+    Raises:
+        InputError: no such mask (named, with the scan it is for).
+    """
+    relative = Path(source).relative_to(bids_dir)
+    stem = relative.name.split(".")[0].rsplit("_", 1)[0]
+    candidates = [Path(masks_dir) / relative.parent / f"{stem}_desc-brain_mask{ext}" for ext in (".nii.gz", ".nii")]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise InputError(candidates[0], f"no brain mask for {relative} (expected this file in --brain-masks)")
+    return found
+
+
 def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", participant_labels=None,
                  session_labels=None, model=None, direction: str = "t1-to-t2", device: str = "auto",
                  batch_size: int = 8, overwrite: bool = False, progress: bool = True, force: bool = False,
-                 qc: bool = False, strict: bool = False):
+                 qc: bool = False, strict: bool = False, brain_masks=None):
     """Run the BIDS App at one analysis level.
 
     Args:
@@ -67,13 +88,15 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         force: skip the contrast check of each input (see :mod:`mri_translate.contrast_check`).
         qc, strict: reference-free checks in each sidecar; ``strict`` also refuses a translation outside the
             model's training domain or a whole-head scan for a brain-only model (that file fails, the others go on).
+        brain_masks: a derivative dataset holding each scan's brain mask (:func:`brain_mask_path`): every scan
+            is translated within its mask (``convert --mask``); a scan without one fails, the others go on.
 
     Returns:
         The :class:`~mri_translate.convert.BatchReport` of the participant level, ``None`` for the group level.
 
     Raises:
         InputError: not a BIDS dataset, output folder equal to the dataset, unknown level or participant,
-            nothing to translate.
+            nothing to translate, ``brain_masks`` not a folder.
     """
     from .convert import CONTRASTS, convert_batch, domain_check_options, plan_batch, write_derivative_description
     from .inference import Translator
@@ -86,6 +109,8 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
     if output_dir.resolve() == bids_dir.resolve():
         raise InputError(output_dir, "the output folder must differ from the BIDS dataset (e.g. "
                                      f"{bids_dir / 'derivatives' / 'mri-translate'})")
+    if brain_masks is not None and not Path(brain_masks).is_dir():
+        raise InputError(brain_masks, "--brain-masks is not a folder (a derivative dataset of *_desc-brain_mask)")
     if analysis_level == "group":
         return None
     pairs = select(plan_batch(bids_dir, output_dir, direction), bids_dir, participant_labels, session_labels)
@@ -95,5 +120,6 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
     translator = Translator.from_run(model, direction, device, batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_derivative_description(output_dir, direction)
-    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force,
+    mask_for = None if brain_masks is None else partial(brain_mask_path, bids_dir=bids_dir, masks_dir=brain_masks)
+    return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force, mask_for=mask_for,
                          **domain_check_options(translator, qc, strict))

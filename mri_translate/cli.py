@@ -93,7 +93,7 @@ def bids_entry(args) -> int:
     report = run_bids_app(args.bids_dir, args.output_dir, args.analysis_level, args.participant_label,
                           args.session_label, model=args.model, direction=args.direction, device=args.device,
                           batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
-                          force=args.force, qc=args.qc, strict=args.strict)
+                          force=args.force, qc=args.qc, strict=args.strict, brain_masks=args.brain_masks)
     print(GROUP_LEVEL_NOTE if report is None else report.summary())
     return EXIT_FAILED if report is not None and report.failed else EXIT_OK
 
@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference-free checks in each sidecar and a *_cycle-error.nii.gz map")
     p.add_argument("--strict", action="store_true",
                    help="like --qc, and a scan outside the model's training domain fails instead of a warning")
+    p.add_argument("--brain-masks", "--brain_masks", dest="brain_masks", metavar="DIR",
+                   help="derivative dataset with each scan's brain mask on its grid (sub-*/[ses-*/]anat/"
+                        "<entities>_desc-brain_mask.nii.gz): translate within it, as convert --mask")
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(entry=bids_entry)

@@ -332,9 +332,11 @@ def domain_check_options(translator: Translator, qc: bool = False, strict: bool 
 
 
 def convert_batch(translator: Translator, pairs, overwrite: bool = False, progress: bool = True,
-                  **options) -> BatchReport:
+                  mask_for=None, **options) -> BatchReport:
     """Convert every pair; a failing file is reported and the others carry on. Inputs are never
-    overwritten; finished outputs (image and sidecar present) are skipped unless ``overwrite``."""
+    overwritten; finished outputs (image and sidecar present) are skipped unless ``overwrite``. ``mask_for``:
+    ``source -> brain mask path`` (raising :class:`~mri_translate.errors.InputError` when there is none), each
+    scan then translated within its mask."""
     from tqdm import tqdm
 
     report = BatchReport()
@@ -345,7 +347,8 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
             report.skipped.append(output)
             continue
         try:
-            convert_file(translator, source, output, overwrite=True, **options)
+            mask = {"mask": mask_for(source)} if mask_for is not None else {}
+            convert_file(translator, source, output, overwrite=True, **options, **mask)
             report.done.append(output)
         except MriTranslateError as err:
             report.failed.append((source, str(err)))

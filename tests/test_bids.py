@@ -122,6 +122,37 @@ def test_participant_and_session_labels(capsys, bids_dataset, tmp_path, tiny_run
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz")) == sorted(expected)
 
 
+def test_brain_masks_translate_each_scan_within_its_mask(capsys, bids_dataset, tmp_path, tiny_run):
+    """``--brain-masks DIR``: each scan is translated within the mask named after it in that derivative
+    dataset, exactly as ``convert --mask`` does it, and its sidecar names the mask; a scan without a mask fails
+    in one line naming the file expected, the others go on (exit 1)."""
+    masks = tmp_path / "masks"
+    mask_of = {}
+    for relative in (INPUTS[0], INPUTS[2]):  # sub-01 and sub-02 ses-pre; none for ses-post
+        image = nib.load(str(bids_dataset / relative))
+        inside = np.zeros(image.shape, np.uint8)
+        inside[2:10, 2:9, 1:6] = 1
+        mask_of[relative] = masks / relative.replace("_T1w.nii.gz", "_desc-brain_mask.nii.gz")
+        mask_of[relative].parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(inside, image.affine), str(mask_of[relative]))
+    out = tmp_path / "out"
+    status, stdout, stderr = bids(capsys, bids_dataset, out, "participant", "--model", tiny_run, "--device", "cpu",
+                                  "--no-progress", "--force", "--brain-masks", masks)
+    assert status == 1 and "2 converted, 0 skipped (already done), 1 failed" in stdout
+    missing = [line for line in stderr.splitlines() if "no brain mask" in line]
+    assert len(missing) == 1 and "sub-02_ses-post_desc-brain_mask.nii.gz" in missing[0]
+    assert "sub-02/ses-post/anat/sub-02_ses-post_T1w.nii.gz" in missing[0]
+    assert not (out / T1W_OUTPUTS[1]).exists()
+    for relative, output in ((INPUTS[0], T1W_OUTPUTS[0]), (INPUTS[2], T1W_OUTPUTS[2])):
+        expected = tmp_path / "expected" / Path(output).name
+        status, _, stderr = run_cli(capsys, "convert", bids_dataset / relative, expected, "--model", tiny_run,
+                                    "--device", "cpu", "--force", "--mask", mask_of[relative])
+        assert status == 0, stderr
+        np.testing.assert_array_equal(nib.load(str(out / output)).get_fdata(), nib.load(str(expected)).get_fdata())
+        sidecar = json.loads((out / output.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["BrainMask"] == str(mask_of[relative]) and sidecar["BrainMaskSHA256"] == sha256(mask_of[relative])
+
+
 def test_direction_t2_to_t1(capsys, bids_dataset, tmp_path, tiny_run):
     out = tmp_path / "out"
     status, stdout, _ = bids(capsys, bids_dataset, out, "participant", "--direction", "t2-to-t1",
@@ -192,6 +223,7 @@ def test_group_level_does_nothing(capsys, bids_dataset, tmp_path):
     ("not bids", "not a BIDS dataset"),
     ("output is input", "the output folder must differ from the BIDS dataset"),
     ("no such session", "no sub-*/[ses-*/]anat/*_T1w.nii[.gz] for the selected participants and sessions"),
+    ("masks not a folder", "no_masks: --brain-masks is not a folder"),
 ])
 def test_bad_calls_fail_in_one_line(capsys, bids_dataset, tmp_path, tiny_run, case, message):
     source, out, extra = bids_dataset, tmp_path / "out", []
@@ -201,6 +233,8 @@ def test_bad_calls_fail_in_one_line(capsys, bids_dataset, tmp_path, tiny_run, ca
         (bids_dataset / "dataset_description.json").unlink()
     elif case == "output is input":
         out = bids_dataset
+    elif case == "masks not a folder":
+        extra = ["--brain-masks", tmp_path / "no_masks"]
     else:
         extra = ["--session", "followup"]
     status, _, stderr = bids(capsys, source, out, "participant", "--model", tiny_run, *extra)
