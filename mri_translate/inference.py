@@ -75,27 +75,34 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
     return generator
 
 
-def background_of(volume: torch.Tensor) -> torch.Tensor:
-    """Background voxels of a normalised ``(X, Y, Z)`` volume in [-1, 1]: at the background value (-1, where
-    :class:`~mri_translate.transforms.RobustNormalize` clips everything up to its lower percentile) and not
-    enclosed by the head (holes of the filled foreground mask are kept as tissue, e.g. dark CSF or a
-    resection cavity). A skull-stripped input's zeros are all background."""
+def head_of(volume: torch.Tensor) -> torch.Tensor:
+    """The head (or brain) of a normalised ``(X, Y, Z)`` volume in [-1, 1]: its foreground
+    (:func:`~mri_translate.transforms.foreground_mask`) with the holes filled (dark CSF or a resection cavity
+    enclosed by tissue count as head); noise in the background does not."""
     from scipy import ndimage
 
     volume = torch.as_tensor(volume).cpu()
-    inside = ndimage.binary_fill_holes(foreground_mask(volume + 1).numpy())
-    return (volume <= -1) & ~torch.from_numpy(inside)
+    return torch.from_numpy(ndimage.binary_fill_holes(foreground_mask(volume + 1).numpy()))
 
 
-def inverted_input(volume: torch.Tensor, background: torch.Tensor, standardizer: LandmarkStandardizer) -> torch.Tensor:
+def background_of(volume: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+    """Background voxels of a normalised ``(X, Y, Z)`` volume in [-1, 1]: at the background value (-1, where
+    :class:`~mri_translate.transforms.RobustNormalize` clips everything up to its lower percentile) and not
+    enclosed by the head (``head``: :func:`head_of`, computed when not given). A skull-stripped input's zeros
+    are all background."""
+    volume = torch.as_tensor(volume).cpu()
+    return (volume <= -1) & ~(head_of(volume) if head is None else head)
+
+
+def inverted_input(volume: torch.Tensor, head: torch.Tensor, standardizer: LandmarkStandardizer) -> torch.Tensor:
     """The translation with no learning: a normalised input ``(X, Y, Z)`` in [-1, 1] with its intensities
-    reversed inside the head/brain (``~background``; bright white matter becomes the darkest tissue, dark CSF the
+    reversed inside ``head`` (:func:`head_of`; bright white matter becomes the darkest tissue, dark CSF the
     brightest) and standardised onto the target domain's scale by its own landmarks, exactly as a scan of that
     domain is. It keeps the input's anatomy as sharp as it was acquired, which a generator trained on few
-    subjects blurs. Returns ``(X, Y, Z)`` in [-1, 1], background exactly -1."""
-    raw = torch.where(background, torch.zeros_like(volume), 2 - volume)  # in [1, 3] inside, 0 outside
+    subjects blurs. Returns ``(X, Y, Z)`` in [-1, 1], -1 outside ``head``."""
+    raw = torch.where(head, 2 - volume, torch.zeros_like(volume))  # in [1, 3] inside, 0 outside
     out = standardizer(raw[None]).as_tensor()[0]
-    out[background] = -1.0
+    out[~head] = -1.0
     return out
 
 
@@ -286,18 +293,18 @@ class Translator:
         :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
         resampled back onto ``x``'s grid; those translations averaged, the background set to exactly -1, with
         ``standardize_output`` standardised onto the target domain's scale, and ``inverted_weight`` of
-        :func:`inverted_input` averaged in. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        :func:`inverted_input` averaged in inside the head. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         out = sum(self._translate_along(data, spacing, axis) for axis in axes) / len(axes)
-        background = background_of(data)
-        out[background] = -1.0  # background stays background, exactly (once, on x's grid)
+        head = head_of(data)
+        out[background_of(data, head)] = -1.0  # background stays background, exactly (once, on x's grid)
         if self.standardizes_output:
             out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
-        if self.inverted_weight:
-            inverted = inverted_input(data, background, self.target_standardizer)
-            out = (1 - self.inverted_weight) * out + self.inverted_weight * inverted  # background: -1 in both
+        if self.inverted_weight:  # inside the head only: noise around it keeps the generator's translation
+            inverted = inverted_input(data, head, self.target_standardizer)
+            out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
         return MetaTensor(out[None], meta=dict(x.meta))
 
     def _translate_along(self, data: torch.Tensor, spacing, axis: int) -> torch.Tensor:

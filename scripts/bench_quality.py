@@ -37,6 +37,7 @@ SHARED = ROOT.parent / "shared" / "data" / "volumes"
 
 def held_out_pairs(work: Path) -> list[dict]:
     """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction."""
+    from mri_translate.io import load_volume, voxel_spacing
     from mri_translate.synthetic import write_dataset
 
     data = write_dataset(work / "held-out", n_subjects=2, resolution=1.0, seed=1000)
@@ -53,8 +54,8 @@ def held_out_pairs(work: Path) -> list[dict]:
         from strip_pairs import clinical_pairs
 
         for pair in clinical_pairs(work / "stripped"):  # histograms of a BraTS-style subject, as for tcga_du_7294
-            spacing = "0.43 x 0.43 x 2.55 mm" if pair["name"] == "adi_brain" else "0.9 x 0.9 x 5.5 mm"
-            pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing}, skull-stripped here)",
+            spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
+            pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, skull-stripped here)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
     return pairs
 

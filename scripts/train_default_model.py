@@ -20,6 +20,9 @@ Data (../shared/data/volumes; sources and licences in its README and in the bund
 - every pair adds the supervised L1 (mixed mode, ``--paired``); never used: chris_rorden (CC BY-NC), brainix,
   arc_m2208 and niivue_register (licence not stated), and the avg152 template (evaluation).
 
+At inference the T1w -> T2w direction averages in the inverted input (``model.inverted_weight`` of its preset,
+written into the composed file by ``--compose``; an inference setting, so changing it needs no retraining).
+
 No skull-stripped volume is left for a blind validation, so each run's last checkpoint is used; quality on
 unseen scans is measured by leave-one-out: ``--hold-out tcga_du_7294`` (or ``brats23_gli_00000``) trains a
 recipe without that pair, and ``scripts/bench_quality.py --model RUN`` scores it as unseen.

@@ -554,15 +554,15 @@ def test_the_translation_is_standardised_onto_the_target_domain(synthetic_nifti)
 def test_the_inverted_input_reverses_the_tissue_order_on_the_target_scale(synthetic_nifti):
     """Inside the head the inverted input orders the voxels exactly the other way round (brightest -> darkest),
     its landmarks are the target domain's standard scale (it is standardised like a scan of that domain), and
-    the background is exactly -1."""
+    outside the head it is exactly -1."""
     volume = load_volume(synthetic_nifti)
     state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
     translator = Translator.from_state(state, "t1-to-t2", IdentityNet())
     x = translator.prepare(volume)[0]
-    background = inference.background_of(x)
-    inverted = inference.inverted_input(x, background, translator.target_standardizer)
-    assert torch.all(inverted[background] == -1) and inverted[~background].min() > -1
-    inside, flipped = x[~background], inverted[~background]
+    head = inference.head_of(x)
+    inverted = inference.inverted_input(x, head, translator.target_standardizer)
+    assert torch.all(inverted[~head] == -1) and inverted[head].min() > -1
+    inside, flipped = x[head], inverted[head]
     order = torch.argsort(inside)
     assert torch.all(torch.diff(flipped[order]) <= 1e-6)  # non-increasing where the input increases
     assert float(flipped[order[0]] - flipped[order[-1]]) > 0.5
@@ -571,19 +571,33 @@ def test_the_inverted_input_reverses_the_tissue_order_on_the_target_scale(synthe
     np.testing.assert_allclose(landmarks[1:].numpy(), scale[1:].numpy(), atol=0.05)
 
 
-def test_inverted_weight_averages_the_inverted_input_into_the_translation(synthetic_nifti):
-    """``inverted_weight`` w: the normalised translation is (1 - w) x the generator's + w x the inverted input,
-    voxel for voxel, the background exactly -1; 0 leaves the generator's translation as it was."""
-    volume = load_volume(synthetic_nifti)
+def noisy(volume: MetaTensor, level: float, seed: int = 0) -> MetaTensor:
+    """``volume`` with uniform noise up to ``level`` x its maximum in the background (zeros)."""
+    rng = np.random.default_rng(seed)
+    data = volume.clone()
+    outside = data == 0
+    data[outside] = torch.from_numpy(rng.uniform(0, level * float(data.max()), int(outside.sum()))).float()
+    return data
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_inverted_weight_averages_the_inverted_input_into_the_translation(synthetic_nifti, noise):
+    """``inverted_weight`` w: inside the head the normalised translation is (1 - w) x the generator's + w x the
+    inverted input, voxel for voxel; outside it (background, and noise around the head) it is the generator's
+    translation as without the weight, the background exactly -1; 0 leaves everything as it was."""
+    volume = noisy(load_volume(synthetic_nifti), noise)
     state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
     x, alone = Translator.from_state(state, "t1-to-t2", IdentityNet()).translate_normalized(volume)
     translator = Translator.from_state(state, "t1-to-t2", IdentityNet(), inverted_weight=0.4)
     _, blended = translator.translate_normalized(volume)
-    background = inference.background_of(x[0])
-    inverted = inference.inverted_input(x[0], background, translator.target_standardizer)
-    np.testing.assert_allclose(blended[0].numpy(), (0.6 * alone[0] + 0.4 * inverted).numpy(), atol=1e-5)
-    assert torch.all(blended[0][background] == -1)
+    head = inference.head_of(x[0])
+    inverted = inference.inverted_input(x[0], head, translator.target_standardizer)
+    np.testing.assert_allclose(blended[0][head].numpy(), (0.6 * alone[0] + 0.4 * inverted)[head].numpy(), atol=1e-5)
+    assert torch.equal(blended[0][~head], alone[0][~head])
+    assert torch.all(blended[0][inference.background_of(x[0])] == -1)
     assert float((blended - alone).abs().max()) > 0.1
+    if noise:
+        assert int((~head & (x[0] > -1)).sum()) > 100  # there is noise around the head, and it was not inverted
 
 
 def test_the_model_s_own_inverted_weight_is_used_per_direction(synthetic_nifti):
