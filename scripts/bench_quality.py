@@ -35,8 +35,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 
 
-def held_out_pairs(work: Path) -> list[dict]:
-    """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction."""
+def held_out_pairs(work: Path, stripped: Path | None = None) -> list[dict]:
+    """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction;
+    the clinical pairs are registered and skull-stripped into ``stripped`` (default ``work/stripped``) once and
+    reused from there (registration is not exactly repeatable, so every model is scored on the same files)."""
     from mri_translate.io import load_volume, voxel_spacing
     from mri_translate.synthetic import write_dataset
 
@@ -53,7 +55,7 @@ def held_out_pairs(work: Path) -> list[dict]:
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         from strip_pairs import clinical_pairs
 
-        for pair in clinical_pairs(work / "stripped"):  # histograms of a BraTS-style subject, as for tcga_du_7294
+        for pair in clinical_pairs(stripped or work / "stripped"):  # histograms of a BraTS-style subject, as for tcga_du_7294
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
             pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, skull-stripped here)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
@@ -185,7 +187,7 @@ def main() -> None:
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = [pair for pair in held_out_pairs(Path(tmp))
+        pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs")
                  if not args.volumes or any(pair["name"].startswith(name) for name in args.volumes)]
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), None, args.directions)]
         for variant in args.variants:
