@@ -6,7 +6,7 @@
 
 Volumes: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
 co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped), avg152 (template, skull on) and the
-clinical pairs adi_brain and tcga_fg_6692 (whole head, 2D FSE/TSE T2w; registered and skull-stripped here by
+clinical pairs adi_brain, tcga_fg_6692 and brainix (whole head, 2D FSE/TSE T2w; registered and skull-stripped by
 scripts/strip_pairs.py; ``--volumes`` picks some by name). The shipped
 recipe trains on tcga_du_7294 and brats23_gli_00000 as pairs; a run's ``configs/train.json`` says what it trained
 on, so a row reads "unseen" only when neither scan of the volume was among its sources. Leave-one-out runs

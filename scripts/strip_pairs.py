@@ -1,5 +1,5 @@
 """Skull-stripped evaluation pairs made from the whole-head clinical pairs in ../shared/data, so that quality is
-also measured on real scans unlike the BraTS-style ones (other scanners, 2D FSE/TSE T2w, 2.5-5.5 mm slices).
+also measured on real scans unlike the BraTS-style ones (other scanners, 2D FSE/TSE T2w, 2.55-6 mm slices).
 
     python scripts/strip_pairs.py --out runs/stripped-pairs     # writes <subject>_T1w/_T2w.nii.gz and a PNG each
 
