@@ -55,7 +55,8 @@ def held_out_pairs(work: Path, stripped: Path | None = None) -> list[dict]:
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         from strip_pairs import clinical_pairs
 
-        for pair in clinical_pairs(stripped or work / "stripped"):  # histograms of a BraTS-style subject, as for tcga_du_7294
+        # the baseline matches the histograms of a BraTS-style subject, as for tcga_du_7294
+        for pair in clinical_pairs(stripped or work / "stripped"):
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
             pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, skull-stripped here)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
