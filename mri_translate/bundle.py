@@ -98,6 +98,8 @@ def export_state(normalization: dict, spacing: float | None = None, standardizer
 
 #: what a model file holds per direction besides the weights: laid over the top level by :func:`direction_state`
 DIRECTION_KEYS = ("config", "normalization", "spacing", "standardize", "skull_stripped")
+#: ``model`` settings used at inference only (chosen after training, set per direction by :func:`compose_model`)
+INFERENCE_SETTINGS = {"inverted_weight", "guided_radius_mm"}
 
 
 def direction_state(state: dict, direction: str) -> dict:
@@ -107,13 +109,14 @@ def direction_state(state: dict, direction: str) -> dict:
     return {**{k: v for k, v in state.items() if k != "directions"}, **overlay}
 
 
-def compose_model(t1_to_t2, t2_to_t1, out, inverted_weights: dict | None = None) -> Path:
+def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = None) -> Path:
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
     ``G_BA`` from ``t2_to_t1`` with that run's own :data:`DIRECTION_KEYS` under ``directions["t2-to-t1"]``, and
     both files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
-    ``inverted_weights`` (``{direction: weight}``) sets a direction's ``model.inverted_weight``, an inference
-    setting chosen after training (e.g. by leave-one-out); the weights are untouched.
+    ``inference_settings`` (``{direction: {key: value}}``, keys of ``model`` used at inference only:
+    ``inverted_weight``, ``guided_radius_mm``) sets them for a direction, chosen after training (e.g. by
+    leave-one-out); the weights are untouched.
 
     Raises:
         InputError: a path that is no run or model file. ModelError: not an mri-translate model.
@@ -130,8 +133,11 @@ def compose_model(t1_to_t2, t2_to_t1, out, inverted_weights: dict | None = None)
     state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
     state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
     configs = {"t1-to-t2": state["config"], "t2-to-t1": state["directions"]["t2-to-t1"]["config"]}
-    for direction, weight in (inverted_weights or {}).items():
-        configs[direction]["model"]["inverted_weight"] = float(weight)
+    for direction, settings in (inference_settings or {}).items():
+        unknown = set(settings) - INFERENCE_SETTINGS
+        if unknown:
+            raise ValueError(f"not inference settings of a model: {sorted(unknown)}")
+        configs[direction]["model"].update({key: float(value) for key, value in settings.items()})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

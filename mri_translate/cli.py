@@ -80,7 +80,8 @@ def convert_entry(args) -> int:
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference, mask=args.mask,
                      series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict,
                      mirror=not args.no_mirror, standardize_output=not args.raw_output,
-                     fuse_planes=not args.single_plane, inverted_weight=args.inverted_weight)
+                     fuse_planes=not args.single_plane, inverted_weight=args.inverted_weight,
+                     guided_radius_mm=args.guided_radius)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share in [0, 1) of the inverted input (its intensities reversed inside the brain and "
                         "standardised onto the target domain) averaged into the translation; 0: the generator "
                         "alone (default: the model's own, model.inverted_weight)")
+    p.add_argument("--guided-radius", type=float, metavar="MM",
+                   help="refit the translation inside the brain, in windows of this radius, as a local linear "
+                        "function of the inverted input (a guided filter: the scan's own edges); 0: off "
+                        "(default: the model's own, model.guided_radius_mm)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--gif", help="also write a GIF sweep: input | translated (| reference)")
     p.add_argument("--reference", help="a real target-contrast volume to show in the GIF")

@@ -24,7 +24,11 @@ class ModelConfig:
     ``inverted_weight``: at inference, the share (in [0, 1)) of the *inverted input* in the translation: the
     input's brain/head intensities reversed and standardised onto the target domain's scale, a map with no
     learning that keeps the input's sharp anatomy (:func:`~mri_translate.inference.inverted_input`; needs
-    ``data.standardize``). Chosen after training, per direction, by leave-one-out (docs/benchmarks.md).
+    ``data.standardize``). Chosen after training, per direction, by leave-one-out (docs/benchmarks.md);
+    ``guided_radius_mm``: at inference, before that average, the generator's translation is refitted in windows
+    of this radius (mm) as a local linear function of the inverted input (a guided filter,
+    :func:`~mri_translate.inference.guided_filter`), so its edges are the acquired scan's; 0: off (needs
+    ``data.standardize``). Chosen the same way.
     """
 
     k: int = 3
@@ -34,6 +38,7 @@ class ModelConfig:
     disc_layers: int = 3
     prior_residual: bool = False
     inverted_weight: float = 0.0
+    guided_radius_mm: float = 0.0
 
 
 @dataclass
@@ -168,9 +173,12 @@ class RunConfig:
         if not 0 <= self.model.inverted_weight < 1:
             raise InputError(source, f"model.inverted_weight must be in [0, 1) (0: the generator alone), got "
                                      f"{self.model.inverted_weight}")
-        if self.model.inverted_weight and not self.data.standardize:
-            raise InputError(source, "model.inverted_weight needs data.standardize: true (the inverted input is "
-                                     "standardised onto the target domain's scale)")
+        if self.model.guided_radius_mm < 0:
+            raise InputError(source, f"model.guided_radius_mm must be >= 0 (0: off), got {self.model.guided_radius_mm}")
+        for key in ("inverted_weight", "guided_radius_mm"):
+            if getattr(self.model, key) and not self.data.standardize:
+                raise InputError(source, f"model.{key} needs data.standardize: true (the inverted input is "
+                                         "standardised onto the target domain's scale)")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 

@@ -127,6 +127,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
                        "standardize_output": translator.standardizes_output,
                        "inverted_weight": translator.inverted_weight,
+                       "guided_radius_mm": translator.guided_radius_mm,
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
                        "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
@@ -378,7 +379,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
             progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
             standardize_output: bool = True, fuse_planes: bool = True, inverted_weight: float | None = None,
-            **options) -> BatchReport:
+            guided_radius_mm: float | None = None, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -386,8 +387,8 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis, mirror, standardize_output, fuse_planes, inverted_weight: see
-            :class:`~mri_translate.inference.Translator` (``inverted_weight`` ``None``: the model's own).
+        device, batch_size, axis, mirror, standardize_output, fuse_planes, inverted_weight, guided_radius_mm: see
+            :class:`~mri_translate.inference.Translator` (``None``: the model's own).
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
@@ -402,7 +403,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
     """
     translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror,
                                      standardize_output=standardize_output, fuse_planes=fuse_planes,
-                                     inverted_weight=inverted_weight)
+                                     inverted_weight=inverted_weight, guided_radius_mm=guided_radius_mm)
     options.update(domain_check_options(translator, qc, strict))
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)

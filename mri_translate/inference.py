@@ -3,9 +3,9 @@ translated volume in the input's exact geometry.
 
 ``volume (1, X, Y, Z)`` -> RAS -> normalise to [-1, 1] -> 2.5D slabs along the through-plane axis (and, on a
 near-isotropic scan, along the other two: the three translations averaged) -> generator (batched,
-``inference_mode``, AMP on GPU) -> average each slice's k predictions (-> a share of the inverted input averaged in,
-:func:`inverted_input`) -> map intensities to the target domain's training range -> original orientation and
-affine.
+``inference_mode``, AMP on GPU) -> average each slice's k predictions (-> refitted on the inverted input,
+:func:`guided_filter`, and a share of it averaged in, :func:`inverted_input`) -> map intensities to the target
+domain's training range -> original orientation and affine.
 """
 
 from __future__ import annotations
@@ -104,6 +104,35 @@ def inverted_input(volume: torch.Tensor, head: torch.Tensor, standardizer: Landm
     out = standardizer(raw[None]).as_tensor()[0]
     out[~head] = -1.0
     return out
+
+
+#: the guided filter's regularisation (in squared units of the [-1, 1] scale): below it, a window's variance of
+#: the guide counts as flat and the window keeps its mean translation
+GUIDED_EPS = 1e-3
+
+
+def guided_filter(values: torch.Tensor, guide: torch.Tensor, mask: torch.Tensor, spacing,
+                  radius_mm: float, eps: float = GUIDED_EPS) -> torch.Tensor:
+    """``values`` refitted as a local linear function of ``guide`` (the guided filter of He, Sun and Tang, 2013):
+    in every window of ``radius_mm`` (per axis, in voxels of ``spacing`` mm, at least the voxel itself) the least
+    squares ``a * guide + b`` of ``values``, ``a`` shrunk by ``eps``; each voxel averages the fits of the windows
+    that hold it. Only voxels in ``mask`` take part and change. Where ``values`` is locally linear in ``guide``
+    it is kept; elsewhere it takes ``guide``'s edges. All ``(X, Y, Z)``; returns ``values``' shape, float32."""
+    from scipy import ndimage
+
+    size = tuple(2 * round(radius_mm / s) + 1 for s in spacing)
+    m = mask.numpy().astype(np.float64)
+    v, g = values.numpy().astype(np.float64), guide.numpy().astype(np.float64)
+    share = np.maximum(ndimage.uniform_filter(m, size), 1e-12)
+
+    def mean(x):  # the window mean over mask voxels
+        return ndimage.uniform_filter(x * m, size) / share
+
+    mean_g, mean_v = mean(g), mean(v)
+    a = (mean(g * v) - mean_g * mean_v) / (mean(g * g) - mean_g ** 2 + eps)
+    b = mean_v - a * mean_g
+    fitted = torch.from_numpy(mean(a) * g + mean(b)).float()
+    return torch.where(mask, fitted, values.float())
 
 
 class SlabInferer(Inferer):
@@ -206,12 +235,15 @@ class Translator:
             with thick slices is cut along its through-plane axis only.
         inverted_weight: the share of :func:`inverted_input` in the translation, in [0, 1) (needs a model that
             standardises; :meth:`from_state` sets the model's own ``model.inverted_weight`` unless given).
+        guided_radius_mm: before that average, refit the translation inside the head as a local linear function
+            of the inverted input in windows of this radius (:func:`guided_filter`); 0: off (needs a model that
+            standardises; :meth:`from_state` sets the model's own ``model.guided_radius_mm`` unless given).
     """
 
     def __init__(self, generator: torch.nn.Module, k: int, target_range, device="cpu", batch_size: int = 8,
                  amp: bool = True, direction: str = "t1-to-t2", model_path: Path | None = None,
                  axis: int | None = None, mirror: bool = True, standardize_output: bool = True,
-                 fuse_planes: bool = True, inverted_weight: float = 0.0):
+                 fuse_planes: bool = True, inverted_weight: float = 0.0, guided_radius_mm: float = 0.0):
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
@@ -220,7 +252,7 @@ class Translator:
         self.normalize = RobustNormalize()  # or the source domain's LandmarkStandardizer (from_state)
         self.target_standardizer = None
         self.standardize_output, self.fuse_planes = standardize_output, fuse_planes
-        self.inverted_weight = inverted_weight
+        self.inverted_weight, self.guided_radius_mm = inverted_weight, guided_radius_mm
         self.spacing = None  # in-plane pixel size (mm) the model was trained at; None: the scan's own
         self.trained_on_brains = None  # whether every source-domain training scan was skull-stripped (from_state)
         self.inferer = SlabInferer(k, axis, batch_size, amp, mirror)
@@ -229,7 +261,7 @@ class Translator:
     def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int = 8,
                  amp: bool = True, axis: int | None = None, mirror: bool = True,
                  standardize_output: bool = True, fuse_planes: bool = True,
-                 inverted_weight: float | None = None) -> Translator:
+                 inverted_weight: float | None = None, guided_radius_mm: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
         the shipped default model when ``model`` is ``None``.
 
@@ -241,20 +273,23 @@ class Translator:
         path = resolve_model_path(model)
         state = read_checkpoint(path)
         return cls.from_state(state, direction, load_generator(state, direction, path), resolve_device(device),
-                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight)
+                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight,
+                              guided_radius_mm)
 
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
                    batch_size: int = 8, amp: bool = True, axis: int | None = None,
                    path: Path | None = None, mirror: bool = True, standardize_output: bool = True,
-                   fuse_planes: bool = True, inverted_weight: float | None = None) -> Translator:
+                   fuse_planes: bool = True, inverted_weight: float | None = None,
+                   guided_radius_mm: float | None = None) -> Translator:
         """A translator from what a model file holds besides weights (``normalization``, see
         :func:`~mri_translate.bundle.export_state`) and a generator: the one home of how a model translates,
         shared by :meth:`from_run` and validation during training.
 
         Raises:
             ModelError: the state holds no normalisation for the target domain, or ``inverted_weight`` (given or
-                the model's) is outside [0, 1) or set for a model that does not standardise.
+                the model's) is outside [0, 1), ``guided_radius_mm`` negative, or either set for a model that does
+                not standardise.
         """
         source, target = ("A", "B") if direction == "t1-to-t2" else ("B", "A")
         state = direction_state(state, direction)
@@ -272,12 +307,16 @@ class Translator:
             translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])
             translator.target_standardizer = LandmarkStandardizer.from_dict(state["standardize"][target])
             translator.target_range = tuple(float(v) for v in translator.to_target(torch.tensor([-1.0, 1.0])))
-        if inverted_weight is None:
-            inverted_weight = float((state.get("config") or {}).get("model", {}).get("inverted_weight", 0.0))
+        own = (state.get("config") or {}).get("model", {})
+        inverted_weight = float(own.get("inverted_weight", 0.0) if inverted_weight is None else inverted_weight)
+        guided_radius_mm = float(own.get("guided_radius_mm", 0.0) if guided_radius_mm is None else guided_radius_mm)
         if not 0 <= inverted_weight < 1 or (inverted_weight and translator.target_standardizer is None):
             raise ModelError(f"{path or 'model'}: inverted_weight must be in [0, 1) and needs a model that "
                              f"standardises (data.standardize), got {inverted_weight}")
-        translator.inverted_weight = inverted_weight
+        if guided_radius_mm < 0 or (guided_radius_mm and translator.target_standardizer is None):
+            raise ModelError(f"{path or 'model'}: guided_radius_mm must be >= 0 and needs a model that "
+                             f"standardises (data.standardize), got {guided_radius_mm}")
+        translator.inverted_weight, translator.guided_radius_mm = inverted_weight, guided_radius_mm
         return translator
 
     def to_target(self, values: torch.Tensor) -> torch.Tensor:
@@ -292,8 +331,9 @@ class Translator:
         """The generator on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
         :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
         resampled back onto ``x``'s grid; those translations averaged, the background set to exactly -1, with
-        ``standardize_output`` standardised onto the target domain's scale, and ``inverted_weight`` of
-        :func:`inverted_input` averaged in inside the head. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        ``standardize_output`` standardised onto the target domain's scale, inside the head refitted on
+        :func:`inverted_input` (``guided_radius_mm``, :func:`guided_filter`) and ``inverted_weight`` of it averaged
+        in. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
@@ -302,8 +342,10 @@ class Translator:
         out[background_of(data, head)] = -1.0  # background stays background, exactly (once, on x's grid)
         if self.standardizes_output:
             out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
-        if self.inverted_weight:  # inside the head only: noise around it keeps the generator's translation
-            inverted = inverted_input(data, head, self.target_standardizer)
+        if self.inverted_weight or self.guided_radius_mm:  # inside the head only: noise around it keeps the
+            inverted = inverted_input(data, head, self.target_standardizer)  # generator's translation
+            if self.guided_radius_mm:
+                out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
             out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
         return MetaTensor(out[None], meta=dict(x.meta))
 

@@ -20,8 +20,9 @@ Data (../shared/data/volumes; sources and licences in its README and in the bund
 - every pair adds the supervised L1 (mixed mode, ``--paired``); never used: chris_rorden (CC BY-NC), brainix,
   arc_m2208 and niivue_register (licence not stated), and the avg152 template (evaluation).
 
-At inference the T1w -> T2w direction averages in the inverted input (``model.inverted_weight`` of its preset,
-written into the composed file by ``--compose``; an inference setting, so changing it needs no retraining).
+At inference the T1w -> T2w direction refits its translation on the inverted input and averages some of it in
+(``model.guided_radius_mm`` and ``model.inverted_weight`` of its preset, written into the composed file by
+``--compose``; inference settings, so changing them needs no retraining).
 
 No skull-stripped volume is left for a blind validation, so each run's last checkpoint is used; quality on
 unseen scans is measured by leave-one-out: ``--hold-out tcga_du_7294`` (or ``brats23_gli_00000``) trains a
@@ -141,13 +142,15 @@ def train_recipe(recipe: Recipe, out: Path, args) -> None:
 def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path) -> None:
     """``out`` as a run folder holding the composed ``models/model.pt``, the first run's
     ``configs/metadata.json`` and a ``configs/train.json`` whose sources are both runs' (so a benchmark marks a
-    volume seen when either direction trained on it). Each direction's ``model.inverted_weight`` is its
-    recipe preset's (chosen by leave-one-out after training)."""
-    from mri_translate.bundle import compose_model
+    volume seen when either direction trained on it). Each direction's inference settings (``model.inverted_weight``,
+    ``model.guided_radius_mm``) are its recipe preset's (chosen by leave-one-out after training)."""
+    from mri_translate.bundle import INFERENCE_SETTINGS, compose_model
     from mri_translate.config import load_config
 
-    weights = {direction: load_config(recipe.config).model.inverted_weight for direction, recipe in RECIPES.items()}
-    compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inverted_weights=weights)
+    models = {direction: load_config(recipe.config).model for direction, recipe in RECIPES.items()}
+    settings = {direction: {key: getattr(model, key) for key in INFERENCE_SETTINGS}
+                for direction, model in models.items()}
+    compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inference_settings=settings)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(t1_to_t2 / "configs" / "metadata.json", out / "configs" / "metadata.json")
     runs = {"t1-to-t2": t1_to_t2, "t2-to-t1": t2_to_t1}

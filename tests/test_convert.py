@@ -530,7 +530,8 @@ def test_bundle_inference_refuses_a_scan_of_the_wrong_contrast(tiny_run, tmp_pat
 #: the same switch on the bundle's command line and on convert's
 SWITCHES = {None: ((), ()), "raw": (("--standardize_output", "False"), ("--raw-output",)),
             "single-plane": (("--fuse_planes", "False"), ("--single-plane",)),
-            "inverted": (("--inverted_weight", "0.5"), ("--inverted-weight", "0.5"))}
+            "inverted": (("--inverted_weight", "0.5", "--guided_radius_mm", "4"),
+                         ("--inverted-weight", "0.5", "--guided-radius", "4"))}
 
 
 @pytest.mark.parametrize("model, switch", [("tiny_run", None), ("tiny_run", "single-plane"),
@@ -540,8 +541,9 @@ def test_bundle_inference_equals_cli(model, switch, capsys, shared_data, tmp_pat
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
     voxel for voxel, for the LAS avg152 template and a volume with thick sagittal slices (slabs along x); also
     for a model that resamples in-plane and standardises intensities, with and without standardising the
-    translation (``--standardize_output False`` / ``--raw-output``) and with half of the inverted input averaged in
-    (``--inverted_weight 0.5`` / ``--inverted-weight 0.5``), and with the isotropic avg152 translated along one
+    translation (``--standardize_output False`` / ``--raw-output``) and with the translation refitted on the
+    inverted input and half of it averaged in (``--inverted_weight 0.5 --guided_radius_mm 4`` /
+    ``--inverted-weight 0.5 --guided-radius 4``), and with the isotropic avg152 translated along one
     plane instead of three (``--fuse_planes False`` / ``--single-plane``)."""
     tiny_run = request.getfixturevalue(model)
     folder = tmp_path / "in"
@@ -645,20 +647,21 @@ def test_isotropic_scan_is_translated_along_three_planes(capsys, tmp_path, tiny_
 
 
 def test_inverted_weight_option_is_applied_and_recorded(capsys, synthetic_nifti, tmp_path, tiny_standardized_run):
-    """``convert --inverted-weight 0.5`` writes what ``Translator(inverted_weight=0.5)`` gives, voxel for voxel,
-    unlike the model's own weight (none for this model); the sidecars record the weight used; a weight of 1 is
-    refused in one line, nothing written."""
+    """``convert --inverted-weight 0.5 --guided-radius 3`` writes what ``Translator(inverted_weight=0.5,
+    guided_radius_mm=3)`` gives, voxel for voxel, unlike the model's own settings (none for this model); the
+    sidecars record the settings used; a weight of 1 is refused in one line, nothing written."""
     own, half = tmp_path / "own.nii.gz", tmp_path / "half.nii.gz"
-    for output, flags in ((own, ()), (half, ("--inverted-weight", "0.5"))):
+    for output, flags in ((own, ()), (half, ("--inverted-weight", "0.5", "--guided-radius", "3"))):
         status, _, stderr = cli(capsys, "convert", synthetic_nifti, output, "--model", tiny_standardized_run,
                                 "--force", *flags)  # a phantom: skip the contrast check
         assert status == 0, stderr
-    expected = Translator.from_run(tiny_standardized_run, device="cpu", inverted_weight=0.5)(synthetic_nifti)
+    expected = Translator.from_run(tiny_standardized_run, device="cpu", inverted_weight=0.5,
+                                   guided_radius_mm=3)(synthetic_nifti)
     np.testing.assert_allclose(nib.load(str(half)).get_fdata(), expected[0].numpy(), atol=1e-4)
     assert np.abs(nib.load(str(own)).get_fdata() - nib.load(str(half)).get_fdata()).max() > 1e-2
-    for output, weight in ((own, 0.0), (half, 0.5)):
-        assert json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())[
-            "Parameters"]["inverted_weight"] == weight
+    for output, weight, radius in ((own, 0.0, 0.0), (half, 0.5, 3.0)):
+        parameters = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())["Parameters"]
+        assert (parameters["inverted_weight"], parameters["guided_radius_mm"]) == (weight, radius)
     refused = tmp_path / "refused.nii.gz"
     status, _, stderr = cli(capsys, "convert", synthetic_nifti, refused, "--model", tiny_standardized_run,
                             "--force", "--inverted-weight", "1")

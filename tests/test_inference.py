@@ -393,18 +393,25 @@ def test_a_composed_model_translates_each_direction_as_its_own_run(tiny_run, tin
     assert_same_weights(inference.load_generator(saved, "t2-to-t1"), state["G_BA"])
 
 
-def test_composing_sets_each_direction_s_inverted_weight(tiny_run, tiny_standardized_run, synthetic_nifti, tmp_path):
-    """compose_model(inverted_weights=...): the named direction translates as its run does with that weight, the
-    other keeps its run's own (none here), and the weights are the runs' own."""
+def test_composing_sets_each_direction_s_inference_settings(tiny_run, tiny_standardized_run, synthetic_nifti,
+                                                            tmp_path):
+    """compose_model(inference_settings=...): the named direction translates as its run does with those
+    settings, the other keeps its run's own (none here), the weights are the runs' own; a key that is no
+    inference setting is refused."""
     from mri_translate.bundle import compose_model
 
+    settings = {"inverted_weight": 0.25, "guided_radius_mm": 4}
     composed = compose_model(tiny_run, tiny_standardized_run, tmp_path / "model.pt",
-                             inverted_weights={"t2-to-t1": 0.25})
-    reverse = Translator.from_run(composed, "t2-to-t1", "cpu")
-    assert reverse.inverted_weight == 0.25 and Translator.from_run(composed, "t1-to-t2", "cpu").inverted_weight == 0
-    expected = Translator.from_run(tiny_standardized_run, "t2-to-t1", "cpu", inverted_weight=0.25)(synthetic_nifti)
+                             inference_settings={"t2-to-t1": settings})
+    reverse, forward = (Translator.from_run(composed, direction, "cpu") for direction in ("t2-to-t1", "t1-to-t2"))
+    assert (reverse.inverted_weight, reverse.guided_radius_mm) == (0.25, 4.0)
+    assert (forward.inverted_weight, forward.guided_radius_mm) == (0.0, 0.0)
+    expected = Translator.from_run(tiny_standardized_run, "t2-to-t1", "cpu", **settings)(synthetic_nifti)
     assert torch.equal(reverse(synthetic_nifti).as_tensor(), expected.as_tensor())
     assert_same_weights(reverse.generator, saved_state(tiny_standardized_run)["G_BA"])
+    with pytest.raises(ValueError, match=r"not inference settings of a model: \['k'\]"):
+        compose_model(tiny_run, tiny_standardized_run, tmp_path / "other.pt",
+                      inference_settings={"t1-to-t2": {"k": 1}})
 
 
 def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
@@ -600,6 +607,51 @@ def test_inverted_weight_averages_the_inverted_input_into_the_translation(synthe
         assert int((~head & (x[0] > -1)).sum()) > 100  # there is noise around the head, and it was not inverted
 
 
+def test_guided_filter_keeps_a_local_linear_function_of_the_guide_and_takes_the_guide_s_edges():
+    """``guided_filter``: values that are a linear function of the guide come back unchanged (up to the ``eps``
+    shrinkage); a blurred copy of a sharp guide gets its edge back (a steeper jump, half the largest error);
+    voxels outside the mask are not touched and do not take part; windows follow the voxel spacing."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    guide = torch.from_numpy(rng.uniform(-1, 1, (24, 24, 8))).float()
+    mask = torch.ones(guide.shape, dtype=torch.bool)
+    mask[:3] = False
+    linear = 0.5 - 0.4 * guide
+    refit = inference.guided_filter(linear, guide, mask, (1.0, 1.0, 3.0), radius_mm=3, eps=1e-6)
+    np.testing.assert_allclose(refit.numpy(), linear.numpy(), atol=1e-3)
+    step = torch.zeros(24, 24, 8)
+    step[12:] = 1.0
+    blurred = torch.from_numpy(ndimage.uniform_filter(step.numpy(), (5, 1, 1))).float()
+    sharpened = inference.guided_filter(blurred, step, mask, (1.0, 1.0, 1.0), radius_mm=3)
+    jump = sharpened[12] - sharpened[11]  # the step's edge, blurred over 5 voxels: 0.2
+    assert float(jump.min()) > 0.5 and float((sharpened - step).abs().max()) < 0.5 * float((blurred - step).abs().max())
+    noise = blurred.clone()
+    noise[:3] = 7.0  # outside the mask: kept, and ignored by the windows
+    refit = inference.guided_filter(noise, step, mask, (1.0, 1.0, 1.0), radius_mm=3)
+    assert torch.equal(refit[:3], noise[:3]) and torch.allclose(refit[3:], sharpened[3:])
+    one_slice = inference.guided_filter(blurred, step, mask, (1.0, 1.0, 10.0), radius_mm=3)  # 7 x 7 x 1 windows
+    per_slice = inference.guided_filter(blurred[..., :1], step[..., :1], mask[..., :1], (1.0, 1.0, 1.0), 3)
+    torch.testing.assert_close(one_slice[..., :1], per_slice)
+
+
+def test_guided_radius_refits_the_translation_on_the_inverted_input_inside_the_head(synthetic_nifti):
+    """``guided_radius_mm``: inside the head the normalised translation is the generator's refitted on the
+    inverted input (:func:`guided_filter`), then ``inverted_weight`` of the inverted input averaged in; outside
+    it nothing changes."""
+    volume = noisy(load_volume(synthetic_nifti), 0.02)
+    state = standardized_state([volume * f for f in (1.0, 2.0, 3.0)], spacing=None)
+    x, alone = Translator.from_state(state, "t1-to-t2", IdentityNet()).translate_normalized(volume)
+    translator = Translator.from_state(state, "t1-to-t2", IdentityNet(), inverted_weight=0.3, guided_radius_mm=4)
+    _, out = translator.translate_normalized(volume)
+    head = inference.head_of(x[0])
+    inverted = inference.inverted_input(x[0], head, translator.target_standardizer)
+    refit = inference.guided_filter(alone[0], inverted, head, inference.voxel_spacing(x.affine), 4).clamp(-1, 1)
+    np.testing.assert_allclose(out[0][head].numpy(), (0.7 * refit + 0.3 * inverted)[head].numpy(), atol=1e-5)
+    assert torch.equal(out[0][~head], alone[0][~head])
+    assert float((refit - alone[0])[head].abs().max()) > 0.01  # the refit did something
+
+
 def test_the_model_s_own_inverted_weight_is_used_per_direction(synthetic_nifti):
     """A model file carries ``model.inverted_weight`` in its configuration, per direction in a composed file; a
     weight given to the translator wins; a weight outside [0, 1), or any weight for a model that does not
@@ -613,6 +665,11 @@ def test_the_model_s_own_inverted_weight_is_used_per_direction(synthetic_nifti):
     assert Translator.from_state(state, "t1-to-t2", IdentityNet(), inverted_weight=0.0).inverted_weight == 0.0
     with pytest.raises(ModelError, match=r"model.pt: inverted_weight must be in \[0, 1\)"):
         Translator.from_state(state, "t1-to-t2", IdentityNet(), path=Path("model.pt"), inverted_weight=1.0)
+    state["config"]["model"]["guided_radius_mm"] = 5
+    assert Translator.from_state(state, "t1-to-t2", IdentityNet()).guided_radius_mm == 5.0
+    assert Translator.from_state(state, "t2-to-t1", IdentityNet()).guided_radius_mm == 0.0
+    with pytest.raises(ModelError, match=r"model.pt: guided_radius_mm must be >= 0"):
+        Translator.from_state(state, "t1-to-t2", IdentityNet(), path=Path("model.pt"), guided_radius_mm=-2)
     state["standardize"] = None
     with pytest.raises(ModelError, match="needs a model that standardises"):
         Translator.from_state(state, "t1-to-t2", IdentityNet())

@@ -86,6 +86,9 @@ def test_configuration_values_of_the_wrong_type_are_named(values, message):
     ({"model": {"inverted_weight": -0.1}}, "model.inverted_weight must be in [0, 1)"),
     ({"model": {"inverted_weight": 0.3}, "data": {"standardize": False}},
      "model.inverted_weight needs data.standardize: true"),
+    ({"model": {"guided_radius_mm": -1.0}}, "model.guided_radius_mm must be >= 0 (0: off), got -1.0"),
+    ({"model": {"guided_radius_mm": 4.0}, "data": {"standardize": False}},
+     "model.guided_radius_mm needs data.standardize: true"),
 ])
 def test_configuration_values_that_cannot_work_are_named(values, message):
     with pytest.raises(InputError, match=re.escape(message)):
