@@ -20,7 +20,7 @@ from .config import LossConfig
 
 class ImagePool:
     """History of generated images (Shrivastava et al. 2017): with probability 0.5 a discriminator sees an
-    older fake instead of the newest one. Local to a process; not checkpointed."""
+    older fake instead of the newest one. Local to a process; rank 0's is checkpointed (:meth:`state_dict`)."""
 
     def __init__(self, size: int = 50, rng: random.Random | None = None):
         self.size = size
@@ -44,6 +44,15 @@ class ImagePool:
             else:
                 out.append(image)
         return torch.cat(out)
+
+    def state_dict(self) -> dict:
+        """The stored fakes and the random generator's state (plain tensors, ints and tuples: ``weights_only``)."""
+        return {"images": list(self.images), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`: the next :meth:`query` draws as it would have without the interruption."""
+        self.images = list(state["images"])
+        self.rng.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["rng"]))
 
 
 class CycleGANLoss:

@@ -102,7 +102,8 @@ class CycleGANTrainer(Trainer):
         loader: batches ``{"A": (B, k, H, W), "B": (B, k, H, W)}`` in [-1, 1].
         device: where the networks live.
         nets: the four networks (default: built from ``config.model``).
-        rank: this process's rank (seeds its image pools).
+        rank: this process's rank (seeds its image pools; rank 0's are checkpointed and restored, the others
+            start empty on resume and refill within ``loss.pool_size`` fakes).
         priors: contrast priors ``{"AB", "BA"}`` (:mod:`~mri_translate.contrast_prior`) or ``None``: the loss's
             pull and, for :class:`~mri_translate.networks.PriorResidualUNet` generators, the map they correct.
         distributed: wrap the networks in ``DistributedDataParallel`` (the process group must be up).
@@ -139,6 +140,7 @@ class CycleGANTrainer(Trainer):
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired,
                                  config.loss.adversarial)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
+        self.rank = rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
         self.priors = priors
         self.precision = precision_for(device, train.amp)
@@ -194,10 +196,12 @@ class CycleGANTrainer(Trainer):
 
     def checkpoint_objects(self) -> dict:
         """Everything that is saved and restored: networks, their weight averages (train.ema), optimisers,
-        schedulers, scaler and trainer state."""
+        schedulers, scaler, trainer state and (rank 0's) image pools."""
         objects = {**self.nets, **{f"average_{k}": n for k, n in self.averages.items()},
                    **{f"opt_{k}": o for k, o in self.optimizers.items()},
                    **{f"sched_{k}": s for k, s in self.schedulers.items()}, "trainer": self}
+        if self.rank == 0:
+            objects.update({f"pool_{k}": pool for k, pool in self.pools.items()})
         if self.grad_scaler is not None:
             objects["scaler"] = self.grad_scaler
         return objects
@@ -234,6 +238,9 @@ class CycleGANTrainer(Trainer):
         if "scaler" in objects and "scaler" not in state:
             objects.pop("scaler")  # resumed with fp16 after a run without: a fresh scaler
             log.info("%s: no grad scaler saved (the run was not fp16); starting a fresh one", path)
+        if "pool_A" in objects and "pool_A" not in state:
+            objects.pop("pool_A"), objects.pop("pool_B")  # a checkpoint of an older version: empty pools refill
+            log.info("%s: no image pools saved; they refill within loss.pool_size fakes", path)
         try:
             for name, obj in objects.items():
                 obj.load_state_dict(state[name])

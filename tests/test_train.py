@@ -169,6 +169,36 @@ def test_resume_matches_an_uninterrupted_run_with_decay_and_prior(sources, tiny_
     assert sum(prior[4:]) > 0  # the prior was on after the resume too
 
 
+def test_resume_restores_the_image_pools_exactly(sources, tiny_config, tmp_path, monkeypatch):
+    """A pool that fills (2 fakes) is checkpointed with its random generator: interrupted after its checkpoint
+    at 4 of 8 iterations and resumed, the run ends with exactly the weights of an uninterrupted one; a
+    checkpoint without pools (an older version) still resumes, with empty pools."""
+    config = tiny_config(loss={"pool_size": 2})
+    straight = run(sources, tmp_path / "straight", config)
+    StopAt(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "split", config)
+    monkeypatch.undo()
+    split = tmp_path / "split"
+    saved = load(split / "checkpoint.pt")
+    assert len(saved["pool_A"]["images"]) == len(saved["pool_B"]["images"]) == 2
+    run(sources, split, None, resume=True)
+    a, b = load(straight / "checkpoint.pt"), load(split / "checkpoint.pt")
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert all(torch.equal(x, y) for x, y in zip(a["pool_A"]["images"], b["pool_A"]["images"]))
+    older = tmp_path / "older"
+    StopAt(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, older, config)
+    monkeypatch.undo()
+    state = load(older / "checkpoint.pt")
+    del state["pool_A"], state["pool_B"]
+    torch.save(state, older / "checkpoint.pt")
+    run(sources, older, None, resume=True)
+    assert load(older / "checkpoint.pt")["trainer"]["iteration"] == 8
+
+
 def test_weight_average_follows_its_warmed_up_decay():
     """``avg += (1 - d) (w - avg)`` with ``d = min(train.ema, (1 + t) / (10 + t))``: at t = 0 the average all
     but jumps to the weights (d = 0.1); later it moves by ``1 - train.ema``."""
