@@ -147,17 +147,22 @@ class StopAt:
         self.undo = monkeypatch.undo
 
 
+def run_interrupted(monkeypatch, sources, out, config, at: int = 5) -> Path:
+    """``run`` interrupted (like Ctrl-C) when it is about to start iteration ``at``; the run directory."""
+    StopAt(monkeypatch, at)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, out, config)
+    monkeypatch.undo()
+    return out
+
+
 def test_resume_matches_an_uninterrupted_run_with_decay_and_prior(sources, tiny_config, tmp_path, monkeypatch):
     """With the learning-rate decay AND the fading contrast prior on: a run of 8 planned iterations interrupted
     after its checkpoint at 4 and resumed gives exactly the weights, learning rates and loss history of 8
     uninterrupted ones (the plan is saved in the checkpoint; a pool that never fills)."""
     config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0, "prior_fraction": 1.0})
     straight = run(sources, tmp_path / "straight", config)
-    StopAt(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        run(sources, tmp_path / "split", config)
-    monkeypatch.undo()
-    split = tmp_path / "split"
+    split = run_interrupted(monkeypatch, sources, tmp_path / "split", config)
     assert load(split / "checkpoint.pt")["trainer"]["iteration"] == 4
     run(sources, split, None, resume=True)  # the configuration, and so the plan, from the checkpoint
     a, b = load(straight / "checkpoint.pt"), load(split / "checkpoint.pt")
@@ -175,11 +180,7 @@ def test_resume_restores_the_image_pools_exactly(sources, tiny_config, tmp_path,
     checkpoint without pools (an older version) still resumes, with empty pools."""
     config = tiny_config(loss={"pool_size": 2})
     straight = run(sources, tmp_path / "straight", config)
-    StopAt(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        run(sources, tmp_path / "split", config)
-    monkeypatch.undo()
-    split = tmp_path / "split"
+    split = run_interrupted(monkeypatch, sources, tmp_path / "split", config)
     saved = load(split / "checkpoint.pt")
     assert len(saved["pool_A"]["images"]) == len(saved["pool_B"]["images"]) == 2
     run(sources, split, None, resume=True)
@@ -187,11 +188,7 @@ def test_resume_restores_the_image_pools_exactly(sources, tiny_config, tmp_path,
     for name in ("G_AB", "G_BA", "D_A", "D_B"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
     assert all(torch.equal(x, y) for x, y in zip(a["pool_A"]["images"], b["pool_A"]["images"]))
-    older = tmp_path / "older"
-    StopAt(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        run(sources, older, config)
-    monkeypatch.undo()
+    older = run_interrupted(monkeypatch, sources, tmp_path / "older", config)
     state = load(older / "checkpoint.pt")
     del state["pool_A"], state["pool_B"]
     torch.save(state, older / "checkpoint.pt")
@@ -230,11 +227,7 @@ def test_weight_averaging_exports_the_average_and_resumes_exactly(sources, tiny_
         assert all(torch.equal(model[name][k], state[f"average_{name}"][k]) for k in model[name])
         assert any(not torch.equal(state[name][k], state[f"average_{name}"][k]) for k in state[name])
     assert "generator weight average (train.ema): 0.9" in (straight / "docs" / "README.md").read_text()
-    StopAt(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        run(sources, tmp_path / "split", config)
-    monkeypatch.undo()
-    run(sources, tmp_path / "split", None, resume=True)
+    run(sources, run_interrupted(monkeypatch, sources, tmp_path / "split", config), None, resume=True)
     resumed = load(tmp_path / "split" / "checkpoint.pt")
     for name in ("average_G_AB", "average_G_BA"):
         assert all(torch.equal(state[name][k], resumed[name][k]) for k in state[name]), name
@@ -249,10 +242,7 @@ def test_extending_a_run_continues_its_schedules_instead_of_restarting_them(sour
     from mri_translate.engine import Plan
 
     config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0})
-    StopAt(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        run(sources, tmp_path / "run", config)
-    monkeypatch.undo()
+    run_interrupted(monkeypatch, sources, tmp_path / "run", config)
     lrs, weights = [], []
     from mri_translate import engine
 
