@@ -117,12 +117,19 @@ def guided_filter(values: torch.Tensor, guide: torch.Tensor, mask: torch.Tensor,
     in every window of ``radius_mm`` (per axis, in voxels of ``spacing`` mm, at least the voxel itself) the least
     squares ``a * guide + b`` of ``values``, ``a`` shrunk by ``eps``; each voxel averages the fits of the windows
     that hold it. Only voxels in ``mask`` take part and change. Where ``values`` is locally linear in ``guide``
-    it is kept; elsewhere it takes ``guide``'s edges. All ``(X, Y, Z)``; returns ``values``' shape, float32."""
+    it is kept; elsewhere it takes ``guide``'s edges. All ``(X, Y, Z)``; returns ``values``' shape, float32.
+    Computed on the mask's bounding box grown by two window radii (what the windows of mask voxels and their
+    fits reach), the same result as on the whole volume for a fraction of the work."""
     from scipy import ndimage
 
     size = tuple(2 * round(radius_mm / s) + 1 for s in spacing)
-    m = mask.numpy().astype(np.float64)
-    v, g = values.numpy().astype(np.float64), guide.numpy().astype(np.float64)
+    if not bool(mask.any()):
+        return values.float()
+    inside = torch.nonzero(mask)
+    box = tuple(slice(max(0, int(lo) - (n - 1)), min(extent, int(hi) + n)) for lo, hi, n, extent
+                in zip(inside.min(0).values, inside.max(0).values, size, mask.shape))
+    m = mask[box].numpy().astype(np.float64)
+    v, g = values[box].numpy().astype(np.float64), guide[box].numpy().astype(np.float64)
     share = np.maximum(ndimage.uniform_filter(m, size), 1e-12)
 
     def mean(x):  # the window mean over mask voxels
@@ -131,8 +138,9 @@ def guided_filter(values: torch.Tensor, guide: torch.Tensor, mask: torch.Tensor,
     mean_g, mean_v = mean(g), mean(v)
     a = (mean(g * v) - mean_g * mean_v) / (mean(g * g) - mean_g ** 2 + eps)
     b = mean_v - a * mean_g
-    fitted = torch.from_numpy(mean(a) * g + mean(b)).float()
-    return torch.where(mask, fitted, values.float())
+    out = values.float().clone()
+    out[box] = torch.where(mask[box], torch.from_numpy(mean(a) * g + mean(b)).float(), out[box])
+    return out
 
 
 class SlabInferer(Inferer):

@@ -635,6 +635,37 @@ def test_guided_filter_keeps_a_local_linear_function_of_the_guide_and_takes_the_
     torch.testing.assert_close(one_slice[..., :1], per_slice)
 
 
+def test_guided_filter_on_the_mask_s_box_equals_the_filter_on_the_whole_volume():
+    """The refit is computed on the mask's bounding box grown by two window radii: the same numbers as the
+    textbook filter run over the whole volume (written out here), for a mask away from the edges and one that
+    touches them; an empty mask changes nothing."""
+    from scipy import ndimage
+
+    def whole_volume(values, guide, mask, size, eps=inference.GUIDED_EPS):
+        m, v, g = (t.numpy().astype(np.float64) for t in (mask, values, guide))
+        share = np.maximum(ndimage.uniform_filter(m, size), 1e-12)
+
+        def mean(x):
+            return ndimage.uniform_filter(x * m, size) / share
+
+        a = (mean(g * v) - mean(g) * mean(v)) / (mean(g * g) - mean(g) ** 2 + eps)
+        b = mean(v) - a * mean(g)
+        return np.where(m > 0, mean(a) * g + mean(b), v)
+
+    rng = np.random.default_rng(3)
+    values, guide = (torch.from_numpy(rng.uniform(-1, 1, (40, 36, 20))).float() for _ in range(2))
+    inner = torch.zeros(values.shape, dtype=torch.bool)
+    inner[12:25, 10:22, 6:13] = torch.from_numpy(rng.uniform(size=(13, 12, 7)) > 0.2)
+    edge = inner.clone()
+    edge[:4, :, :3] = True
+    for mask in (inner, edge):
+        refit = inference.guided_filter(values, guide, mask, (1.0, 1.5, 2.0), radius_mm=3)
+        np.testing.assert_allclose(refit.numpy(), whole_volume(values, guide, mask, (7, 5, 5)), atol=1e-5)
+        assert torch.equal(refit[~mask], values[~mask]) and not torch.equal(refit[mask], values[mask])
+    empty = torch.zeros(values.shape, dtype=torch.bool)
+    assert torch.equal(inference.guided_filter(values, guide, empty, (1.0, 1.0, 1.0), 3), values)
+
+
 def test_guided_radius_refits_the_translation_on_the_inverted_input_inside_the_head(synthetic_nifti):
     """``guided_radius_mm``: inside the head the normalised translation is the generator's refitted on the
     inverted input (:func:`guided_filter`), then ``inverted_weight`` of the inverted input averaged in; outside
