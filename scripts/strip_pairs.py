@@ -36,7 +36,7 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def intracranial_mask(t1: np.ndarray, t2: np.ndarray, spacing, radius_mm: float = 6.0,
-                      keep: float = 0.15) -> np.ndarray:
+                      keep: float = 0.15, fat: float = 1.8) -> np.ndarray:
     """Brain and CSF inside the skull of a whole-head T1w/T2w pair on one grid.
 
     Args:
@@ -45,16 +45,21 @@ def intracranial_mask(t1: np.ndarray, t2: np.ndarray, spacing, radius_mm: float 
         radius_mm: the erosion that cuts the bridges between brain and scalp (the skull is a dark ring in both
             contrasts; fatty marrow and partial volume bridge it here and there).
         keep: per slice, components smaller than this fraction of the largest are dropped (eyes, sinus walls).
+        fat: voxels brighter than ``fat`` times the median of the kept tissue in the T1w and above its median
+            in the T2w are left out: fat (orbits, marrow, scalp) is bright in both, brain tissue is not (in
+            spin-echo and MPRAGE T1w the brain lies within 1.5 times its median; fat at 2 to 3.3 times).
 
     Returns:
         ``(Z, Y, X)`` bool: tissue (bright in the T1w: brain) or fluid (bright in the T2w: CSF) above Otsu's
-        threshold inside the head, opened by ``radius_mm`` around its largest 3D component, holes filled.
+        threshold inside the head and not fat, opened by ``radius_mm`` around its largest 3D component, holes
+        filled.
     """
     import SimpleITK as sitk
 
     head = (t1 > 0) & (t2 > 0)
     scaled = [a / np.percentile(a[head & (a > np.percentile(a[head], 50))], 99) for a in (t1, t2)]
     bright = (scaled[0] > 0.8 * _otsu(scaled[0][head])) | (scaled[1] > _otsu(scaled[1][head]))
+    bright &= ~((scaled[0] > fat * np.median(scaled[0][bright])) & (scaled[1] > np.median(scaled[1][bright])))
     radius = [max(0, int(round(radius_mm / s))) for s in spacing]
     image = sitk.GetImageFromArray(bright.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing))

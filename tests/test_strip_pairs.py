@@ -48,3 +48,18 @@ def test_anisotropic_voxels_are_eroded_in_millimetres():
     inside = radius[::2] < 21
     assert 2 * (mask & inside).sum() / (mask.sum() + inside.sum()) > 0.95
     assert not mask[radius[::2] >= 22].any()
+
+
+def test_fat_bright_in_both_contrasts_is_left_out():
+    """A block of fat (2.5 times the brain's T1w, brighter than the brain in the T2w) at the brain's edge, as
+    orbital fat or marrow is in a real scan, is cut out of the mask; the brain and CSF around it are kept."""
+    t1, t2, radius = phantom_head()
+    grid = np.indices(t1.shape) - (t1.shape[0] - 1) / 2
+    fat = (np.abs(grid[0]) <= 3) & (np.abs(grid[1]) <= 3) & (grid[2] >= 14) & (grid[2] <= 20)
+    t1[fat], t2[fat] = 2.0, 0.9
+    mask = intracranial_mask(t1, t2, (1.0, 1.0, 1.0))
+    assert mask[fat].mean() < 0.05
+    inside = (radius < 21) & ~fat
+    assert 2 * (mask & inside).sum() / (mask.sum() + inside.sum()) > 0.97
+    kept_before = intracranial_mask(t1, t2, (1.0, 1.0, 1.0), fat=np.inf)
+    assert kept_before[fat].mean() > 0.9  # without the rule the block was in the mask
