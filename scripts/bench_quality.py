@@ -7,7 +7,8 @@
 Volumes: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
 co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped), avg152 (template, skull on) and the
 clinical pairs adi_brain, tcga_fg_6692 and brainix (whole head, 2D FSE/TSE T2w; registered and skull-stripped by
-scripts/strip_pairs.py; ``--volumes`` picks some by name). The shipped
+scripts/strip_pairs.py, fat left out since 2026-11-27: rows named "skull-stripped here" used the first mask, which
+kept orbital fat; ``--volumes`` picks some by name). The shipped
 recipe trains on tcga_du_7294 and brats23_gli_00000 as pairs; a run's ``configs/train.json`` says what it trained
 on, so a row reads "unseen" only when neither scan of the volume was among its sources. Leave-one-out runs
 (``scripts/train_default_model.py --hold-out NAME``) and the ablations (which hold out tcga_du_7294) give the
@@ -58,7 +59,7 @@ def held_out_pairs(work: Path, stripped: Path | None = None) -> list[dict]:
         # the baseline matches the histograms of a BraTS-style subject, as for tcga_du_7294
         for pair in clinical_pairs(stripped or work / "stripped"):
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
-            pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, skull-stripped here)",
+            pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, stripped here, fat out)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
     return pairs
 
@@ -145,6 +146,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rows_from_table(text: str) -> list[dict]:
+    """The rows a :func:`table` in ``text`` shows, read back at the precision it prints (what ``--append`` keeps
+    when ``WORK/quality.json`` is gone: run folders do not outlive the machine, the benchmark page does)."""
+    def pair(cell: str) -> tuple[float, float]:
+        first, second = cell.replace("(", "/").replace(")", "").split("/")
+        return float(first), float(second)
+
+    rows = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 11 or cells[0] == "model" or set(cells[0]) == {"-"}:
+            continue
+        model, direction, volume, seen_, psnr, ssim, mae, whole, consistency, baseline, identity = cells
+        (consistency, reference), (b_psnr, b_ssim), (i_psnr, i_ssim) = map(pair, (consistency, baseline, identity))
+        rows.append({"model": model, "direction": direction, "volume": volume, "seen": seen_,
+                     "model_scores": {"mask": {"psnr": float(psnr), "ssim_3d": float(ssim), "mae": float(mae)},
+                                      "whole": {"ssim_3d": float(whole)}},
+                     "consistency": consistency, "reference_consistency": reference,
+                     "baseline": {"mask": {"psnr": b_psnr, "ssim_3d": b_ssim}},
+                     "identity": {"mask": {"psnr": i_psnr, "ssim_3d": i_ssim}}})
+    return rows
+
+
 #: ablation name -> (train() keyword changes, configuration overrides) against the shipped recipe
 ABLATIONS = {"default": ({}, {}), "unpaired": ({"paired": False}, {}),
              "no-prior": ({}, {"loss": {"prior": 0.0}}), "k1": ({}, {"model": {"k": 1}}),
@@ -167,14 +191,14 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="*", help="score only the volumes whose names start with these")
     parser.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     parser.add_argument("--append", action="store_true",
-                        help="keep the rows of the previous run (WORK/quality.json), these replacing any of the same "
-                             "model, direction and volume")
+                        help="keep the rows of the previous run (WORK/quality.json, else the table in --markdown), "
+                             "these replacing any of the same model, direction and volume")
     args = parser.parse_args()
 
     import torch
 
     from mri_translate.train import train
-    from benchmarks_doc import replace_section
+    from benchmarks_doc import read_section, replace_section
     from train_default_model import sources
 
     work = Path(args.work)
@@ -195,9 +219,11 @@ def main() -> None:
         for variant in args.variants:
             rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant, args.directions)]
     previous = Path(args.work, "quality.json")
-    if args.append and previous.is_file():
+    if args.append:
+        kept = (json.loads(previous.read_text()) if previous.is_file()
+                else rows_from_table(read_section("bench_quality", Path(args.markdown))) if args.markdown else [])
         new = {row_key(row) for row in rows}
-        rows = [row for row in json.loads(previous.read_text()) if row_key(row) not in new] + rows
+        rows = [row for row in kept if row_key(row) not in new] + rows
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())

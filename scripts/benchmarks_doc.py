@@ -19,3 +19,11 @@ def replace_section(name: str, text: str, path: Path = DOC) -> None:
         new = old.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
+
+
+def read_section(name: str, path: Path = DOC) -> str:
+    """The text between the ``<!-- name:begin -->`` and ``<!-- name:end -->`` markers of ``path`` ('' when
+    the file or the markers are missing)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(begin) + len(begin): text.index(end)] if begin in text and end in text else ""
