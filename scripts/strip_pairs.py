@@ -24,14 +24,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of a 1D sample (256 bins)."""
-    counts, edges = np.histogram(values, 256)
+    """Otsu's threshold of a 1D sample (256 bins between its minimum and 99.9th percentile: a few outliers,
+    e.g. from resampling, would otherwise squeeze the histogram into a few bins and move the threshold)."""
+    counts, edges = np.histogram(values, 256, range=(float(values.min()), float(np.percentile(values, 99.9))))
     centres = (edges[:-1] + edges[1:]) / 2
-    below = np.cumsum(counts)
-    above = below[-1] - below
-    mass = np.cumsum(counts * centres)
+    below = np.cumsum(counts)[:-1]  # split after each bin but the last: both classes can be non-empty
+    above = counts.sum() - below
+    mass = np.cumsum(counts * centres)[:-1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mass[-1] * below / below[-1] - mass) ** 2 / (below * above)
+        between = np.where((below > 0) & (above > 0),
+                           (mass[-1] + counts[-1] * centres[-1]) * below / counts.sum() - mass, np.nan) ** 2 / (
+            below * above)
     return float(centres[np.nanargmax(between)])
 
 

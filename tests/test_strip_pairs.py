@@ -63,3 +63,15 @@ def test_fat_bright_in_both_contrasts_is_left_out():
     assert 2 * (mask & inside).sum() / (mask.sum() + inside.sum()) > 0.97
     kept_before = intracranial_mask(t1, t2, (1.0, 1.0, 1.0), fat=np.inf)
     assert kept_before[fat].mean() > 0.9  # without the rule the block was in the mask
+
+
+def test_a_few_outliers_do_not_move_the_threshold():
+    """Otsu's threshold of two intensity classes stays between them when 0.05 % of the voxels are 1000 times
+    brighter (resampling can make such outliers); on the full range they would squeeze both classes into one bin."""
+    from strip_pairs import _otsu
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.2, 0.03, 50000), rng.normal(0.8, 0.05, 50000)])
+    clean = _otsu(values)
+    spiked = _otsu(np.concatenate([values, np.full(50, 800.0)]))
+    assert 0.3 < clean < 0.7 and abs(spiked - clean) < 0.02
