@@ -22,7 +22,7 @@ from .bundle import DIRECTIONS, TEMPLATE, direction_state
 from .config import RunConfig
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
-from .networks import ModifiedUNet, build_generator
+from .networks import GeneratorEnsemble, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer
@@ -57,22 +57,27 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
+def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> torch.nn.Module:
     """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
-    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model).
+    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model): a
+    :class:`~mri_translate.networks.GeneratorEnsemble` where the file holds a list of weights for it
+    (:func:`~mri_translate.bundle.compose_model` with several runs per direction).
 
     Raises:
         ModelError: the weights do not fit the stored configuration.
     """
     state = direction_state(state, direction)
     model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
-    generator = build_generator(model)
+    weights = state[DIRECTIONS[direction]]
+    members = weights if isinstance(weights, list) else [weights]
+    generators = [build_generator(model) for _ in members]
     try:
-        generator.load_state_dict(state[DIRECTIONS[direction]])
+        for generator, member in zip(generators, members):
+            generator.load_state_dict(member)
     except RuntimeError as err:
         raise ModelError(f"{path}: generator weights do not fit its configuration "
                          f"({str(err).splitlines()[0]})") from err
-    return generator
+    return GeneratorEnsemble(generators) if isinstance(weights, list) else generators[0]
 
 
 def head_of(volume: torch.Tensor) -> torch.Tensor:
