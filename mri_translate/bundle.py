@@ -109,23 +109,6 @@ def direction_state(state: dict, direction: str) -> dict:
     return {**{k: v for k, v in state.items() if k != "directions"}, **overlay}
 
 
-def _nearly_equal(a, b, tolerance: float = 1e-3) -> bool:
-    """Whether two values of a model file's intensity mapping agree: dictionaries key by key, lists of numbers
-    to ``tolerance`` times their largest magnitude, anything else exactly."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_nearly_equal(a[key], b[key], tolerance) for key in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-        return x.shape == y.shape and bool(((x - y).abs() <= tolerance * x.abs().max().clamp_min(1e-12)).all())
-    return a == b
-
-
-def _mapping(state: dict, name: str):
-    """What translation uses of a model file's ``name`` entry (``normalization`` without the QC histograms)."""
-    value = state.get(name)
-    return {k: v for k, v in value.items() if not k.startswith("histogram")} if name == "normalization" else value
-
-
 def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = None) -> Path:
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
@@ -133,8 +116,7 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     the files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
     Either argument may be a list of runs of one recipe (e.g. seeds): that direction's generator is then their
     :class:`~mri_translate.networks.GeneratorEnsemble` (a list of weights; the first run's settings), and the
-    runs must share its intensity mapping (``normalization`` but its QC histograms, ``spacing``, ``standardize``;
-    to 0.1 % of each list's largest value: runs that register a pair resample it a little differently).
+    runs must share its intensity mapping (``normalization``, ``spacing``, ``standardize``).
     ``inference_settings`` (``{direction: {key: value}}``, keys of ``model`` used at inference only:
     ``inverted_weight``, ``guided_radius_mm``) sets them for a direction, chosen after training (e.g. by
     leave-one-out); the weights are untouched.
@@ -158,7 +140,7 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
         key = DIRECTIONS[direction]
         for path, other in zip(paths[direction][1:], others):
             differs = [name for name in ("normalization", "spacing", "standardize")
-                       if not _nearly_equal(_mapping(other, name), _mapping(first, name))]
+                       if other.get(name) != first.get(name)]
             if differs:
                 raise ModelError(f"{path}: maps intensities differently from {paths[direction][0]} "
                                  f"({', '.join(differs)}); an ensemble needs runs of one recipe")

@@ -422,11 +422,10 @@ def test_composing_several_runs_of_a_direction_makes_it_their_ensemble(tiny_run,
     from mri_translate.bundle import compose_model
     from mri_translate.networks import GeneratorEnsemble
 
-    other = tmp_path / "seed1.pt"  # the same recipe with other G_AB weights (another seed) and its pairs registered
-    state = saved_state(tiny_run)  # a little differently: ranges 0.001 % apart (tolerated; QC histograms ignored)
+    other = tmp_path / "seed1.pt"  # the same run with other G_AB weights (another seed)
+    state = saved_state(tiny_run)
     torch.manual_seed(1)
     state["G_AB"] = ModifiedUNet(3, (8, 16), 1).state_dict()
-    state["normalization"] = {**state["normalization"], "B": [0.0, 200.002], "histogram_B": [0.5, 0.5]}
     torch.save(state, other)
     composed = compose_model([tiny_run, other], tiny_run, tmp_path / "ensemble.pt")
     translator = Translator.from_run(composed, "t1-to-t2", "cpu", mirror=False, fuse_planes=False)
@@ -446,10 +445,6 @@ def test_composing_several_runs_of_a_direction_makes_it_their_ensemble(tiny_run,
                                                   inference.sha256(other)]
     with pytest.raises(ModelError, match=r"model\.pt: maps intensities differently from .*standardize"):
         compose_model([tiny_run, tiny_standardized_run], tiny_run, tmp_path / "refused.pt")
-    state["normalization"]["B"] = [0.0, 201.0]  # 0.5 % apart: another recipe's range
-    torch.save(state, other)
-    with pytest.raises(ModelError, match=r"seed1\.pt: maps intensities differently from .*\(normalization\)"):
-        compose_model(tiny_run, [tiny_run, other], tmp_path / "refused.pt")
     assert not (tmp_path / "refused.pt").exists()
 
 
