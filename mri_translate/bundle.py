@@ -113,47 +113,25 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
     ``G_BA`` from ``t2_to_t1`` with that run's own :data:`DIRECTION_KEYS` under ``directions["t2-to-t1"]``, and
-    the files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
-    Either argument may be a list of runs of one recipe (e.g. seeds): that direction's generator is then their
-    :class:`~mri_translate.networks.GeneratorEnsemble` (a list of weights; the first run's settings), and the
-    runs must share its intensity mapping (``normalization``, ``spacing``, ``standardize``).
+    both files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
     ``inference_settings`` (``{direction: {key: value}}``, keys of ``model`` used at inference only:
     ``inverted_weight``, ``guided_radius_mm``) sets them for a direction, chosen after training (e.g. by
     leave-one-out); the weights are untouched.
 
     Raises:
-        InputError: a path that is no run or model file. ModelError: not an mri-translate model, or runs of one
-        direction that map intensities differently or whose weights do not fit the first run's configuration.
+        InputError: a path that is no run or model file. ModelError: not an mri-translate model.
     """
     from .contrast_check import CHECKS_KEY
-    from .errors import ModelError
-    from .inference import load_generator, resolve_model_path, sha256
+    from .inference import resolve_model_path, sha256
     from .runtime import read_checkpoint
 
-    runs = {direction: list(runs) if isinstance(runs, (list, tuple)) else [runs]
-            for direction, runs in (("t1-to-t2", t1_to_t2), ("t2-to-t1", t2_to_t1))}
-    paths = {direction: [resolve_model_path(run) for run in chosen] for direction, chosen in runs.items()}
-    states = {direction: [direction_state(read_checkpoint(path), direction) for path in chosen]
-              for direction, chosen in paths.items()}
-    weights = {}
-    for direction, (first, *others) in states.items():
-        key = DIRECTIONS[direction]
-        for path, other in zip(paths[direction][1:], others):
-            differs = [name for name in ("normalization", "spacing", "standardize")
-                       if other.get(name) != first.get(name)]
-            if differs:
-                raise ModelError(f"{path}: maps intensities differently from {paths[direction][0]} "
-                                 f"({', '.join(differs)}); an ensemble needs runs of one recipe")
-            load_generator({**first, key: other[key]}, direction, path)  # its weights fit the first's configuration
-        members = [weight for state in states[direction]
-                   for weight in (state[key] if isinstance(state[key], list) else [state[key]])]
-        weights[direction] = members if len(members) > 1 else members[0]
-    state = {k: v for k, v in states["t1-to-t2"][0].items() if k not in ("composed_from", CHECKS_KEY)}
-    reverse = states["t2-to-t1"][0]
-    state["G_AB"], state["G_BA"] = weights["t1-to-t2"], weights["t2-to-t1"]
+    paths = {"t1-to-t2": resolve_model_path(t1_to_t2), "t2-to-t1": resolve_model_path(t2_to_t1)}
+    first, second = (read_checkpoint(path) for path in paths.values())
+    state = {k: v for k, v in first.items() if k not in ("directions", "composed_from", CHECKS_KEY)}
+    reverse = direction_state(second, "t2-to-t1")
+    state["G_BA"] = reverse["G_BA"]
     state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
-    state["composed_from"] = {direction: [sha256(path) for path in chosen] if len(chosen) > 1 else sha256(chosen[0])
-                              for direction, chosen in paths.items()}
+    state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
     configs = {"t1-to-t2": state["config"], "t2-to-t1": state["directions"]["t2-to-t1"]["config"]}
     for direction, settings in (inference_settings or {}).items():
         unknown = set(settings) - INFERENCE_SETTINGS

@@ -22,7 +22,7 @@ from .bundle import DIRECTIONS, TEMPLATE, direction_state
 from .config import RunConfig
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
-from .networks import GeneratorEnsemble, build_generator
+from .networks import ModifiedUNet, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer
@@ -57,27 +57,22 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> torch.nn.Module:
+def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
     """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
-    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model): a
-    :class:`~mri_translate.networks.GeneratorEnsemble` where the file holds a list of weights for it
-    (:func:`~mri_translate.bundle.compose_model` with several runs per direction).
+    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model).
 
     Raises:
         ModelError: the weights do not fit the stored configuration.
     """
     state = direction_state(state, direction)
     model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
-    weights = state[DIRECTIONS[direction]]
-    members = weights if isinstance(weights, list) else [weights]
-    generators = [build_generator(model) for _ in members]
+    generator = build_generator(model)
     try:
-        for generator, member in zip(generators, members):
-            generator.load_state_dict(member)
+        generator.load_state_dict(state[DIRECTIONS[direction]])
     except RuntimeError as err:
         raise ModelError(f"{path}: generator weights do not fit its configuration "
                          f"({str(err).splitlines()[0]})") from err
-    return GeneratorEnsemble(generators) if isinstance(weights, list) else generators[0]
+    return generator
 
 
 def head_of(volume: torch.Tensor) -> torch.Tensor:

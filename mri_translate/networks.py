@@ -96,28 +96,6 @@ class PriorResidualUNet(ModifiedUNet):
         return torch.tanh(torch.atanh(base) + self.logits(x))
 
 
-class GeneratorEnsemble(nn.Module):
-    """Several generators of one direction (e.g. runs with different seeds) that translate as one: the mean of
-    their outputs. Each run stops at a different point of the GAN's oscillation; their mean has a squared error
-    no larger than their average (convexity), so it is the steadier translation, at the members' summed cost.
-
-    Args:
-        members: generators of the same ``k``, each ``(B, k, H, W) -> (B, k, H, W)`` in [-1, 1].
-    """
-
-    def __init__(self, members):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        ks = {member.k for member in self.members}
-        if len(ks) != 1:
-            raise ValueError(f"the members of an ensemble must share k, got {sorted(ks)}")
-        self.k = ks.pop()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: the members' mean ``(B, k, H, W)`` in [-1, 1]."""
-        return torch.stack([member(x) for member in self.members]).mean(0)
-
-
 class _DecoderStage(nn.Module):
     """Upsample, concatenate the skip connection, fuse."""
 

@@ -31,7 +31,6 @@ recipe without that pair, and ``scripts/bench_quality.py --model RUN`` scores it
     python scripts/train_default_model.py --recipe t1-to-t2 --out runs/default-t1-to-t2 [--iterations N]
     python scripts/train_default_model.py --recipe t2-to-t1 --out runs/default-t2-to-t1
     python scripts/train_default_model.py --compose runs/default-t1-to-t2 runs/default-t2-to-t1 \\
-                                          [--compose runs/seed1-t1-to-t2 runs/seed1-t2-to-t1] \\
                                           --out runs/default-model [--install]
     python scripts/train_default_model.py --out runs/loo-tcga --hold-out tcga_du_7294 [--validate --val-every 500]
                                           [--seed 1]
@@ -105,9 +104,8 @@ def main() -> None:
                         help="with --hold-out: score the held-out pairs every train.val_every iterations and export "
                              "the best checkpoint (train --val), which shows how quality moves with training length")
     parser.add_argument("--val-every", type=int, help="train.val_every (iterations between validations)")
-    parser.add_argument("--compose", nargs=2, metavar=("T1_TO_T2_RUN", "T2_TO_T1_RUN"), action="append",
-                        help="write --out as one model whose directions come from these two runs, and stop; given "
-                             "again (runs of another seed), each direction is the ensemble of its runs")
+    parser.add_argument("--compose", nargs=2, metavar=("T1_TO_T2_RUN", "T2_TO_T1_RUN"),
+                        help="write --out as one model whose directions come from these two runs, and stop")
     parser.add_argument("--install", action="store_true", help="copy models/model.pt into the bundle template")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--install-only", action="store_true", help="install an already trained --out and stop")
@@ -118,7 +116,7 @@ def main() -> None:
         install(out)
         return
     if args.compose:
-        compose([Path(forward) for forward, _ in args.compose], [Path(reverse) for _, reverse in args.compose], out)
+        compose(*map(Path, args.compose), out)
     else:
         if args.hold_out and args.install:
             parser.error("a model trained with --hold-out is for evaluation, not for shipping")
@@ -141,12 +139,11 @@ def train_recipe(recipe: Recipe, out: Path, args) -> None:
           val=[PAIRS[subject] for subject in args.hold_out] if args.validate else None)
 
 
-def compose(t1_to_t2: list[Path], t2_to_t1: list[Path], out: Path) -> None:
-    """``out`` as a run folder holding the composed ``models/model.pt`` (each direction the ensemble of its runs
-    where there are several: ``bundle.compose_model``), the first run's ``configs/metadata.json`` and a
-    ``configs/train.json`` whose sources are all runs' (so a benchmark marks a volume seen when either direction
-    trained on it). A run may be a folder composed before (e.g. the shipped model's, to add another seed). Each direction's inference settings (``model.inverted_weight``, ``model.guided_radius_mm``)
-    are its recipe preset's (chosen by leave-one-out after training)."""
+def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path) -> None:
+    """``out`` as a run folder holding the composed ``models/model.pt``, the first run's
+    ``configs/metadata.json`` and a ``configs/train.json`` whose sources are both runs' (so a benchmark marks a
+    volume seen when either direction trained on it). Each direction's inference settings (``model.inverted_weight``,
+    ``model.guided_radius_mm``) are its recipe preset's (chosen by leave-one-out after training)."""
     from mri_translate.bundle import INFERENCE_SETTINGS, compose_model
     from mri_translate.config import load_config
 
@@ -155,17 +152,16 @@ def compose(t1_to_t2: list[Path], t2_to_t1: list[Path], out: Path) -> None:
                 for direction, model in models.items()}
     compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inference_settings=settings)
     (out / "configs").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(t1_to_t2[0] / "configs" / "metadata.json", out / "configs" / "metadata.json")
+    shutil.copyfile(t1_to_t2 / "configs" / "metadata.json", out / "configs" / "metadata.json")
     runs = {"t1-to-t2": t1_to_t2, "t2-to-t1": t2_to_t1}
-    recorded = {direction: [json.loads((run / "configs" / "train.json").read_text()) for run in chosen]
-                for direction, chosen in runs.items()}
+    recorded = {direction: json.loads((run / "configs" / "train.json").read_text()) for direction, run in runs.items()}
     (out / "configs" / "train.json").write_text(json.dumps(
-        {"composed_from": {direction: [str(run) for run in chosen] for direction, chosen in runs.items()},
-         "sources": {domain: sorted({path for train_jsons in recorded.values() for train_json in train_jsons
+        {"composed_from": {direction: str(run) for direction, run in runs.items()},
+         "configs": {direction: train_json["config"] for direction, train_json in recorded.items()},
+         "sources": {domain: sorted({path for train_json in recorded.values()
                                      for path in train_json["sources"][domain]}) for domain in ("t1", "t2")}},
         indent=2) + "\n")
-    print(f"composed {out / 'models' / 'model.pt'}: G_AB from {', '.join(map(str, t1_to_t2))}, "
-          f"G_BA from {', '.join(map(str, t2_to_t1))}")
+    print(f"composed {out / 'models' / 'model.pt'}: G_AB from {t1_to_t2}, G_BA from {t2_to_t1}")
 
 
 def install(run: Path) -> None:

@@ -414,40 +414,6 @@ def test_composing_sets_each_direction_s_inference_settings(tiny_run, tiny_stand
                       inference_settings={"t1-to-t2": {"k": 1}})
 
 
-def test_composing_several_runs_of_a_direction_makes_it_their_ensemble(tiny_run, tiny_standardized_run,
-                                                                       synthetic_nifti, tmp_path):
-    """compose_model with a list of runs for a direction: that direction's generator is their ensemble (each
-    member the run's own weights, the translation their mean), the other direction is untouched, and a run that
-    maps intensities differently (another standardisation) is refused, naming its file."""
-    from mri_translate.bundle import compose_model
-    from mri_translate.networks import GeneratorEnsemble
-
-    other = tmp_path / "seed1.pt"  # the same run with other G_AB weights (another seed)
-    state = saved_state(tiny_run)
-    torch.manual_seed(1)
-    state["G_AB"] = ModifiedUNet(3, (8, 16), 1).state_dict()
-    torch.save(state, other)
-    composed = compose_model([tiny_run, other], tiny_run, tmp_path / "ensemble.pt")
-    translator = Translator.from_run(composed, "t1-to-t2", "cpu", mirror=False, fuse_planes=False)
-    assert isinstance(translator.generator, GeneratorEnsemble)
-    assert_same_weights(translator.generator.members[0], saved_state(tiny_run)["G_AB"])
-    assert_same_weights(translator.generator.members[1], state["G_AB"])
-    x = torch.rand(1, 3, 16, 16) * 2 - 1
-    with torch.no_grad():
-        members = [Translator.from_run(run, "t1-to-t2", "cpu").generator(x) for run in (tiny_run, other)]
-        assert torch.allclose(translator.generator(x), (members[0] + members[1]) / 2, atol=1e-6)
-    reverse = Translator.from_run(composed, "t2-to-t1", "cpu")
-    assert_same_weights(reverse.generator, saved_state(tiny_run)["G_BA"])
-    out = translator(synthetic_nifti)
-    assert tuple(out.shape[1:]) == SYNTHETIC_SHAPE and torch.isfinite(out.as_tensor()).all()
-    saved = torch.load(composed, weights_only=True)
-    assert saved["composed_from"]["t1-to-t2"] == [inference.sha256(tiny_run / "models" / "model.pt"),
-                                                  inference.sha256(other)]
-    with pytest.raises(ModelError, match=r"model\.pt: maps intensities differently from .*standardize"):
-        compose_model([tiny_run, tiny_standardized_run], tiny_run, tmp_path / "refused.pt")
-    assert not (tmp_path / "refused.pt").exists()
-
-
 def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
     out = Translator.from_run(tiny_run, device="cpu")(synthetic_nifti)
     low, high = TINY_NORMALIZATION["B"]

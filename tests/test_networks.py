@@ -1,14 +1,12 @@
 """Tests of mri_translate.networks: the 2.5D generator (k slices in, k out, tanh range), the PatchGAN
-discriminator's patch grid, the four CycleGAN networks, the size of the default generator and an ensemble of
-generators."""
+discriminator's patch grid, the four CycleGAN networks and the size of the default generator."""
 
 import pytest
 import torch
 
 from mri_translate.config import ModelConfig
 from mri_translate.contrast_prior import ContrastPrior
-from mri_translate.networks import (GeneratorEnsemble, ModifiedUNet, PatchGAN, PriorResidualUNet, build_generator,
-                                   build_networks)
+from mri_translate.networks import ModifiedUNet, PatchGAN, PriorResidualUNet, build_generator, build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -102,18 +100,3 @@ def test_prior_residual_generator_starts_as_the_prior_and_carries_its_map():
         torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
     net(x).mean().backward()
     assert net.stages[-1].fuse.conv.weight.grad.abs().sum() > 0
-
-
-def test_an_ensemble_translates_as_the_mean_of_its_members():
-    torch.manual_seed(0)
-    members = [ModifiedUNet(3, (8, 16), 1) for _ in range(3)]
-    ensemble = GeneratorEnsemble(members).eval()
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        outputs = [member.eval()(x) for member in members]
-        got = ensemble(x)
-    assert ensemble.k == 3 and got.shape == x.shape
-    assert torch.allclose(got, (outputs[0] + outputs[1] + outputs[2]) / 3, atol=1e-6)
-    assert not torch.allclose(got, outputs[0], atol=1e-3)  # the members differ: the mean is none of them
-    with pytest.raises(ValueError, match=r"must share k, got \[1, 3\]"):
-        GeneratorEnsemble([ModifiedUNet(3, (8,), 1), ModifiedUNet(1, (8,), 1)])
