@@ -28,11 +28,11 @@ def _otsu(values: np.ndarray) -> float:
     e.g. from resampling, would otherwise squeeze the histogram into a few bins and move the threshold)."""
     counts, edges = np.histogram(values, 256, range=(float(values.min()), float(np.percentile(values, 99.9))))
     centres = (edges[:-1] + edges[1:]) / 2
-    mass = np.cumsum(counts * centres)
+    mass, total = np.cumsum(counts * centres), counts.sum()
     below = np.cumsum(counts)[:-1]  # a split after each bin but the last
-    above = counts.sum() - below
+    above = total - below
     with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mass[-1] * below / counts.sum() - mass[:-1]) ** 2 / (below * above)
+        between = (mass[-1] * below / total - mass[:-1]) ** 2 / (below * above)
     between[(below == 0) | (above == 0)] = np.nan  # one class empty: no split
     return float(centres[np.nanargmax(between)])
 
