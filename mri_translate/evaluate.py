@@ -153,9 +153,10 @@ def format_summary(report: dict) -> str:
             v = values[region]
             lines.append(f"{name:<28}{v['psnr']:>9.2f}{v['ssim_3d']:>8.3f}{v['mae']:>8.4f}   {region}")
     if "interslice_consistency" in report:
+        shown = ["undefined" if value is None else f"{value:.3f}"  # None: the input has no slice-to-slice change
+                 for value in (report["interslice_consistency"], report["reference_interslice_consistency"])]
         lines.append(f"inter-slice consistency (output/input change, 1 = as smooth as the input): "
-                     f"{report['interslice_consistency']:.3f} (the reference itself: "
-                     f"{report['reference_interslice_consistency']:.3f})")
+                     f"{shown[0]} (the reference itself: {shown[1]})")
     lines.append(f"normalisation: {report['normalisation']}")
     return "\n".join(lines)
 

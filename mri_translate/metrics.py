@@ -257,18 +257,22 @@ def _mean_slice_step(volume: np.ndarray, mask: np.ndarray, slice_axis: int) -> f
     return float(np.abs(v[1:] - v[:-1])[both].mean())
 
 
-def interslice_consistency(output, input, mask, slice_axis: int = 2) -> float:
+def interslice_consistency(output, input, mask, slice_axis: int = 2) -> float | None:
     """Slice-to-slice flicker of a translated volume relative to its input (reference-free).
 
     Each volume is scaled with :func:`scale_for_comparison`; the mean absolute difference between adjacent
     slices is taken over voxels inside the mask on both slices. The result is output's / input's value:
     1.0 = as smooth across slices as the input, > 1 = the output flickers more between slices (typical of
-    slice-wise 2D models), < 1 = smoother than the input. If the input has no slice-to-slice change,
-    the result is 1.0 when the output has none either, else infinity.
+    slice-wise 2D models), < 1 = smoother than the input.
 
     Args:
         output: translated volume (X, Y, Z); input: the source it was translated from; mask: foreground
             mask; all of one shape. slice_axis: axis along which slices are taken.
+
+    Returns:
+        The ratio (unitless, finite). If the input does not change from slice to slice inside the mask (e.g. a
+        binary mask, or one slice repeated): 1.0 when the output does not either, else ``None`` (the ratio is
+        undefined: there is no input change to compare with; the out-of-domain check leaves it unjudged).
     """
     out, inp = _as_volume(output, "output"), _as_volume(input, "input")
     _check_same_shape(out, "output", inp, "input")
@@ -276,7 +280,7 @@ def interslice_consistency(output, input, mask, slice_axis: int = 2) -> float:
     num = _mean_slice_step(scale_for_comparison(out, m), m, slice_axis)
     den = _mean_slice_step(scale_for_comparison(inp, m), m, slice_axis)
     if den == 0:
-        return 1.0 if num == 0 else float("inf")
+        return 1.0 if num == 0 else None
     return num / den
 
 

@@ -165,6 +165,16 @@ def test_interslice_consistency():
     assert interslice_consistency(noisy, source, mask) > 1.5
 
 
+def test_interslice_consistency_of_an_input_without_slice_change_is_none_or_one():
+    """One slice repeated (no change between slices): the ratio is undefined (``None``, never infinity) when the
+    output changes, 1.0 when it does not either."""
+    shape = (24, 24, 16)
+    repeated = np.repeat(smooth_volume(shape, seed=6)[..., :1], shape[2], axis=2)
+    mask = np.ones(shape, dtype=bool)
+    assert interslice_consistency(smooth_volume(shape, seed=7), repeated, mask) is None
+    assert interslice_consistency(repeated * 0.5, repeated, mask) == 1.0
+
+
 def test_cycle_error():
     x = smooth_volume((8, 8, 4), seed=8) * 2 - 1
     mask = np.ones(x.shape, dtype=bool)
