@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import InputError
+from .model_file import CONTRASTS
 
 ANALYSIS_LEVELS = ("participant", "group")
 GROUP_LEVEL_NOTE = "group level: nothing to do (mri-translate writes every output at the participant level)"
@@ -98,7 +99,7 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         InputError: not a BIDS dataset, output folder equal to the dataset, unknown level or participant,
             nothing to translate, ``brain_masks`` not a folder.
     """
-    from .convert import CONTRASTS, convert_batch, domain_check_options, plan_batch, write_derivative_description
+    from .convert import convert_batch, domain_check_options, plan_batch, write_derivative_description
     from .inference import Translator
 
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)

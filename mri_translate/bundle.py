@@ -14,11 +14,8 @@ from . import __version__
 from .config import RunConfig
 from .errors import InputError
 from .io import NIFTI_SUFFIXES, atomic_path, list_images_2d, suffix
+from .model_file import MODEL_FORMAT, TEMPLATE, direction_state, resolve_model_path, sha256
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "bundles" / "mri_cyclegan"
-MODEL_FORMAT = "mri-translate-generators/1"
-#: Which generator translates in which direction (A = T1w, B = T2w).
-DIRECTIONS = {"t1-to-t2": "G_AB", "t2-to-t1": "G_BA"}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -102,13 +99,6 @@ DIRECTION_KEYS = ("config", "normalization", "spacing", "standardize", "skull_st
 INFERENCE_SETTINGS = {"inverted_weight", "guided_radius_mm"}
 
 
-def direction_state(state: dict, direction: str) -> dict:
-    """What a model file holds for one direction: its top level, with ``directions[direction]`` (written by
-    :func:`compose_model`: that direction's configuration and intensity mapping) laid over it."""
-    overlay = (state.get("directions") or {}).get(direction, {})
-    return {**{k: v for k, v in state.items() if k != "directions"}, **overlay}
-
-
 def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = None) -> Path:
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
@@ -122,7 +112,6 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
         InputError: a path that is no run or model file. ModelError: not an mri-translate model.
     """
     from .contrast_check import CHECKS_KEY
-    from .inference import resolve_model_path, sha256
     from .runtime import read_checkpoint
 
     paths = {"t1-to-t2": resolve_model_path(t1_to_t2), "t2-to-t1": resolve_model_path(t2_to_t1)}

@@ -19,18 +19,15 @@ import torch
 from monai.transforms import MapTransform
 
 from . import __version__
-from .contrast_check import (ContrastVerdict, check_direction, check_skull_stripping, contrast_record, judge_domain,
-                             model_checks)
+from .contrast_check import contrast_record, judge_domain, model_checks
 from .errors import InputError, MriTranslateError
-from .inference import Translator, sha256
+from .inference import Translator, translate_checked
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
                  list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix,
                  voxel_spacing)
+from .model_file import CONTRASTS, sha256
 from .pairing import same_grid
 from .slabs import PLANES
-
-CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
-
 
 def sidecar_path(output) -> Path:
     """``x.nii.gz`` -> ``x.json`` (BIDS style); a DICOM series folder ``x`` -> ``x.json`` beside it."""
@@ -183,36 +180,6 @@ def apply_brain_mask(volume, mask, source):
     masked = volume.clone()
     masked[~inside] = float(volume.min())
     return masked
-
-
-@dataclass
-class CheckedTranslation:
-    """One scan through convert's input checks and the translator: the contrast verdict (``None``: skipped by
-    ``force``), the ``SkullStripping`` record (``None``: the model records nothing), the prepared input and the
-    output in [-1, 1] on the RAS grid ``(1, X, Y, Z)``, and the translation in the input's own geometry."""
-
-    contrast: ContrastVerdict | None
-    skull: dict | None
-    canonical: torch.Tensor
-    normalized: torch.Tensor
-    translated: torch.Tensor
-
-
-def translate_checked(translator: Translator, volume, source, force: bool = False,
-                      strict: bool = False) -> CheckedTranslation:
-    """The contrast check (unless ``force``), the skull-stripping check on the prepared input before the network
-    runs (``strict``: refuse instead of warning), then the translation: the one sequence that ``convert`` and
-    the bundle's :class:`~mri_translate.inference.TranslatorInferer` share.
-
-    Raises:
-        ``ContrastMismatchError``; ``InputError`` for a whole-head scan with ``strict`` (see
-        :mod:`mri_translate.contrast_check`).
-    """
-    contrast = None if force else check_direction(volume, translator.direction, source)
-    canonical = translator.prepare(volume)
-    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
-    normalized = translator.run_normalized(canonical)
-    return CheckedTranslation(contrast, skull, canonical, normalized, translator.restore(normalized, volume))
 
 
 def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume):

@@ -41,6 +41,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .io import dicom_series, is_dicom_file
+from .model_file import CONTRASTS
 
 PRIVATE_GROUP, PRIVATE_CREATOR = 0x0011, "mri-translate"
 SERIES_NUMBER_OFFSET = 1000
@@ -106,7 +107,6 @@ def write_series(volume, affine, source, folder, direction: str, model_sha256: s
     import pydicom
     from pydicom.uid import generate_uid
 
-    from .convert import CONTRASTS
 
     data = np.asarray(volume.detach().cpu().numpy() if hasattr(volume, "detach") else volume, dtype=np.float64)
     data = data[0] if data.ndim == 4 else data

@@ -10,7 +10,7 @@ domain's training range -> original orientation and affine.
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,44 +18,17 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from .bundle import DIRECTIONS, TEMPLATE, direction_state
 from .config import RunConfig
+from .contrast_check import ContrastVerdict, check_direction, check_skull_stripping
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
+from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, resample_inplane,
                          resample_onto, to_canonical)
-
-DEFAULT_MODEL = TEMPLATE / "models" / "model.pt"
-
-
-def resolve_model_path(model=None) -> Path:
-    """A run directory (its ``models/model.pt``, else ``checkpoint.pt``), a ``.pt`` file, or ``None`` for the
-    model shipped in the bundle template."""
-    if model is None:
-        return DEFAULT_MODEL
-    path = Path(model)
-    if path.is_dir():
-        for candidate in (path / "models" / "model.pt", path / "checkpoint.pt"):
-            if candidate.is_file():
-                return candidate
-        raise InputError(path, "run directory has neither models/model.pt nor checkpoint.pt")
-    return path
-
-
-def sha256(path) -> str:
-    """Hex SHA-256 of a file, or of the sorted files of a folder (DICOM series)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
 
 def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
     """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
@@ -208,9 +181,7 @@ class TranslatorInferer(Inferer):
 
     def translate(self, volume: MetaTensor) -> torch.Tensor:
         """One loaded scan ``(1, X, Y, Z)`` through convert's checks and the translator
-        (:func:`~mri_translate.convert.translate_checked`)."""
-        from .convert import translate_checked
-
+        (:func:`translate_checked`)."""
         source = volume.meta.get("filename_or_obj", "input") if isinstance(volume, MetaTensor) else "input"
         return translate_checked(self.translator, volume, source, self.force).translated.as_tensor()
 
@@ -408,3 +379,33 @@ class Translator:
     def model_sha256(self) -> str | None:
         """Checksum of the model file this translator was loaded from."""
         return sha256(self.model_path) if self.model_path else None
+
+
+@dataclass
+class CheckedTranslation:
+    """One scan through convert's input checks and the translator: the contrast verdict (``None``: skipped by
+    ``force``), the ``SkullStripping`` record (``None``: the model records nothing), the prepared input and the
+    output in [-1, 1] on the RAS grid ``(1, X, Y, Z)``, and the translation in the input's own geometry."""
+
+    contrast: ContrastVerdict | None
+    skull: dict | None
+    canonical: torch.Tensor
+    normalized: torch.Tensor
+    translated: torch.Tensor
+
+
+def translate_checked(translator: Translator, volume, source, force: bool = False,
+                      strict: bool = False) -> CheckedTranslation:
+    """The contrast check (unless ``force``), the skull-stripping check on the prepared input before the network
+    runs (``strict``: refuse instead of warning), then the translation: the one sequence that ``convert`` and
+    the bundle's :class:`TranslatorInferer` share.
+
+    Raises:
+        ``ContrastMismatchError``; ``InputError`` for a whole-head scan with ``strict`` (see
+        :mod:`mri_translate.contrast_check`).
+    """
+    contrast = None if force else check_direction(volume, translator.direction, source)
+    canonical = translator.prepare(volume)
+    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
+    normalized = translator.run_normalized(canonical)
+    return CheckedTranslation(contrast, skull, canonical, normalized, translator.restore(normalized, volume))

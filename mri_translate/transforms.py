@@ -1,17 +1,16 @@
 """MONAI transforms of the pipeline: canonical (RAS) orientation and its exact inverse, robust intensity
 normalisation to [-1, 1] and its inverse.
 
-Each operation is an array transform working on a ``MetaTensor`` ``(1, X, Y, Z)``; the dictionary versions
-(``...d``) are thin wrappers, as in MONAI.
+Each operation is an array transform working on a ``MetaTensor`` ``(1, X, Y, Z)``; :class:`LoadScand` is the
+dictionary transform the bundle loads scans with.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Orientation, Orientationd, Transform
+from monai.transforms import MapTransform, Orientation, Transform
 
 from .errors import ConstantImageError
 
@@ -136,27 +135,6 @@ def denormalize(image: torch.Tensor, intensity_range) -> torch.Tensor:
     """Inverse of :class:`RobustNormalize` for values in [-1, 1]: -1 -> low, +1 -> high."""
     low, high = intensity_range
     return (image.clamp(-1, 1) + 1) / 2 * (high - low) + low
-
-
-class RobustNormalized(MapTransform):
-    """Dictionary wrapper of :class:`RobustNormalize`."""
-
-    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, allow_missing_keys=False):
-        super().__init__(keys, allow_missing_keys)
-        self.normalize = RobustNormalize(lower, upper)
-
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.normalize(d[key])
-        return d
-
-
-class Canonicald(Orientationd):
-    """Dictionary transform to RAS (MONAI ``Orientationd``, so ``Invertd`` undoes it exactly)."""
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
-        super().__init__(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=allow_missing_keys)
 
 
 class LoadScand(MapTransform):

@@ -193,7 +193,7 @@ def main() -> None:
     import torch
 
     from mri_translate.contrast_check import model_checks
-    from mri_translate.inference import resolve_model_path
+    from mri_translate.model_file import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="run directory or model.pt (default: the shipped model)")

@@ -82,7 +82,8 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
     import numpy as np
     import torch
 
-    from mri_translate.bundle import MODEL_FORMAT, export_state
+    from mri_translate.bundle import export_state
+    from mri_translate.model_file import MODEL_FORMAT
     from mri_translate.config import RunConfig
     from mri_translate.convert import convert_file
     from mri_translate.inference import Translator

@@ -128,7 +128,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     import torch
 
-    from mri_translate.bundle import TEMPLATE
+    from mri_translate.model_file import TEMPLATE
     from mri_translate.config import RunConfig
     from mri_translate.networks import ModifiedUNet
 

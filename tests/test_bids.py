@@ -19,7 +19,7 @@ from mri_translate import __version__
 from mri_translate.bids import GROUP_LEVEL_NOTE, select
 from mri_translate.convert import plan_batch
 from mri_translate.errors import InputError
-from mri_translate.inference import sha256
+from mri_translate.model_file import sha256
 from mri_translate.io import load_volume
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -163,13 +163,13 @@ def test_direction_t2_to_t1(capsys, bids_dataset, tmp_path, tiny_run):
 
 
 def test_contrast_check_applies_and_force_skips_it(capsys, monkeypatch, bids_dataset, tmp_path, tiny_run):
-    from mri_translate import convert as convert_module
+    from mri_translate import inference as inference_module
     from mri_translate.contrast_check import ContrastMismatchError
 
     def refuse(volume, direction, source):
         raise ContrastMismatchError(source, "looks like a T2w scan")
 
-    monkeypatch.setattr(convert_module, "check_direction", refuse)
+    monkeypatch.setattr(inference_module, "check_direction", refuse)
     arguments = (bids_dataset, tmp_path / "out", "participant", "--model", tiny_run, "--device", "cpu", "--no-progress")
     status, stdout, stderr = bids(capsys, *arguments)
     assert status == 1 and "0 converted, 0 skipped (already done), 3 failed" in stdout

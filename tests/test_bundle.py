@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mri_translate.bundle import TEMPLATE
+from mri_translate.model_file import TEMPLATE
 from mri_translate.networks import ModifiedUNet
 from mri_translate.train import train
 

@@ -23,7 +23,8 @@ from mri_translate import dicom as dicom_module
 from mri_translate.convert import convert_file
 from mri_translate.dicom import PRIVATE_CREATOR, PRIVATE_GROUP, source_files, write_series
 from mri_translate.errors import InputError
-from mri_translate.inference import Translator, sha256
+from mri_translate.inference import Translator
+from mri_translate.model_file import sha256
 from mri_translate.io import dicom_series, load_volume
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

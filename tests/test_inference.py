@@ -16,7 +16,8 @@ from scipy import ndimage
 from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, sitk_ras_affine
 from mri_translate import inference
 from mri_translate.errors import InputError, ModelError
-from mri_translate.inference import SlabInferer, Translator, resolve_model_path
+from mri_translate.inference import SlabInferer, Translator
+from mri_translate.model_file import DEFAULT_MODEL, resolve_model_path, sha256
 from mri_translate.io import load_volume
 from mri_translate.standardize import volume_landmarks
 from mri_translate.networks import ModifiedUNet
@@ -387,8 +388,8 @@ def test_a_composed_model_translates_each_direction_as_its_own_run(tiny_run, tin
         got = Translator.from_run(composed, direction, "cpu")(synthetic_nifti)
         assert torch.equal(got.as_tensor(), expected.as_tensor()), direction
     saved = torch.load(composed, weights_only=True)
-    assert saved["composed_from"] == {"t1-to-t2": inference.sha256(tiny_run / "models" / "model.pt"),
-                                      "t2-to-t1": inference.sha256(other)}
+    assert saved["composed_from"] == {"t1-to-t2": sha256(tiny_run / "models" / "model.pt"),
+                                      "t2-to-t1": sha256(other)}
     assert saved.get("spacing") is None and saved["directions"]["t2-to-t1"]["spacing"] == 2.0
     assert_same_weights(inference.load_generator(saved, "t2-to-t1"), state["G_BA"])
 
@@ -483,7 +484,7 @@ def test_missing_model(tmp_path):
 def test_resolve_model_path(tmp_path, tiny_run):
     assert resolve_model_path(tiny_run) == tiny_run / "models" / "model.pt"
     assert resolve_model_path(tiny_run / "models" / "model.pt") == tiny_run / "models" / "model.pt"
-    assert resolve_model_path(None) == inference.DEFAULT_MODEL
+    assert resolve_model_path(None) == DEFAULT_MODEL
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     assert resolve_model_path(tmp_path) == tmp_path / "checkpoint.pt"
     assert resolve_model_path(tmp_path / "missing.pt") == tmp_path / "missing.pt"  # checked when read

@@ -12,9 +12,7 @@ from mri_translate.errors import InputError
 from mri_translate.io import load_volume
 from mri_translate.transforms import (
     RANGE_KEY,
-    Canonicald,
     RobustNormalize,
-    RobustNormalized,
     denormalize,
     foreground_mask,
     from_canonical,
@@ -77,13 +75,6 @@ def test_canonical_round_trip_synthetic(synthetic_nifti):
     np.testing.assert_array_equal(canonical[0].numpy(), reference.get_fdata(dtype=np.float32))
     np.testing.assert_allclose(np.asarray(canonical.affine), reference.affine, atol=1e-5)
     np.testing.assert_allclose(np.diag(np.asarray(canonical.affine))[:3], [1.0, 1.2, 2.5], atol=1e-6)
-
-
-def test_canonicald_wraps_to_canonical(synthetic_nifti):
-    volume = load_volume(synthetic_nifti)
-    out = Canonicald(keys="image")({"image": volume, "other": 1})
-    assert out["other"] == 1
-    assert torch.equal(out["image"].as_tensor(), to_canonical(volume).as_tensor())
 
 
 def test_from_canonical_checks_the_affine(synthetic_nifti):
@@ -195,18 +186,6 @@ def test_all_negative_image_is_not_called_constant():
     np.testing.assert_allclose(out.meta[RANGE_KEY], reference_range(image.numpy()), rtol=1e-3)
 
 
-def test_dict_wrapper_matches_array_transform(synthetic_nifti):
-    volume = load_volume(synthetic_nifti)
-    expected = RobustNormalize(1.0, 99.0)(volume)
-    out = RobustNormalized(keys=["t1"], lower=1.0, upper=99.0)({"t1": volume, "label": "keep"})
-    assert out["label"] == "keep"
-    assert torch.equal(out["t1"].as_tensor(), expected.as_tensor())
-    assert out["t1"].meta[RANGE_KEY] == expected.meta[RANGE_KEY]
-    with pytest.raises(KeyError):
-        RobustNormalized(keys=["t2"])({"t1": volume})
-    assert RobustNormalized(keys=["t2"], allow_missing_keys=True)({"t1": volume})["t1"] is volume
-
-
 def test_percentiles_change_the_range(synthetic_nifti):
     volume = load_volume(synthetic_nifti)
     low_a, high_a = RobustNormalize(0.5, 99.5)(volume).meta[RANGE_KEY]
@@ -218,8 +197,6 @@ def test_percentiles_change_the_range(synthetic_nifti):
 def test_invalid_percentiles(lower, upper):
     with pytest.raises(ValueError):
         RobustNormalize(lower, upper)
-    with pytest.raises(ValueError):
-        RobustNormalized(keys="image", lower=lower, upper=upper)
 
 
 def test_denormalize_clamps_and_maps_ends():
