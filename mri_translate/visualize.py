@@ -7,6 +7,7 @@ to a hidden temporary file in the target folder, then renamed over the target.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,9 @@ from .io import atomic_path
 
 _SEP = 2  # separator width between panels, pixels
 _SEP_VALUE = 128  # separator grey level
+SWEEP_HEIGHT = 256  # rows of a sweep panel at least (pixels are enlarged by a whole factor to reach it)
+_DPI = 100  # dots per inch of the figures (a 12-point font is about 17 pixels high)
+_SWEEP_WIDTH = 2048  # columns a panel is not enlarged beyond (a flat coronal slab of a thick-slice scan)
 
 
 def display_slice(volume: np.ndarray, index: int, axis: int = 2) -> np.ndarray:
@@ -140,13 +144,87 @@ def montage(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     return out
 
 
+def labelled_montage(rows: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str],
+                     row_labels: Sequence[str], min_size: int = 192):
+    """A :func:`montage` with a title above each column and a label left of each row, white on black, as a
+    matplotlib Figure that shows the grid's pixels unresampled (render it with :func:`figure_pixels`).
+
+    Panels are first enlarged by a whole factor to at least ``min_size`` rows (:func:`enlarge`).
+
+    Args:
+        rows: list of rows, each a list of 2D arrays (h, w) (non-uint8 ones are windowed).
+        column_titles: one per column, drawn above it.
+        row_labels: one per row, drawn upwards on its left.
+        min_size: rows of a panel at least, pixels.
+
+    Returns:
+        ``matplotlib.figure.Figure`` at 100 dpi, the grid plus a 30-pixel margin on the top and the left and 4
+        pixels on the other sides; ``fig.texts`` holds the column titles, then the row labels.
+
+    Raises:
+        ValueError: no panels, a panel that is not 2D, or titles/labels not one per column/row.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_cols = max((len(row) for row in rows), default=0)
+    if len(column_titles) != n_cols or len(row_labels) != len(rows):
+        raise ValueError(f"expected {n_cols} column titles and {len(rows)} row labels, got "
+                         f"{len(column_titles)} and {len(row_labels)}")
+    grid = montage([[enlarge(_as_uint8(p), min_size) for p in row] for row in rows])
+    cell_h, cell_w = (grid.shape[0] + _SEP) // len(rows) - _SEP, (grid.shape[1] + _SEP) // n_cols - _SEP
+    margin, edge = 30, 4
+    height, width = grid.shape[0] + margin + edge, grid.shape[1] + margin + edge
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="black")
+    FigureCanvasAgg(fig)
+    fig.figimage(grid, xo=margin, yo=edge, origin="upper", cmap="gray", vmin=0, vmax=255)
+    text = dict(color="white", fontsize=12, ha="center", va="center")
+    for c, title in enumerate(column_titles):
+        fig.text((margin + c * (cell_w + _SEP) + cell_w / 2) / width, 1 - margin / 2 / height, title, **text)
+    for r, label in enumerate(row_labels):
+        fig.text(margin / 2 / width, 1 - (margin + r * (cell_h + _SEP) + cell_h / 2) / height, label,
+                 rotation=90, **text)
+    return fig
+
+
+def figure_pixels(fig) -> np.ndarray:
+    """Render a matplotlib Figure on its Agg canvas: uint8 grey levels (H, W), the figure's size in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("L"))
+
+
+def enlarge(image: np.ndarray, min_height: int, max_width: int = 0) -> np.ndarray:
+    """Repeat every pixel of a 2D image ``f`` times along both axes, ``f`` the smallest integer making it at
+    least ``min_height`` rows high (1 if it already is: an image is never shrunk), but no wider than
+    ``max_width`` columns when that is given (a very flat panel stays readable without getting huge).
+
+    Args:
+        image: array (h, w).
+        min_height: rows wanted, >= 1.
+        max_width: columns not to exceed by enlarging, or 0 for no limit.
+
+    Returns:
+        array (f * h, f * w) of ``image``'s dtype; each input pixel is an f x f block.
+    """
+    arr = np.asarray(image)
+    factor = max(1, math.ceil(min_height / max(1, arr.shape[0])))
+    if max_width:
+        factor = max(1, min(factor, max_width // max(1, arr.shape[1])))
+    return arr.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else arr
+
+
 def _draw_label(panel: np.ndarray, label: str) -> np.ndarray:
-    """Draw ``label`` white on a black box at the top-left of a uint8 panel (PIL default font)."""
+    """Draw ``label`` white on a black box at the top-left of a uint8 panel, in a font about 1/18 of the panel's
+    height (at least 11 px)."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.fromarray(np.ascontiguousarray(panel))  # uint8 2D -> mode "L"
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=max(11, panel.shape[0] // 18))
     box = draw.textbbox((2, 1), label, font=font)
     draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=0)
     draw.text((2, 1), label, fill=255, font=font)
@@ -154,21 +232,25 @@ def _draw_label(panel: np.ndarray, label: str) -> np.ndarray:
 
 
 def sweep_frames(volumes: Sequence[np.ndarray], axis: int = 2, labels: Sequence[str] | None = None,
-                 max_frames: int = 64) -> list[np.ndarray]:
+                 max_frames: int = 64, min_height: int = SWEEP_HEIGHT) -> list[np.ndarray]:
     """Frames sweeping through volumes shown side by side, one frame per (subsampled) slice.
 
-    Panels are oriented by :func:`display_slice` and windowed with limits computed once over the
-    whole volume (no flicker). Leading/trailing slices empty (all at the volume's minimum) in every
-    volume are skipped (all kept if all are empty); the rest are subsampled evenly to ``max_frames``.
+    Panels are oriented by :func:`display_slice`, windowed with limits computed once over the
+    whole volume (no flicker) and shown at the scan's own resolution or larger: each voxel becomes an
+    f x f block of pixels, ``f`` the smallest whole factor making a panel ``min_height`` rows high (see
+    :func:`enlarge`; panels are not enlarged beyond 2048 columns). Leading/trailing slices empty (all at the
+    volume's minimum) in every volume are skipped (all kept if all are empty); the rest are subsampled evenly
+    to ``max_frames``.
 
     Args:
         volumes: list of arrays (X, Y, Z), all the same shape.
         axis: slicing axis, 0 (sagittal), 1 (coronal) or 2 (axial).
         labels: optional text per volume, drawn at the top-left of its panel.
         max_frames: maximum number of frames, >= 1.
+        min_height: rows of a panel at least (1: the voxel grid as it is).
 
     Returns:
-        uint8 frames (H, W): (H, w) the displayed slice shape, W = n_volumes * w + 2 * (n_volumes - 1).
+        uint8 frames (H, W): (H, w) = f times the displayed slice shape, W = n_volumes * w + 2 * (n_volumes - 1).
 
     Raises:
         ValueError: no volumes, not 3D, shapes differ (message names them), wrong number of labels,
@@ -203,7 +285,8 @@ def sweep_frames(volumes: Sequence[np.ndarray], axis: int = 2, labels: Sequence[
     limits = [_window_limits(v, 1.0, 99.0) for v in vols]
     frames = []
     for i in indices:
-        panels = [_apply_window(display_slice(v, int(i), axis), lim) for v, lim in zip(vols, limits)]
+        panels = [enlarge(_apply_window(display_slice(v, int(i), axis), lim), min_height, _SWEEP_WIDTH)
+                  for v, lim in zip(vols, limits)]
         if labels is not None:
             panels = [_draw_label(p, str(t)) if t else p for p, t in zip(panels, labels)]
         frames.append(montage([panels]))
@@ -264,42 +347,111 @@ def write_progress_gif(montages: Sequence[np.ndarray], path: str | os.PathLike, 
     write_gif([_pad(p, height, width) for p in panels], path, fps=fps)
 
 
-def plot_losses(history: dict[str, Sequence[tuple[int, float]]], path: str | os.PathLike) -> None:
-    """Line plot of every loss term against the iteration, saved atomically as a 100 dpi PNG.
+class MovingAverage:
+    """Exponential moving average over about ``span`` values (weight ``2 / (span + 1)`` on the newest), bias-corrected
+    as Adam's moments are, so the first values are not pulled towards 0: the first average is the first value.
 
-    One line per key, legend, grid; log y when every finite value is > 0; non-finite values dropped.
-    Drawn on matplotlib's Agg canvas directly, so pyplot and the global backend are left alone.
+    >>> average = MovingAverage(span=3)
+    >>> [round(average.update(v), 3) for v in (1.0, 1.0, 4.0)]
+    [1.0, 1.0, 2.714]
+    """
+
+    def __init__(self, span: float):
+        if span < 1:
+            raise ValueError(f"span must be >= 1, got {span}")
+        self.decay = 1 - 2 / (span + 1)
+        self._sum = self._weight = 0.0
+
+    def update(self, value: float) -> float:
+        """Add ``value``; the new average."""
+        self._sum = self.decay * self._sum + (1 - self.decay) * value
+        self._weight = self.decay * self._weight + (1 - self.decay)
+        return self.value
+
+    @property
+    def value(self) -> float:
+        """The average so far (NaN before the first value)."""
+        return self._sum / self._weight if self._weight else float("nan")
+
+
+def plot_losses(history: dict[str, Sequence[tuple[int, float]]], path: str | os.PathLike,
+                validation: Sequence[dict] | None = None):
+    """Training curves in panels, saved atomically as a PNG 1200 pixels wide and 450 high per row of two panels.
+
+    Panels: the generators' terms, the discriminators' (names starting ``D_``) and, when there are validation
+    results, the validation PSNR and SSIM, one line per direction. Each loss term has a colour of its own and is
+    drawn raw (faint) behind its moving average over about 5 % of its points (:class:`MovingAverage`); terms that
+    are zero all run (e.g. ``idt_*`` without ``loss.identity``) and non-finite values are left out. A loss panel's
+    y axis is logarithmic when all its values are > 0 and span more than a factor 10. Drawn on matplotlib's Agg
+    canvas, so pyplot and the global backend are left alone.
 
     Args:
         history: loss name -> list of (iteration, value).
         path: output PNG file.
+        validation: validation results ``{"iteration": int, "psnr_<direction>": dB, "ssim_<direction>": float,
+            ...}`` (other keys ignored), or None.
+
+    Returns:
+        The ``matplotlib.figure.Figure``: axes titled ``generator losses``, ``discriminator losses`` and, with
+        validation results, ``validation PSNR (dB)`` and ``validation SSIM``; each term's moving average is
+        labelled with its name, its raw trace ``_<name> raw`` (left out of the legend).
     """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    all_values = []
+    curves = {}
     for name, points in history.items():
-        pts = sorted((int(i), float(v)) for i, v in points if np.isfinite(v))
-        if not pts:
-            continue
-        its, vals = zip(*pts)
-        all_values.extend(vals)
-        ax.plot(its, vals, label=name, linewidth=1.0)
-    if all_values:
-        ax.set_yscale("log" if min(all_values) > 0 else "linear")
-        ax.legend(loc="best", fontsize="small")
-    ax.set(xlabel="iteration", ylabel="loss")
-    ax.grid(True, which="both", alpha=0.3)
+        kept = sorted((int(i), float(v)) for i, v in points if np.isfinite(v))
+        if any(v != 0 for _, v in kept):
+            curves[name] = kept
+    panels = {"generator losses": [n for n in curves if not n.startswith("D_")],
+              "discriminator losses": [n for n in curves if n.startswith("D_")]}
+    for result in validation or ():
+        for key, value in result.items():
+            if key.startswith(("psnr_", "ssim_")) and np.isfinite(value):
+                curves.setdefault(f"val_{key}", []).append((int(result["iteration"]), float(value)))
+    for metric, title in (("psnr_", "validation PSNR (dB)"), ("ssim_", "validation SSIM")):
+        if any(n.startswith(f"val_{metric}") for n in curves):
+            panels[title] = [n for n in curves if n.startswith(f"val_{metric}")]
+
+    tab20 = colormaps["tab20"].colors
+    palette = tab20[0::2] + tab20[1::2]  # the ten strong hues, then their light twins
+    losses = [n for n in curves if not n.startswith("val_")]
+    directions = list(dict.fromkeys(n.split("_", 2)[2] for n in curves if n.startswith("val_")))
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(losses)}
+    colours.update({n: palette[directions.index(n.split("_", 2)[2]) % len(palette)]  # one per direction
+                    for n in curves if n not in colours})
+    n_rows = math.ceil(len(panels) / 2)
+    fig = Figure(figsize=(12, 4.5 * n_rows), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    for index, (title, names) in enumerate(panels.items()):
+        ax = fig.add_subplot(n_rows, 2, index + 1)
+        for name in names:
+            its, values = zip(*curves[name])
+            colour = colours[name]
+            if name.startswith("val_"):
+                ax.plot(its, values, "o-", color=colour, label=name.split("_", 2)[2])
+                continue
+            average = MovingAverage(max(1.0, len(values) / 20))
+            ax.plot(its, values, color=colour, alpha=0.25, linewidth=0.8, label=f"_{name} raw")
+            ax.plot(its, [average.update(v) for v in values], color=colour, linewidth=1.6, label=name)
+        plotted = [v for n in names for _, v in curves[n]]
+        if plotted and not title.startswith("validation") and 0 < 10 * min(plotted) < max(plotted):
+            ax.set_yscale("log")
+        ax.set(title=title, xlabel="iteration")
+        ax.grid(True, which="both", alpha=0.3)
+        if names:
+            ax.legend(loc="upper right", fontsize="small", ncol=2 if len(names) > 5 else 1)
     fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=_DPI, format="png")
+    return fig
 
 
 def write_volumes_gif(volumes, path, png=None, axis: int = 2, labels: Sequence[str] | None = None) -> None:
-    """GIF sweep (and optional PNG montage of 5 slices per volume) through scans side by side.
+    """GIF sweep (and optional PNG montage of 5 slices per volume) through scans side by side, each panel at
+    least 256 pixels high (see :func:`sweep_frames`).
 
     Args:
         volumes: paths or loaded ``MetaTensor`` ``(1, X, Y, Z)`` of the same shape after RAS reorientation.
@@ -331,5 +483,6 @@ def write_volumes_gif(volumes, path, png=None, axis: int = 2, labels: Sequence[s
         rows = []
         for array in arrays:
             positions = np.linspace(0, array.shape[axis] - 1, 7).round().astype(int)[1:-1]
-            rows.append([window(display_slice(array, int(i), axis)) for i in positions])
+            rows.append([enlarge(window(display_slice(array, int(i), axis)), SWEEP_HEIGHT, _SWEEP_WIDTH)
+                         for i in positions])
         write_png(montage(rows), png)

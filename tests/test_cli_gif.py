@@ -1,6 +1,8 @@
 """Tests of ``mri-translate gif``: a GIF sweep of same-shape volumes side by side (panels oriented by
-visualize.display_slice, 2-pixel separators), an optional PNG montage, and one-line errors for bad inputs."""
+visualize.display_slice, each voxel enlarged to a block so a panel is at least 256 pixels high, 2-pixel
+separators), an optional PNG montage, and one-line errors for bad inputs."""
 
+import math
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -18,6 +20,12 @@ SEP = 2
 
 
 cli = run_cli
+
+
+def shown(rows: int, cols: int) -> tuple[int, int]:
+    """The size of a (rows, cols) slice on screen: each voxel an f x f block, f the least making it >= 256 high."""
+    factor = math.ceil(256 / rows)
+    return rows * factor, cols * factor
 
 
 def write_nifti(path, shape=SYNTHETIC_SHAPE, scale=1.0) -> Path:
@@ -49,15 +57,16 @@ def test_axial_gif_and_png_montage(capsys, tmp_path, two_volumes):
     assert status == 0, stderr
     assert f"wrote {gif} and {png}" in stdout
     frames = frames_of(gif)
-    # axial panels are (Y rows, X columns); two panels and one separator
-    assert frames.shape[1:3] == (Y, 2 * X + SEP)
+    # axial panels are (Y rows, X columns) enlarged 24 times (11 rows -> 264 >= 256); two panels, one separator
+    height, width = shown(Y, X)
+    assert height >= 256 and frames.shape[1:3] == (height, 2 * width + SEP)
     assert frames.shape[0] == nonempty_slices(2)
     # the separator column between the panels is the separator grey
-    separator = frames[0][:, X:X + SEP]
+    separator = frames[0][:, width:width + SEP]
     assert np.all(np.abs(separator.astype(int) - 128) <= 2)
     with Image.open(png) as montage:
-        # one row per volume, five slices each
-        assert montage.size == (5 * X + 4 * SEP, 2 * Y + SEP)
+        # one row per volume, five slices each, enlarged as in the GIF
+        assert montage.size == (5 * width + 4 * SEP, 2 * height + SEP)
 
 
 @pytest.mark.parametrize("axis, panel", [("coronal", (Z, X)), ("sagittal", (Z, Y)), ("0", (Z, Y))])
@@ -65,15 +74,16 @@ def test_other_axes(capsys, tmp_path, two_volumes, axis, panel):
     gif = tmp_path / "sweep.gif"
     status, _, stderr = cli(capsys, "gif", *two_volumes, "--out", gif, "--axis", axis)
     assert status == 0, stderr
-    rows, cols = panel
-    assert frames_of(gif).shape[1:3] == (rows, 2 * cols + SEP)
+    rows, cols = shown(*panel)
+    assert rows >= 256 and frames_of(gif).shape[1:3] == (rows, 2 * cols + SEP)
 
 
 def test_three_volumes_with_labels(capsys, tmp_path, two_volumes):
     gif = tmp_path / "three.gif"
     status, _, stderr = cli(capsys, "gif", *two_volumes, two_volumes[0], "--out", gif, "--labels", "a", "b", "c")
     assert status == 0, stderr
-    assert frames_of(gif).shape[1:3] == (Y, 3 * X + 2 * SEP)
+    height, width = shown(Y, X)
+    assert frames_of(gif).shape[1:3] == (height, 3 * width + 2 * SEP)
 
 
 def test_write_volumes_gif_names_both_shapes(tmp_path):
