@@ -113,7 +113,8 @@ class TrainConfig:
     checkpoint, progress-montage and validation (``val_every``, with ``train --val``) intervals, seed, ``device``
     (``auto`` = cuda when present) and ``amp`` (mixed precision, one of :data:`AMP_CHOICES`). ``ema``: decay per
     iteration of an exponential moving average of the generators' weights (0: none); when set, the average is
-    what validation scores, the montages show and ``models/model.pt`` carries."""
+    what validation scores, the montages show and ``models/model.pt`` carries. ``log_every``: log every loss term
+    raw every this many iterations (0: never; the progress bar shows moving averages of G, D_A and D_B)."""
 
     iterations: int = 2000
     epoch_length: int = 100
@@ -124,6 +125,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | str = True
     ema: float = 0.0
+    log_every: int = 0
 
 
 @dataclass
@@ -168,6 +170,8 @@ class RunConfig:
                                      f"16 = 2 ** 4), got {len(self.model.channels)}")
         if min(self.train.iterations, self.train.epoch_length, self.train.val_every) < 1:
             raise InputError(source, "train.iterations, train.epoch_length and train.val_every must be >= 1")
+        if self.train.log_every < 0:
+            raise InputError(source, f"train.log_every must be >= 0 (0: no raw loss lines), got {self.train.log_every}")
         if not 0 <= self.train.ema < 1:
             raise InputError(source, f"train.ema must be in [0, 1) (0: no weight averaging), got {self.train.ema}")
         if not 0 <= self.model.inverted_weight < 1:

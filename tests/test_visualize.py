@@ -92,22 +92,43 @@ def _blob_volumes(shape=(6, 8, 20), z_range=(3, 15)):
 
 def test_sweep_frames_shapes_and_empty_slices_skipped():
     a, b = _blob_volumes()
-    frames = vis.sweep_frames([a, b], axis=2, labels=["T1w", "T2w"])
+    frames = vis.sweep_frames([a, b], axis=2, labels=["T1w", "T2w"], min_height=1)
     assert len(frames) == 12  # slices 3..14, empty ones at both ends skipped
     for frame in frames:
         assert frame.dtype == np.uint8
         assert frame.shape == (8, 6 + 2 + 6)  # (Y, 2 * X + separator)
-    sagittal = vis.sweep_frames([a, b, a], axis=0)
+    sagittal = vis.sweep_frames([a, b, a], axis=0, min_height=1)
     assert len(sagittal) == 4  # x = 1..4
     assert sagittal[0].shape == (20, 3 * 8 + 2 * 2)
 
 
+def test_sweep_frames_show_each_panel_at_least_256_pixels_high_in_whole_voxel_blocks():
+    a, b = _blob_volumes()  # axial panels 8 x 6 voxels: each voxel a 32 x 32 block
+    frame = vis.sweep_frames([a, b])[5]
+    assert frame.shape == (256, 2 * 6 * 32 + 2)
+    np.testing.assert_array_equal(frame[::32, :192:32], vis.sweep_frames([a, b], min_height=1)[5][:, :6])
+    assert vis.sweep_frames([a], axis=0)[0].shape == (260, 8 * 13)  # 20 rows: 13 x 13 blocks
+
+
+def test_enlarge_by_a_whole_factor_never_shrinks_and_keeps_under_a_width():
+    image = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    big = vis.enlarge(image, 7)  # ceil(7 / 2) = 4
+    assert big.shape == (8, 12) and big.dtype == np.uint8
+    np.testing.assert_array_equal(big[::4, ::4], image)
+    assert vis.enlarge(image, 1) is image and vis.enlarge(image, 2) is image
+    assert vis.enlarge(image, 100, max_width=30).shape == (20, 30)
+    assert vis.enlarge(image, 100, max_width=2).shape == (2, 3)  # never below the image itself
+
+
 def test_sweep_frames_labels_are_drawn_on_each_panel():
-    blank = np.zeros((40, 30, 3), dtype=np.float32)
+    blank = np.zeros((40, 30, 3), dtype=np.float32)  # axial panels 30 x 40, shown 270 x 360
     plain = vis.sweep_frames([blank, blank])
     labelled = vis.sweep_frames([blank, blank], labels=["T1w", "T2w"])
-    assert len(plain) == len(labelled) == 3 and not plain[0][:, :30].any()
-    assert labelled[0][:15, :30].any() and labelled[0][:15, 32:].any()
+    assert len(plain) == len(labelled) == 3 and not plain[0][:, :360].any()
+    first, second = labelled[0][:, :360], labelled[0][:, 362:]
+    for panel in (first, second):  # a label at the top-left, in a font about 1/18 of the panel high
+        rows, cols = np.nonzero(panel > 128)
+        assert rows.max() < 30 and cols.max() < 60 and rows.max() - rows.min() >= 9
 
 
 def test_sweep_frames_max_frames_and_constant_window():
@@ -200,16 +221,156 @@ def test_write_progress_gif_pads_frames(tmp_path):
     assert back.shape[:3] == (3, 14, 22)
 
 
-def test_plot_losses_writes_png(tmp_path):
-    history = {
-        "generator": [(i, 1.0 / (i + 1)) for i in range(0, 50, 5)],
-        "cycle": [(i, 0.5 + 0.01 * i) for i in range(0, 50, 5)],
-        "identity": [(0, float("nan")), (10, 0.2)],
-    }
-    path = tmp_path / "losses.png"
-    vis.plot_losses(history, path)
-    assert path.stat().st_size > 0
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
-    vis.plot_losses({"d": [(0, -1.0), (1, 0.5)]}, tmp_path / "neg.png")  # linear y
+def test_moving_average_is_bias_corrected_and_spans_about_span_values():
+    average = vis.MovingAverage(span=3)  # weight 1/2 on the newest
+    assert np.isnan(average.value)
+    assert average.update(4.0) == 4.0  # the first average is the first value, not 2.0
+    assert average.update(1.0) == pytest.approx((0.5 * 4 + 1.0) / 1.5)
+    steady = vis.MovingAverage(span=50)
+    for _ in range(500):
+        steady.update(2.0)
+    assert steady.value == pytest.approx(2.0) and steady.update(102.0) == pytest.approx(2.0 + 100 * 2 / 51)
+    with pytest.raises(ValueError):
+        vis.MovingAverage(span=0.5)
+
+
+def _lines(ax):
+    """{label: line} of the lines in the legend, and of the raw traces behind them ("_<name> raw")."""
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_plot_losses_panels_smoothed_terms_without_zero_ones_and_validation_per_direction(tmp_path):
+    rng = np.random.default_rng(0)
+    its = range(1, 401)
+    history = {name: [(i, scale * (1 + 0.5 * rng.random())) for i in its]
+               for name, scale in (("G", 5.0), ("G_adv_AB", 0.5), ("cycle_A", 0.3), ("D_A", 0.25), ("D_B", 0.2))}
+    history["idt_A"] = [(i, 0.0) for i in its]  # zero all run: left out
+    history["prior_A"] = [(1, float("nan"))] + [(i, 0.1) for i in its[1:]]  # the NaN is dropped
+    validation = [{"iteration": i, "score": 20.0, "psnr_t1-to-t2": 20.0 + i / 100, "psnr_t2-to-t1": 19.0,
+                   "ssim_t1-to-t2": 0.6, "ssim_t2-to-t1": 0.5 + i / 1000, "pairs": []} for i in (200, 400)]
+    fig = vis.plot_losses(history, tmp_path / "losses.png", validation)
+    assert [ax.get_title() for ax in fig.axes] == ["generator losses", "discriminator losses",
+                                                   "validation PSNR (dB)", "validation SSIM"]
+    generator, discriminators, psnr, ssim = (_lines(ax) for ax in fig.axes)
+    assert [label for label in generator if not label.startswith("_")] == ["G", "G_adv_AB", "cycle_A", "prior_A"]
+    assert [label for label in discriminators if not label.startswith("_")] == ["D_A", "D_B"]
+    colours = [line.get_color() for lines in (generator, discriminators) for label, line in lines.items()
+               if not label.startswith("_")]
+    assert len(set(colours)) == len(colours) == 6  # one colour per term
+    for name in ("G", "D_B"):
+        lines = generator if name == "G" else discriminators
+        smoothed, raw = lines[name], lines[f"_{name} raw"]
+        assert raw.get_color() == smoothed.get_color() and raw.get_alpha() < 0.5  # faint, behind
+        np.testing.assert_allclose(raw.get_ydata(), [v for _, v in history[name]])
+        average = vis.MovingAverage(400 / 20)
+        np.testing.assert_allclose(smoothed.get_ydata(), [average.update(v) for _, v in history[name]])
+        assert np.std(smoothed.get_ydata()[50:]) < 0.5 * np.std(raw.get_ydata()[50:])
+    assert len(generator["prior_A"].get_xdata()) == 399
+    assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_yscale() == "linear"  # > 10x / < 10x apart
+    for panel in (psnr, ssim):
+        assert set(panel) == {"t1-to-t2", "t2-to-t1"} and list(panel["t1-to-t2"].get_xdata()) == [200, 400]
+    assert psnr["t2-to-t1"].get_color() == ssim["t2-to-t1"].get_color() != psnr["t1-to-t2"].get_color()
+    with Image.open(tmp_path / "losses.png") as img:
+        assert img.format == "PNG" and img.size == (1200, 900)
+    without = vis.plot_losses({"d": [(0, -1.0), (1, 0.5)]}, tmp_path / "neg.png")  # no validation: one row
+    assert [ax.get_title() for ax in without.axes] == ["generator losses", "discriminator losses"]
+    with Image.open(tmp_path / "neg.png") as img:
+        assert img.size == (1200, 450)
     assert sorted(os.listdir(tmp_path)) == ["losses.png", "neg.png"]
+
+
+def test_labelled_montage_titles_columns_labels_rows_and_enlarges_small_tiles():
+    rows = [[np.full((16, 16), 10 * (r + c), np.uint8) for c in range(3)] for r in range(2)]
+    fig = vis.labelled_montage(rows, ["input", "G(input)", "cycle"], ["T1w -> T2w", "T2w -> T1w"])
+    grid = fig.images[0].get_array()
+    assert grid.shape == (2 * 192 + 2, 3 * 192 + 2 * 2)  # 16-pixel tiles shown 12 times larger
+    pixels = vis.figure_pixels(fig)
+    assert pixels.dtype == np.uint8 and pixels.shape == (grid.shape[0] + 34, grid.shape[1] + 34)
+    np.testing.assert_array_equal(pixels[30:30 + grid.shape[0], 30:30 + grid.shape[1]], grid)  # not resampled
+    assert [t.get_text() for t in fig.texts] == ["input", "G(input)", "cycle", "T1w -> T2w", "T2w -> T1w"]
+    with pytest.raises(ValueError, match="3 column titles and 2 row labels"):
+        vis.labelled_montage(rows, ["input", "G(input)"], ["a", "b"])
+
+
+def _capture(monkeypatch, module, name):
+    """Wrap ``module.name`` so that what it returns is also appended to the returned list."""
+    returned, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: returned.append(original(*args, **kwargs))
+                        or returned[-1])
+    return returned
+
+
+def _in_pixels(fig, text):
+    """(x from the left, y from the top) of a figure text's anchor, in pixels."""
+    x, y = text.get_position()
+    return x * fig.bbox.width, (1 - y) * fig.bbox.height
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_a_short_run_shows_a_progress_bar_and_writes_readable_labelled_pictures(synthetic_4mm, tiny_config, tmp_path,
+                                                                              capsys, caplog, monkeypatch):
+    from mri_translate import cli, engine
+
+    figures = _capture(monkeypatch, engine, "progress_montage")
+    plots = _capture(monkeypatch, vis, "plot_losses")
+    out = tmp_path / "run"
+    caplog.set_level("INFO", logger="mri_translate")
+    assert cli.main(["train", "--t1", str(synthetic_4mm["t1"][0]), "--t2", str(synthetic_4mm["t2"][1]), "--out",
+                     str(out), "--config", str(tiny_config()), "--log-every", "4"]) == 0
+
+    bar = capsys.readouterr().err  # one bar over the whole run: iterations, speed, ETA, smoothed G and D
+    assert "8/8 [" in bar and "it/s" in bar and all(f"{k}=" in bar for k in ("G", "D_A", "D_B"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split()[1] for m in messages if m.startswith("iteration ")] == ["4/8", "8/8"]  # --log-every 4
+    assert sum(m.startswith("finished iteration 8/8") for m in messages) == 1
+
+    assert len(figures) == 2  # iterations 4 and 8
+    fig = figures[-1]
+    titles, labels = fig.texts[:3], fig.texts[3:]
+    assert [t.get_text() for t in titles] == ["input", "G(input)", "cycle"]
+    assert [t.get_text() for t in labels] == ["T1w -> T2w"] * 2 + ["T2w -> T1w"] * 2  # two fixed slabs each
+    grid = fig.images[0]
+    tile = (grid.get_array().shape[0] - 3 * 2) // 4
+    assert tile >= 192 and grid.get_array().shape[1] == 3 * tile + 2 * 2  # 32-pixel crops shown 6 times larger
+    top = fig.bbox.height - grid.oy - grid.get_array().shape[0]
+    for c, title in enumerate(titles):  # each title centred above its column, each label beside its row
+        x, y = _in_pixels(fig, title)
+        assert grid.ox + c * (tile + 2) < x < grid.ox + (c + 1) * tile + c * 2 and y < top
+    for r, label in enumerate(labels):
+        x, y = _in_pixels(fig, label)
+        assert top + r * (tile + 2) < y < top + (r + 1) * tile + r * 2 and x < grid.ox
+    size = (int(fig.bbox.width), int(fig.bbox.height))
+    with Image.open(out / "progress.png") as png:
+        assert png.size == size
+    assert iio.imread(out / "progress.gif", index=None).shape[1:3] == size[::-1]
+
+    history = torch_load_history(out)
+    zero = {name for name, points in history.items() if not any(v for _, v in points)}
+    assert {"idt_A", "idt_B", "paired_A", "paired_B"} <= zero  # no identity term, no pairs in this run
+    (losses,) = plots
+    assert [ax.get_title() for ax in losses.axes] == ["generator losses", "discriminator losses"]
+    shown = [line.get_label() for ax in losses.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert sorted(shown) == sorted(set(history) - zero)
+    with Image.open(out / "losses.png") as png:
+        assert png.size == (1200, 450)
+
+
+def torch_load_history(run):
+    import torch
+
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["history"]
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_a_run_without_log_every_logs_no_raw_terms_and_ends_with_a_summary(synthetic_4mm, tiny_config, tmp_path,
+                                                                           capsys, caplog):
+    from mri_translate.train import train
+
+    caplog.set_level("INFO", logger="mri_translate")
+    train([synthetic_4mm["t1"][0]], [synthetic_4mm["t2"][1]], tmp_path / "run",
+          config=tiny_config(train={"iterations": 4}), progress_bar=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("iteration ")]
+    (summary,) = [m for m in messages if m.startswith("finished iteration 4/4")]
+    assert all(f"{k}=" in summary for k in ("G", "D_A", "D_B")) and "losses.png" in summary
+    assert "it/s" not in capsys.readouterr().err  # no bar
