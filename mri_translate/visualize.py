@@ -363,7 +363,9 @@ class MovingAverage:
         self._sum = self._weight = 0.0
 
     def update(self, value: float) -> float:
-        """Add ``value``; the new average."""
+        """Add ``value``; the new average. A non-finite value (a skipped fp16 step) is left out."""
+        if not math.isfinite(value):
+            return self.value
         self._sum = self.decay * self._sum + (1 - self.decay) * value
         self._weight = self.decay * self._weight + (1 - self.decay)
         return self.value

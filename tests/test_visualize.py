@@ -230,6 +230,7 @@ def test_moving_average_is_bias_corrected_and_spans_about_span_values():
     for _ in range(500):
         steady.update(2.0)
     assert steady.value == pytest.approx(2.0) and steady.update(102.0) == pytest.approx(2.0 + 100 * 2 / 51)
+    assert steady.update(float("nan")) == steady.update(float("inf")) == pytest.approx(2.0 + 100 * 2 / 51)
     with pytest.raises(ValueError):
         vis.MovingAverage(span=0.5)
 
