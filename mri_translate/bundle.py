@@ -27,7 +27,9 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     """Write ``configs/`` (metadata, train, inference, logging) and ``docs/README.md`` of a run.
 
     ``configs/train.json`` is the template's with this run's resolved configuration and sources filled in,
-    so the bundle reproduces the run; ``metadata.json`` states the 2.5D input/output format.
+    so the bundle reproduces the run; ``metadata.json`` states the 2.5D input/output format: this run's k
+    channels, and the template's ``spatial_shape`` (``"16*(n+1)"``: the network takes any multiple of 16 from
+    32 on, not only the training crop).
     """
     configs = run_dir / "configs"
     metadata = json.loads((TEMPLATE / "configs" / "metadata.json").read_text())
@@ -35,7 +37,6 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     for part, key, what in (("inputs", "image", "slice"), ("outputs", "pred", "translated slice")):
         entry = metadata["network_data_format"][part][key]
         entry["num_channels"] = k
-        entry["spatial_shape"] = [crop, crop]
         entry["channel_def"] = {str(c): f"{what} i{c - k // 2:+d}" if c != k // 2 else f"{what} i"
                                 for c in range(k)}
     import monai
@@ -44,6 +45,7 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     metadata["version"] = __version__
     metadata.update(monai_version=monai.__version__, pytorch_version=torch.__version__.split("+")[0],
                     numpy_version=numpy.__version__)
+    metadata["eval_metrics"] = {}  # the template's are the shipped model's scores, not this run's
     _write_text(configs / "metadata.json", json.dumps(metadata, indent=2, allow_nan=False) + "\n")
     train_config = json.loads((TEMPLATE / "configs" / "train.json").read_text())
     train_config["config"] = config.to_dict()
@@ -67,6 +69,7 @@ def write_run_bundle(run_dir: Path, config: RunConfig, sources: dict, normalizat
     _write_text(run_dir / "docs" / "README.md", text)
     if license_file.exists():
         shutil.copyfile(license_file, run_dir / "docs" / "data_license.txt")
+    shutil.copyfile(TEMPLATE / "LICENSE", run_dir / "LICENSE")  # a bundle's licence, at its root (model zoo)
 
 
 def export_state(normalization: dict, spacing: float | None = None, standardizers=(None, None),

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,101 @@ def monai_bundle(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+#: The sections of a model zoo bundle's docs/README.md (e.g. its spleen_ct_segmentation bundle), in order.
+ZOO_SECTIONS = ("Model Overview", "Data", "Training configuration", "Input/Output", "Performance",
+                "MONAI Bundle Commands", "References", "License")
+SCHEMA_20240725 = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                   "meta_schema_20240725.json")
+
+
+def readme_headings(path: Path) -> list[str]:
+    return re.findall(r"^#{1,4} +(.+?) *$", path.read_text(), flags=re.M)
+
+
+def zoo_sections_in_order(headings: list[str]) -> bool:
+    positions = [headings.index(name) for name in ZOO_SECTIONS if name in headings]
+    return len(positions) == len(ZOO_SECTIONS) and positions == sorted(positions)
+
+
+def links_leaving(bundle: Path) -> list[str]:
+    """Markdown links of the bundle's docs that break once the bundle is zipped on its own: a relative target
+    outside the bundle folder, or one that is not there."""
+    bad = []
+    for page in sorted((bundle / "docs").glob("*.md")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:|#", target):
+                continue  # a URL or an anchor
+            resolved = (page.parent / target.split("#")[0]).resolve()
+            if not resolved.is_relative_to(bundle.resolve()) or not resolved.exists():
+                bad.append(f"{page.name}: {target}")
+    return bad
+
+
+def test_license_is_the_apache_text_at_the_root_and_in_the_bundle():
+    """The zoo's CI stops without a LICENSE at the bundle root; the repository's is the one setup.cfg declares."""
+    root = TEMPLATE.parents[1]
+    assert re.search(r"^license\s*=\s*Apache-2\.0$", (root / "setup.cfg").read_text(), flags=re.M)
+    text = (root / "LICENSE").read_text()
+    assert (TEMPLATE / "LICENSE").read_text() == text
+    assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
+    for phrase in ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "2. Grant of Copyright License.",
+                   "3. Grant of Patent License.", "9. Accepting Warranty or Additional Liability.",
+                   "END OF TERMS AND CONDITIONS", "http://www.apache.org/licenses/LICENSE-2.0"):
+        assert phrase in text, phrase
+
+
+def test_template_metadata_is_on_the_schema_with_required_packages_version():
+    """meta_schema_20240725 (the one with ``required_packages_version``): its required fields, a symbolic
+    spatial shape (the generators take any multiple of 16 from 32 on), and the data type and scores filled. The schema
+    itself is a download (and jsonschema not a dependency), so the fields are checked here."""
+    metadata = json.loads((TEMPLATE / "configs" / "metadata.json").read_text())
+    assert metadata["schema"] == SCHEMA_20240725
+    for key in REQUIRED_METADATA:
+        assert metadata.get(key) not in (None, "", {}), key
+    assert metadata["version"] in metadata["changelog"]
+    assert "optional_packages_version" not in metadata  # the older schemas' name
+    assert all(isinstance(v, str) and v for v in metadata["required_packages_version"].values())
+    assert isinstance(metadata["data_type"], str) and metadata["data_type"]
+    metrics = metadata["eval_metrics"]
+    assert metrics and all(isinstance(v, float) for v in metrics.values())
+    for part, name in (("inputs", "image"), ("outputs", "pred")):
+        entry = metadata["network_data_format"][part][name]
+        assert set(REQUIRED_TENSOR_FIELDS) <= set(entry), f"{part}.{name}"
+        assert entry["spatial_shape"] == ["16*(n+1)", "16*(n+1)"]
+    # the scores are the ones the model card and the README state (scripts/bench_quality.py, leave-one-out)
+    card = (TEMPLATE / "docs" / "default_model.md").read_text()
+    readme = (TEMPLATE / "docs" / "README.md").read_text()
+    for key, value in metrics.items():
+        assert str(value) in card and f"| {value} |" in readme.replace(" / ", " | "), key
+
+
+@pytest.mark.parametrize("direction", ["t1-to-t2", "t2-to-t1"])
+def test_shipped_generators_take_the_symbolic_spatial_shape(direction, monkeypatch):
+    """The zoo's CI checks the template's metadata against the shipped network with MONAI's
+    ``verify_net_in_out`` (n = 1 by default: 32 x 32; 16 x 16 leaves the bottom level 1 x 1, which instance norm
+    refuses), and n = 2 is 48 x 48, a multiple of 16 that is not one of 32."""
+    from monai.bundle import verify_net_in_out
+
+    monkeypatch.chdir(TEMPLATE)
+    for n in (1, 2):
+        verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json",
+                          config_file="configs/inference.json", direction=direction, n=n)
+
+
+def test_bundle_readme_has_the_zoo_sections_and_no_link_leaves_the_bundle():
+    headings = readme_headings(TEMPLATE / "docs" / "README.md")
+    assert zoo_sections_in_order(headings), headings
+    assert links_leaving(TEMPLATE) == []
+
+
+def test_shipped_model_states_the_bundle_version():
+    import mri_translate
+
+    metadata = json.loads((TEMPLATE / "configs" / "metadata.json").read_text())
+    state = torch.load(TEMPLATE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["version"] == metadata["version"] == mri_translate.__version__
+
+
 def test_metadata_has_every_field_of_the_bundle_spec(run_dir):
     import monai
     import numpy
@@ -60,13 +156,19 @@ def test_metadata_has_every_field_of_the_bundle_spec(run_dir):
         for key in REQUIRED_TENSOR_FIELDS:
             assert key in entry, f"{part}.{name}.{key}"
         assert entry["num_channels"] == 3
-        assert entry["spatial_shape"] == [32, 32]  # the crop
+        assert entry["spatial_shape"] == ["16*(n+1)", "16*(n+1)"]  # multiples of 16 from 32 on, not the crop
         assert entry["value_range"] == [-1, 1] and entry["dtype"] == "float32" and entry["modality"] == "MR"
         assert len(entry["channel_def"]) == 3
     # one home for the model's settings: the bundle rebuilds the generator from models/model.pt
     inference = json.loads((run_dir / "configs" / "inference.json").read_text())
     assert "load_generator(@model_state" in inference["network_def"]
     assert not any(key in json.dumps(inference) for key in ('"channels"', '"res_units"', '"k": 3'))
+    assert metadata["eval_metrics"] == {}  # the shipped model's scores are not claimed for this run
+    # the zoo's necessary LICENSE at the bundle root; the README's sections, this run's last, no broken link
+    assert (run_dir / "LICENSE").read_text() == (TEMPLATE / "LICENSE").read_text()
+    headings = readme_headings(run_dir / "docs" / "README.md")
+    assert headings[-1] == "This run" and zoo_sections_in_order(headings)
+    assert links_leaving(run_dir) == []
 
 
 def test_metadata_follows_k(tmp_path, synthetic_4mm, tiny_config):
@@ -74,7 +176,7 @@ def test_metadata_follows_k(tmp_path, synthetic_4mm, tiny_config):
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     for part, name in (("inputs", "image"), ("outputs", "pred")):
         entry = metadata["network_data_format"][part][name]
-        assert entry["num_channels"] == 5 and entry["spatial_shape"] == [48, 48]
+        assert entry["num_channels"] == 5 and entry["spatial_shape"] == ["16*(n+1)", "16*(n+1)"]
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
