@@ -21,7 +21,7 @@ from monai.transforms import MapTransform
 from . import __version__
 from .contrast_check import contrast_record, judge_domain, model_checks
 from .errors import InputError, MriTranslateError
-from .inference import Translator, translate_checked
+from .inference import CheckedTranslation, Translator, translate_checked
 from .io import (IMAGE_SUFFIXES, NIFTI_SUFFIXES, atomic_path, atomic_paths, dicom_series, is_dicom_file, json_text,
                  list_images_2d, load_volume, remove_stale_temporaries, save_image_2d, save_volume, suffix,
                  voxel_spacing)
@@ -107,8 +107,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     checked = translate_checked(translator, volume, source, force, strict)
     translated = checked.translated
     a, b = CONTRASTS[translator.direction]
-    qc, error_map = (quality_checks(translator, cycle, checked.canonical, checked.normalized, volume) if cycle
-                     else (None, None))
+    qc, error_map = quality_checks(translator, cycle, checked, volume) if cycle else (None, None)
     if qc is not None:
         domain = judge_domain(qc, checks or model_checks(translator.model_path, translator.direction), source, strict)
     sidecar = {
@@ -182,13 +181,21 @@ def apply_brain_mask(volume, mask, source):
     return masked
 
 
-def quality_checks(translator: Translator, cycle: Translator, canonical, normalized, volume):
+def quality_checks(translator: Translator, cycle: Translator, checked: CheckedTranslation, volume):
     """Reference-free checks of one translation (all inside the input's foreground, in RAS):
 
-    - ``CycleErrorMAE``: mean |x - G_BA(G_AB(x))| in normalised units (the [-1, 1] scale; 0 = perfect cycle);
-    - ``InterSliceConsistency``: the output's slice-to-slice change over the input's (1 = as smooth);
+    - ``CycleErrorMAE``: mean |x - G_BA(G_AB(x))| in normalised units (the [-1, 1] scale; 0 = perfect cycle), with
+      the generators alone both ways (:meth:`~mri_translate.inference.Translator.run_network`): the refit on the
+      inverted input would make two translations in a row close to the identity whatever the network does;
+    - ``InterSliceConsistency``: the output's slice-to-slice change over the input's (1 = as smooth; ``None``
+      when the input does not change between slices, see :func:`~mri_translate.metrics.interslice_consistency`);
     - ``HistogramDistance``: Wasserstein distance between the output's intensity histogram and the target
       domain's training histogram (data-range units; ``None`` for models saved without it).
+
+    Args:
+        translator, cycle: the translator and the reverse one (same model).
+        checked: the translation of ``volume`` (:func:`~mri_translate.inference.translate_checked`).
+        volume: the loaded input ``(1, X, Y, Z)``.
 
     Returns:
         The checks and the voxel-wise cycle-error map ``(1, X, Y, Z)`` in the input's voxel order.
@@ -198,8 +205,9 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
     from . import metrics
     from .transforms import from_canonical
 
-    x, y = canonical[0].numpy(), normalized[0].numpy()
-    cycled = cycle.run_normalized(normalized)[0].numpy()
+    canonical = checked.canonical
+    x, y = canonical[0].numpy(), checked.normalized[0].numpy()
+    cycled = cycle.run_network(checked.network)[0].numpy()
     mask = metrics.auto_mask((x + 1) / 2)
     axis = translator.axes(voxel_spacing(canonical.affine), canonical.shape[1:])[0]  # the through-plane one first
     error = MetaTensor(torch.from_numpy(metrics.cycle_error_map(x, cycled))[None], meta=dict(canonical.meta))
@@ -209,6 +217,7 @@ def quality_checks(translator: Translator, cycle: Translator, canonical, normali
         "CycleErrorMAE": metrics.cycle_error(x, cycled, mask),
         "InterSliceConsistency": metrics.interslice_consistency((y + 1) / 2, (x + 1) / 2, mask, axis),
         "HistogramDistance": None if histogram is None else metrics.histogram_distance_to((y + 1) / 2, mask, histogram),
+        "Cycle": "generators alone both ways (no refit on the inverted input)",
         "Units": "cycle error in normalised [-1, 1] units; histogram distance in data-range units",
     }
     return checks, error
@@ -286,16 +295,16 @@ def shard(pairs: list, spec: str | None) -> list:
 
 
 def domain_check_options(translator: Translator, qc: bool = False, strict: bool = False) -> dict:
-    """The :func:`convert_file` options of ``--qc`` / ``--strict``: the reverse translator (for the cycle error)
-    with the same model, device and settings, the model's out-of-domain thresholds and ``strict``; ``{}`` when
-    neither is asked for."""
+    """The :func:`convert_file` options of ``--qc`` / ``--strict``: the reverse translator (for the cycle error:
+    the generator alone, with the same model, device, planes, mirroring and output standardisation), the model's
+    out-of-domain thresholds and ``strict``; ``{}`` when neither is asked for."""
     if not (qc or strict):
         return {}
     reverse = "t2-to-t1" if translator.direction == "t1-to-t2" else "t1-to-t2"
     cycle = Translator.from_run(translator.model_path, reverse, translator.device, translator.batch_size,
                                 axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp,
                                 standardize_output=translator.standardize_output,
-                                fuse_planes=translator.fuse_planes)
+                                fuse_planes=translator.fuse_planes, inverted_weight=0.0, guided_radius_mm=0.0)
     return {"cycle": cycle, "strict": strict, "checks": model_checks(translator.model_path, translator.direction)}
 
 

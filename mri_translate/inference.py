@@ -48,23 +48,25 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
     return generator
 
 
-def head_of(volume: torch.Tensor) -> torch.Tensor:
-    """The head (or brain) of a normalised ``(X, Y, Z)`` volume in [-1, 1]: its foreground
-    (:func:`~mri_translate.transforms.foreground_mask`) with the holes filled (dark CSF or a resection cavity
-    enclosed by tissue count as head); noise in the background does not."""
+#: the smallest separate piece of foreground that counts as head (mm^3): an ear or a slab of scalp does; the specks
+#: that a noisy background scatters above the foreground threshold (a few voxels each) do not
+HEAD_PIECE_MM3 = 500.0
+
+
+def head_of(volume: torch.Tensor, spacing=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """The head (or brain) of a normalised ``(X, Y, Z)`` volume in [-1, 1] of voxel ``spacing`` (mm): its
+    foreground (:func:`~mri_translate.transforms.foreground_mask`) where it forms the largest connected piece or
+    one of at least :data:`HEAD_PIECE_MM3`, with the holes filled (dark CSF or a resection cavity enclosed by
+    tissue count as head). Everything outside it is background, noise specks included."""
     from scipy import ndimage
 
-    volume = torch.as_tensor(volume).cpu()
-    return torch.from_numpy(ndimage.binary_fill_holes(foreground_mask(volume + 1).numpy()))
-
-
-def background_of(volume: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
-    """Background voxels of a normalised ``(X, Y, Z)`` volume in [-1, 1]: at the background value (-1, where
-    :class:`~mri_translate.transforms.RobustNormalize` clips everything up to its lower percentile) and not
-    enclosed by the head (``head``: :func:`head_of`, computed when not given). A skull-stripped input's zeros
-    are all background."""
-    volume = torch.as_tensor(volume).cpu()
-    return (volume <= -1) & ~(head_of(volume) if head is None else head)
+    foreground = foreground_mask(torch.as_tensor(volume).cpu() + 1).numpy()
+    labels, count = ndimage.label(foreground)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = (sizes * float(np.prod(spacing)) >= HEAD_PIECE_MM3) | (sizes == sizes.max())
+        foreground = np.isin(labels, 1 + np.flatnonzero(keep))
+    return torch.from_numpy(ndimage.binary_fill_holes(foreground))
 
 
 def inverted_input(volume: torch.Tensor, head: torch.Tensor, standardizer: LandmarkStandardizer) -> torch.Tensor:
@@ -307,26 +309,40 @@ class Translator:
 
     @torch.inference_mode()
     def run_normalized(self, x: MetaTensor) -> MetaTensor:
-        """The generator on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
+        """The whole translation of a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]:
+        :meth:`run_network`, then :meth:`refit`. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        return self.refit(x, self.run_network(x))
+
+    @torch.inference_mode()
+    def run_network(self, x: MetaTensor) -> MetaTensor:
+        """The generator alone on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
         :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
-        resampled back onto ``x``'s grid; those translations averaged, the background set to exactly -1, with
-        ``standardize_output`` standardised onto the target domain's scale, inside the head refitted on
-        :func:`inverted_input` (``guided_radius_mm``, :func:`guided_filter`) and ``inverted_weight`` of it averaged
-        in. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        resampled back onto ``x``'s grid; those translations averaged, everything outside the head
+        (:func:`head_of`) set to exactly -1, with ``standardize_output`` standardised onto the target domain's
+        scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         out = sum(self._translate_along(data, spacing, axis) for axis in axes) / len(axes)
-        head = head_of(data)
-        out[background_of(data, head)] = -1.0  # background stays background, exactly (once, on x's grid)
+        out[~head_of(data, spacing)] = -1.0  # all outside the head is background, exactly, noisy or not (once, on x's grid)
         if self.standardizes_output:
             out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
-        if self.inverted_weight or self.guided_radius_mm:  # inside the head only: noise around it keeps the
-            inverted = inverted_input(data, head, self.target_standardizer)  # generator's translation
-            if self.guided_radius_mm:
-                out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
-            out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
         return MetaTensor(out[None], meta=dict(x.meta))
+
+    @torch.inference_mode()
+    def refit(self, x: MetaTensor, network: MetaTensor) -> MetaTensor:
+        """The generator's translation ``network`` of ``x`` (both ``(1, X, Y, Z)`` in [-1, 1]) inside the head
+        refitted on :func:`inverted_input` (``guided_radius_mm``, :func:`guided_filter`) and ``inverted_weight``
+        of it averaged in; ``network`` itself when neither is set."""
+        if not (self.inverted_weight or self.guided_radius_mm):
+            return network
+        data, out, spacing = x.as_tensor()[0].float(), network.as_tensor()[0], voxel_spacing(x.affine)
+        head = head_of(data, spacing)
+        inverted = inverted_input(data, head, self.target_standardizer)
+        if self.guided_radius_mm:
+            out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
+        out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
+        return MetaTensor(out[None], meta=dict(network.meta))
 
     def _translate_along(self, data: torch.Tensor, spacing, axis: int) -> torch.Tensor:
         """``(X, Y, Z)`` in [-1, 1] translated in slabs along ``axis``, at the model's in-plane spacing."""
@@ -384,12 +400,14 @@ class Translator:
 @dataclass
 class CheckedTranslation:
     """One scan through convert's input checks and the translator: the contrast verdict (``None``: skipped by
-    ``force``), the ``SkullStripping`` record (``None``: the model records nothing), the prepared input and the
-    output in [-1, 1] on the RAS grid ``(1, X, Y, Z)``, and the translation in the input's own geometry."""
+    ``force``), the ``SkullStripping`` record (``None``: the model records nothing), the prepared input, the
+    generator's own translation (:meth:`Translator.run_network`) and the output (after :meth:`Translator.refit`),
+    in [-1, 1] on the RAS grid ``(1, X, Y, Z)``, and the translation in the input's own geometry."""
 
     contrast: ContrastVerdict | None
     skull: dict | None
     canonical: torch.Tensor
+    network: torch.Tensor
     normalized: torch.Tensor
     translated: torch.Tensor
 
@@ -407,5 +425,6 @@ def translate_checked(translator: Translator, volume, source, force: bool = Fals
     contrast = None if force else check_direction(volume, translator.direction, source)
     canonical = translator.prepare(volume)
     skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
-    normalized = translator.run_normalized(canonical)
-    return CheckedTranslation(contrast, skull, canonical, normalized, translator.restore(normalized, volume))
+    network = translator.run_network(canonical)
+    normalized = translator.refit(canonical, network)
+    return CheckedTranslation(contrast, skull, canonical, network, normalized, translator.restore(normalized, volume))

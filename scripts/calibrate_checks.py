@@ -70,7 +70,7 @@ def measure(model, items: list[dict], both: bool = False, device: str = "auto") 
 
     from mri_translate.contrast_check import classify_contrast
     from mri_translate.convert import quality_checks
-    from mri_translate.inference import Translator
+    from mri_translate.inference import Translator, translate_checked
     from mri_translate.io import load_volume
 
     translators = {direction: Translator.from_run(model, direction, device) for direction in DIRECTION_OF.values()}
@@ -83,8 +83,8 @@ def measure(model, items: list[dict], both: bool = False, device: str = "auto") 
             translator = translators[direction]
             cycle = translators["t2-to-t1" if direction == "t1-to-t2" else "t1-to-t2"]
             start = time.perf_counter()
-            canonical, normalized = translator.translate_normalized(volume)
-            qc, _ = quality_checks(translator, cycle, canonical, normalized, volume)
+            checked = translate_checked(translator, volume, item["path"], force=True)
+            qc, _ = quality_checks(translator, cycle, checked, volume)
             rows.append({"name": item["name"], "label": item["label"], "contrast": contrast, "direction": direction,
                          "right": own == direction, "seconds": round(time.perf_counter() - start, 2),
                          **{key: qc[key] for key in CHECKS}})
