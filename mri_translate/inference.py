@@ -26,7 +26,7 @@ from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
-from .standardize import LandmarkStandardizer
+from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, resample_inplane,
                          resample_onto, to_canonical)
 
@@ -363,8 +363,15 @@ class Translator:
 
     def prepare(self, volume: MetaTensor) -> MetaTensor:
         """The loaded input as the generator's domain sees it: canonical (RAS) and normalised, ``(1, X, Y, Z)`` in
-        [-1, 1]."""
-        return self.normalize(to_canonical(volume))
+        [-1, 1]. A model that standardises and resamples measures the scan's landmarks where training measured
+        them, on the scan resampled in-plane to the model's ``spacing`` along its through-plane axis
+        (:func:`~mri_translate.data.load_slices`), and maps the native grid with them."""
+        canonical = to_canonical(volume)
+        if not (isinstance(self.normalize, LandmarkStandardizer) and self.spacing):
+            return self.normalize(canonical)
+        data, spacing = canonical.as_tensor()[0].float(), voxel_spacing(canonical.affine)
+        model_grid = resample_inplane(data, spacing, through_plane_axis(spacing), self.spacing)
+        return self.normalize(canonical, volume_landmarks(model_grid, self.normalize.percentiles))
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""

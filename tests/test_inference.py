@@ -574,6 +574,29 @@ def test_qc_cycle_error_measures_the_generators_alone(synthetic_nifti):
     assert "alone" in qc["Cycle"]
 
 
+def test_landmarks_are_measured_on_the_grid_training_measures_them(tmp_path):
+    """A model that resamples to 1 mm measures a 0.5 mm scan's landmarks on the scan resampled to 1 mm in-plane,
+    as training does (data.load_slices), not on the native grid, where fine texture spreads the percentiles."""
+    from mri_translate.standardize import LANDMARKS_KEY
+    from mri_translate.transforms import resample_inplane
+
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 8)
+    inside = np.zeros(shape, bool)
+    inside[8:56, 8:56] = True
+    texture = 100 + 40 * rng.standard_normal(shape)  # voxel-scale texture: averaged away at 1 mm
+    path = tmp_path / "fine.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(inside, texture, 0).astype(np.float32), np.diag([0.5, 0.5, 3.0, 1.0])),
+             str(path))
+    volume = load_volume(path)
+    translator = Translator.from_state(standardized_state([volume], spacing=1.0), "t1-to-t2", IdentityNet())
+    canonical = to_canonical(volume)
+    model_grid = resample_inplane(canonical[0].float(), (0.5, 0.5, 3.0), 2, 1.0)
+    expected, native = volume_landmarks(model_grid[None]), volume_landmarks(canonical)
+    measured = torch.tensor(translator.prepare(volume).meta[LANDMARKS_KEY])
+    assert torch.allclose(measured, expected) and not torch.allclose(measured, native, rtol=0.02)
+
+
 def test_convert_applies_the_stored_landmarks(synthetic_nifti):
     """Standardisers fitted on the volume at x1, x2 and x3: an identity model maps the x1 volume onto the
     domain's typical (median) intensities, i.e. the x2 volume, voxel for voxel inside the head; the
