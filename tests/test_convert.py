@@ -142,18 +142,19 @@ def gif_frames(path) -> np.ndarray:
 
 
 def test_gif(capsys, tmp_path, synthetic_nifti, tiny_run):
-    """Axial panels of the 13 x 11 x 7 volume are 11 rows x 13 columns; panels are 2 px apart."""
+    """Axial panels of the 13 x 11 x 7 volume are 11 rows x 13 columns, each voxel a 24 x 24 block (the smallest
+    whole factor that makes a panel at least 256 px high); panels are 2 px apart."""
     gif = tmp_path / "sweep.gif"
     status, _, stderr = cli(capsys, "convert", synthetic_nifti, tmp_path / "a.nii.gz", "--model", tiny_run,
                             "--gif", gif, "--no-progress")
     assert status == 0, stderr
-    assert gif_frames(gif).shape[1:3] == (11, 2 * 13 + 2)
+    assert gif_frames(gif).shape[1:3] == (24 * 11, 2 * 24 * 13 + 2)
     reference = write_nifti(tmp_path / "ref" / "reference_T2w.nii.gz", scale=2.0)
     gif3 = tmp_path / "sweep3.gif"
     status, _, stderr = cli(capsys, "convert", synthetic_nifti, tmp_path / "b.nii.gz", "--model", tiny_run,
                             "--gif", gif3, "--reference", reference, "--no-progress")
     assert status == 0, stderr
-    assert gif_frames(gif3).shape[1:3] == (11, 3 * 13 + 2 * 2)
+    assert gif_frames(gif3).shape[1:3] == (24 * 11, 3 * 24 * 13 + 2 * 2)
 
 
 def test_gif_reference_of_another_shape(capsys, tmp_path, synthetic_nifti, tiny_run):
