@@ -12,6 +12,7 @@ import contextlib
 import random
 
 import torch
+import torch.distributed as dist
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
@@ -20,7 +21,9 @@ from .config import LossConfig
 
 class ImagePool:
     """History of generated images (Shrivastava et al. 2017): with probability 0.5 a discriminator sees an
-    older fake instead of the newest one. Local to a process; rank 0's is checkpointed (:meth:`state_dict`)."""
+    older fake instead of the newest one. A fake that is not finite (an fp16 overflow, whose update the grad scaler
+    leaves out) is passed through but never stored. Local to a process; rank 0's is checkpointed
+    (:meth:`state_dict`)."""
 
     def __init__(self, size: int = 50, rng: random.Random | None = None):
         self.size = size
@@ -32,9 +35,12 @@ class ImagePool:
         if self.size == 0:
             return images
         out = []
-        for image in images:
+        finite = torch.isfinite(images.flatten(1)).all(1).tolist()
+        for image, usable in zip(images, finite):
             image = image[None]
-            if len(self.images) < self.size:
+            if not usable:
+                out.append(image)
+            elif len(self.images) < self.size:
                 self.images.append(image)
                 out.append(image)
             elif self.rng.random() < 0.5:
@@ -69,10 +75,11 @@ class CycleGANLoss:
         self.l1 = nn.L1Loss()
 
     def supervised(self, fake: torch.Tensor, real: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
-        """``lambda_paired`` * mean |fake - real| over the batch items marked ``paired`` (``(B,)`` of 0/1): the L1
-        to the co-registered truth; 0 when no item is paired."""
+        """``lambda_paired`` * mean |fake - real| over the batch items marked ``paired`` (``(B,)`` of 0/1) in the
+        global batch (:func:`paired_weights`, a collective under ``torch.distributed``): the L1 to the
+        co-registered truth; 0 when no item is paired."""
         per_item = (fake.float() - real.float()).abs().flatten(1).mean(1)
-        return self.lambda_paired * (paired * per_item).sum() / paired.sum().clamp_min(1)
+        return self.lambda_paired * (paired_weights(paired) * per_item).sum()
 
     def generator(self, score_fake: torch.Tensor) -> torch.Tensor:
         """``lambda_adversarial`` * (D(G(x)) - 1)^2: the generator wants its fakes judged real."""
@@ -83,6 +90,23 @@ class CycleGANLoss:
         real = self.adversarial(score_real, target_is_real=True, for_discriminator=True)
         fake = self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
         return 0.5 * (real + fake)
+
+
+def paired_weights(paired: torch.Tensor) -> torch.Tensor:
+    """Per-item weights ``(B,)`` that make the supervised L1 (:meth:`CycleGANLoss.supervised`) the mean over the
+    paired items of the global batch: ``paired`` (``(B,)`` of 0/1) divided by their count ``n`` (1 when none).
+
+    Under ``torch.distributed`` (``DistributedDataParallel`` averages the gradients of its ``W`` ranks) ``n`` is
+    summed over the ranks and the weights are multiplied by ``W``, so the gradient is the one of a single process
+    stepping on the whole global batch, however the paired items fall on the ranks. A collective: every rank
+    calls it in the same step.
+    """
+    count = paired.sum()
+    ranks = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        ranks = dist.get_world_size()
+    return paired * ranks / count.clamp_min(1)
 
 
 def set_requires_grad(networks, flag: bool) -> None:
@@ -110,11 +134,15 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
             ``G_AB(x)`` towards the prior's map inside the brain (its brain-weighted L1 ``loss``) with
             ``prior_weight``, and ``G_BA`` likewise.
         paired: ``(B,)`` 1 where ``real_a[i]`` and ``real_b[i]`` are one subject's co-registered slab, else 0:
-            those items add the supervised L1 (:meth:`CycleGANLoss.supervised`) in both directions.
+            those items add the supervised L1 (:meth:`CycleGANLoss.supervised`) in both directions, averaged over
+            the paired items of the global batch (:func:`paired_weights`; under ``torch.distributed`` every rank
+            passes ``paired`` or none does).
 
     Returns:
         Loss values as floats: ``G`` (total), ``G_adv_AB``, ``G_adv_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``,
-        ``idt_B``, ``prior_A``, ``prior_B``, ``paired_A``, ``paired_B``, ``D_A``, ``D_B``.
+        ``idt_B``, ``prior_A``, ``prior_B``, ``paired_A``, ``paired_B``, ``D_A``, ``D_B``. Under
+        ``torch.distributed`` they are this rank's: ``paired_*`` is its share of the global term times the
+        number of ranks (their mean over the ranks is the global term).
     """
     autocast = autocast or contextlib.nullcontext
     g_ab, g_ba, d_a, d_b = nets["G_AB"], nets["G_BA"], nets["D_A"], nets["D_B"]
@@ -137,7 +165,7 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         if priors is not None and prior_weight > 0:
             prior_b = priors["AB"].loss(fake_b, real_a) * prior_weight
             prior_a = priors["BA"].loss(fake_a, real_b) * prior_weight
-        if paired is not None and bool(paired.any()):
+        if paired is not None:  # also on a rank without a pair: the pairs are counted over all the ranks
             paired = paired.to(real_a.device, torch.float32)
             paired_b = loss.supervised(fake_b, real_b, paired)          # ||G(x) - y||_1 on pairs
             paired_a = loss.supervised(fake_a, real_a, paired)          # ||F(y) - x||_1 on pairs

@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under torchrun: CycleGAN steps with the four networks wrapped in
-DistributedDataParallel, each rank on its half of a fixed global batch; rank 0 saves the weights.
+DistributedDataParallel, each rank on its half of a fixed global batch (some items paired); rank 0 saves the
+weights.
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_step_worker.py OUT.pt STEPS
 """
@@ -15,11 +16,16 @@ from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step
 from mri_translate.networks import build_networks
 
 
-def global_batches(steps: int, size: int = 4):
-    """The same ``(A, B)`` batches ``(size, 3, 32, 32)`` in every process."""
+#: ``paired`` of the global batches of 4, in turn: one paired item (on rank 0 only), three (two on rank 0), none.
+PAIRED = ((1.0, 0.0, 0.0, 0.0), (1.0, 1.0, 0.0, 1.0), (0.0, 0.0, 0.0, 0.0))
+
+
+def global_batches(steps: int):
+    """The same ``(A, B, paired)`` batches ``(4, 3, 32, 32)``, ``(4,)`` in every process."""
     generator = torch.Generator().manual_seed(7)
-    return [(torch.rand(size, 3, 32, 32, generator=generator) * 2 - 1,
-             torch.rand(size, 3, 32, 32, generator=generator) * 2 - 1) for _ in range(steps)]
+    return [(torch.rand(4, 3, 32, 32, generator=generator) * 2 - 1,
+             torch.rand(4, 3, 32, 32, generator=generator) * 2 - 1,
+             torch.tensor(PAIRED[step % len(PAIRED)])) for step in range(steps)]
 
 
 def setup(seed: int = 0):
@@ -40,10 +46,9 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     nets, optimizers, loss, pools = setup(seed=rank)  # different seeds: DDP must broadcast rank 0's weights
     wrapped = {name: DistributedDataParallel(net) for name, net in nets.items()}
-    for a, b in global_batches(steps):
-        share = len(a) // world
-        cyclegan_step(wrapped, optimizers, a[rank * share:(rank + 1) * share], b[rank * share:(rank + 1) * share],
-                      loss, pools)
+    for a, b, paired in global_batches(steps):
+        mine = slice(rank * len(a) // world, (rank + 1) * len(a) // world)
+        cyclegan_step(wrapped, optimizers, a[mine], b[mine], loss, pools, paired=paired[mine])
     if rank == 0:
         torch.save({name: net.state_dict() for name, net in nets.items()}, out)
     dist.barrier()  # no rank tears gloo down while another is still working (an abort at exit, seen once in CI)

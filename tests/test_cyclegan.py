@@ -162,3 +162,16 @@ def test_pool_is_deterministic_for_a_seeded_rng():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_pool_never_stores_a_non_finite_fake():
+    """The fake of an fp16 overflow (NaN; the grad scaler leaves its step's updates out) comes back as it is but is
+    never stored, so no later discriminator step draws it from the pool."""
+    pool = ImagePool(1, random.Random(0))
+    overflow = torch.full((1, 3, 4, 4), float("nan"))
+    assert torch.isnan(pool.query(overflow)).all() and pool.images == []
+    fine = numbered([1])
+    pool.query(fine)
+    for _ in range(20):
+        assert torch.isnan(pool.query(torch.cat([overflow, overflow]))).all()
+    assert len(pool.images) == 1 and torch.equal(pool.images[0], fine)

@@ -48,7 +48,8 @@ def load(record, rank):
 
 def test_two_processes_reach_the_weights_of_one_process_over_the_same_global_batch(tmp_path):
     """Each rank steps on its half of every global batch of 4 with the networks wrapped in DDP (ranks start from
-    different seeds: DDP must broadcast rank 0's); one process steps on the whole batches."""
+    different seeds: DDP must broadcast rank 0's); one process steps on the whole batches. Some batches hold
+    paired items, unevenly spread over the ranks: the supervised L1 weighs them as one process does."""
     sys.path.insert(0, str(STEP_WORKER.parent))
     try:
         from ddp_step_worker import global_batches, setup
@@ -60,8 +61,8 @@ def test_two_processes_reach_the_weights_of_one_process_over_the_same_global_bat
     distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
     nets, optimizers, loss, pools = setup(seed=0)
     start = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in nets.items()}
-    for a, b in global_batches(3):
-        cyclegan_step(nets, optimizers, a, b, loss, pools)
+    for a, b, paired in global_batches(3):
+        cyclegan_step(nets, optimizers, a, b, loss, pools, paired=paired)
     for name, net in nets.items():
         for key, value in net.state_dict().items():
             torch.testing.assert_close(distributed[name][key], value, rtol=0, atol=1e-6, msg=f"{name}.{key}")
