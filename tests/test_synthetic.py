@@ -130,3 +130,79 @@ def test_missing_nilearn_is_a_clear_error(monkeypatch):
     )
     with pytest.raises(RuntimeError, match="pip install nilearn"):
         syn._template_dir()
+
+
+def spin_echo(name: str, contrast: str) -> float:
+    """The noise-free signal of a tissue of ``syn.TISSUES`` in ``syn.SEQUENCES[contrast]``."""
+    t1_ms, t2_ms, pd = syn.TISSUES[name]
+    tr, te = syn.SEQUENCES[contrast]
+    return pd * (1 - np.exp(-tr / t1_ms)) * np.exp(-te / t2_ms)
+
+
+def test_every_tissue_signal_is_the_spin_echo_equation_of_its_relaxation_parameters(monkeypatch):
+    """Without bias field, noise and jitter a subject with every option is the tissue fractions times one signal
+    per tissue: recovered by least squares, each is the equation's for its (T1, T2, PD), and they break the mirror: lesions darker than white matter on the T1w and brighter than grey matter on the
+    T2w, fat brighter than both in both, deep grey nuclei like cortex on the T1w and like white matter on the T2w
+    (no monotone inversion maps one contrast onto the other)."""
+    monkeypatch.setattr(syn, "BIAS_AMPLITUDE", 0.0)
+    monkeypatch.setattr(syn, "NOISE_FRACTION", 0.0)
+    monkeypatch.setattr(syn, "TISSUE_JITTER", 0.0)
+    pair = syn.make_pair(0, 2.0, deep_grey=True, lesions=True, head=True)
+    tissues = syn.tissue_maps(2.0, 0, deep_grey=True, lesions=True, head=True)
+    names = ["gm", "wm", "csf", "deep_gm", "lesion", "fat", "skin"]
+    fractions = np.stack([tissues[name].ravel() for name in names], axis=1)
+    signal = {}
+    for contrast, volume in (("t1", pair.t1), ("t2", pair.t2)):
+        solved = np.linalg.lstsq(fractions, volume.ravel(), rcond=None)[0]
+        signal[contrast] = dict(zip(names, solved))
+        for name in names:
+            assert signal[contrast][name] == pytest.approx(spin_echo(name, contrast), rel=1e-3), (name, contrast)
+    t1, t2 = signal["t1"], signal["t2"]
+    assert t1["lesion"] < t1["wm"] and t2["lesion"] > t2["gm"]
+    assert t1["fat"] > t1["wm"] and t2["fat"] > t2["gm"]
+    assert abs(t1["deep_gm"] - t1["gm"]) < abs(t1["deep_gm"] - t1["wm"])
+    assert abs(t2["deep_gm"] - t2["wm"]) < abs(t2["deep_gm"] - t2["gm"])
+
+
+def test_lesions_show_in_the_noisy_volumes_and_keep_the_subject(pair2):
+    """With bias field and noise the lesions are still darker than white matter on the T1w and brighter than grey
+    matter on the T2w; the options keep the subject's brain mask; ``lesions`` is the lesion fraction > 0.5."""
+    pair = syn.make_pair(0, 2.0, deep_grey=True, lesions=True)
+    tissues = syn.tissue_maps(2.0, 0, deep_grey=True, lesions=True)
+    lesion, wm, gm = tissues["lesion"] > 0.6, tissues["wm"] > 0.9, tissues["gm"] > 0.9
+    assert lesion.sum() > 20
+    assert pair.t1[lesion].mean() < pair.t1[wm].mean() and pair.t2[lesion].mean() > pair.t2[gm].mean()
+    np.testing.assert_array_equal(pair.mask, pair2.mask)
+    np.testing.assert_array_equal(pair.lesions, tissues["lesion"] > 0.5)
+
+
+def test_lesions_differ_in_number_and_size_per_subject(tmp_path):
+    """Each subject draws its own lesions (within LESION_COUNT ovoids, in white matter); write_dataset writes
+    their mask beside the subject."""
+    out = syn.write_dataset(tmp_path, n_subjects=3, resolution=2.0, seed=0, lesions=True)
+    counts, volumes = [], []
+    for i, path in enumerate(out["lesions"]):
+        assert path.name == f"sub-0{i + 1}_lesions.nii.gz"
+        lesions = np.asarray(nib.load(path).dataobj) > 0
+        np.testing.assert_array_equal(lesions, syn.make_pair(i, 2.0, lesions=True).lesions)
+        counts.append(ndi.label(lesions)[1])
+        volumes.append(int(lesions.sum()))
+        assert 1 <= counts[-1] <= syn.LESION_COUNT[1]
+        assert not (lesions & ~np.asarray(nib.load(out["mask"][i]).dataobj, bool)).any()
+    assert len(set(counts)) > 1 and len(set(volumes)) == 3
+    assert "white-matter lesions: True" in (tmp_path / "dataset_description.json").read_text()
+
+
+def test_whole_head_has_skull_and_scalp_fat_bright_in_both_contrasts():
+    """A whole head: fat (scalp and marrow) brighter than white matter on the T1w and than grey matter on the T2w
+    (its fast-spin-echo T2); the skull's tables (cortical bone) give no signal; the brain mask is the brain's."""
+    pair, tissues = syn.make_pair(1, 2.0, head=True), syn.tissue_maps(2.0, 1, head=True)
+    fat, wm, gm = tissues["fat"] > 0.7, tissues["wm"] > 0.9, tissues["gm"] > 0.9
+    assert pair.t1[fat].mean() > 1.3 * pair.t1[wm].mean() and pair.t2[fat].mean() > 1.3 * pair.t2[gm].mean()
+    np.testing.assert_array_equal(pair.mask, syn.make_pair(1, 2.0).mask)
+    total = sum(tissues[name] for name in ("gm", "wm", "csf", "fat", "skin"))
+    table = ndi.binary_dilation(pair.mask) & ~pair.mask  # the first voxel outside the brain: the inner table
+    marrow = ndi.binary_dilation(pair.mask, iterations=2) & ~ndi.binary_dilation(pair.mask)
+    assert total[table].mean() < 0.55 and total[marrow].mean() > 0.65  # bone: no tissue (partial volume at 2 mm)
+    scalp = ndi.binary_dilation(pair.mask, iterations=7) & ~ndi.binary_dilation(pair.mask, iterations=5)
+    assert tissues["fat"][scalp].mean() > 0.6  # the scalp's fat, outside the skull
