@@ -221,6 +221,43 @@ DEFAULT_CHECKS = {"CycleErrorMAE": 0.55, "HistogramDistance": 0.17, "InterSliceC
 
 #: Largest axial cross-section (cm^2) of a skull-stripped brain; whole heads measured 236-298, brains 157-202.
 SKULL_STRIPPED_AREA_CM2 = 220.0
+#: A head voxel is at least this many standard deviations of the background noise above the background's median
+#: (a Rayleigh background exceeds its median + 6 of its robust standard deviations about once in 10^5 voxels).
+NOISE_SIGMAS = 6.0
+
+
+def head_mask(image):
+    """The head (or brain) of a volume with a clean or a noisy background.
+
+    :func:`~mri_translate.transforms.foreground_mask` alone counts the brighter background voxels of a noisy scan
+    (Rician noise: the magnitude of complex Gaussian noise) as head, and the area of
+    :func:`head_area_cm2` spans a slice's rows from their first to their last foreground voxel, so a few of them
+    make a brain look like a whole head. Here a voxel must also stand ``NOISE_SIGMAS`` robust standard deviations
+    (1.4826 x the median absolute deviation) above the median of what ``foreground_mask`` calls background
+    (exact zeros: no change), and only the largest connected component (6-connected, 3D) is kept.
+
+    Args:
+        image: ``(X, Y, Z)`` torch tensor, background darkest (e.g. normalised + 1).
+
+    Returns:
+        Boolean ``(X, Y, Z)`` torch tensor (all False when nothing is above the thresholds).
+    """
+    import torch
+
+    from .transforms import foreground_mask, strided_sample
+
+    image = image.detach().float()
+    mask = foreground_mask(image)
+    background = strided_sample(image[~mask])
+    if background.numel():
+        centre = background.median()
+        mask &= image > centre + NOISE_SIGMAS * 1.4826 * (background - centre).abs().median()
+    labels, count = ndimage.label(mask.numpy())
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = torch.from_numpy(labels == np.argmax(sizes))
+    return mask
 
 
 def head_area_cm2(mask, spacing) -> float:
@@ -255,9 +292,8 @@ def check_skull_stripping(canonical, trained_on_brains: bool | None, source, str
     if trained_on_brains is None:
         return None
     from .io import voxel_spacing
-    from .transforms import foreground_mask
 
-    area = head_area_cm2(foreground_mask(canonical[0].as_tensor() + 1), voxel_spacing(canonical.affine))
+    area = head_area_cm2(head_mask(canonical[0].as_tensor() + 1), voxel_spacing(canonical.affine))
     record = {"InputLooksSkullStripped": area < SKULL_STRIPPED_AREA_CM2, "HeadAreaCm2": round(area, 1),
               "ModelTrainedOnSkullStripped": bool(trained_on_brains)}
     if trained_on_brains and not record["InputLooksSkullStripped"]:
