@@ -36,7 +36,7 @@ def _matching_names(pred: Path, ref: Path) -> None:
 
 
 def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, target_example=None,
-             slice_axis: int = 2) -> dict:
+             slice_axis: int = 2, region=None) -> dict:
     """Paired metrics of ``pred`` against ``ref`` (same grid), in the mask and over the whole image.
 
     Args:
@@ -48,11 +48,14 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
         target_example: a target-contrast volume whose histogram the baseline matches; default ``ref``
             itself (optimistic: it borrows the true answer's intensity distribution).
         slice_axis: RAS axis of the per-slice numbers (2 = axial).
+        region: a mask file of a region inside the brain (> 0 is inside, e.g. lesions): adds
+            :func:`~mri_translate.metrics.region_metrics` there (PSNR, SSIM, MAE and the region's contrast
+            against the brain around it in the prediction and the reference, and their ratio).
 
     Returns:
         ``{"pred", "ref", "normalisation", "model": {"mask": {...}, "whole": {...}}, "per_slice": [...],
         "interslice_consistency"?, "reference_interslice_consistency"? (the same for the real target: what a
-        perfect translation scores), "baselines"?}``.
+        perfect translation scores), "baselines"?, "region"?: {"path", "model": {...}, "baselines"?: {...}}}``.
     """
     pred_path, ref_path = Path(pred), Path(ref)
     _matching_names(pred_path, ref_path)
@@ -80,6 +83,9 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
     report = {"pred": str(pred_path), "ref": str(ref_path), "normalisation": model.pop("normalisation"),
               "mask": "auto (foreground of the reference)" if mask == "auto" else str(mask), "model": model,
               "per_slice": metrics.per_slice_metrics(p, r, brain, slice_axis)}
+    inside = None if region is None else _region(region, r.shape)
+    if inside is not None:
+        report["region"] = {"path": str(region), "model": _region_metrics(p, r, brain, inside, slice_axis, region)}
     if source is not None:
         s = load_array(source)
         if s.shape != r.shape:
@@ -90,17 +96,36 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
             example = r if target_example is None else load_array(target_example)
             matched = metrics.baseline_inverted_histogram_matched(s, metrics.auto_mask(s), example,
                                                                   metrics.auto_mask(example))
+            images = {"identity": metrics.baseline_identity(s), "inverted_histogram_matched": matched}
             report["baselines"] = {
                 "histogram_target": "the reference itself (optimistic)" if target_example is None
                 else str(target_example),
-                "identity": _without_normalisation(
-                    metrics.paired_metrics(metrics.baseline_identity(s), r, brain, slice_axis)),
-                "inverted_histogram_matched": _without_normalisation(
-                    metrics.paired_metrics(matched, r, brain, slice_axis)),
+                **{name: _without_normalisation(metrics.paired_metrics(image, r, brain, slice_axis))
+                   for name, image in images.items()},
             }
+            if inside is not None:
+                report["region"]["baselines"] = {name: _region_metrics(image, r, brain, inside, slice_axis, region)
+                                                 for name, image in images.items()}
     elif baselines:
         raise InputError(pred_path, "--baselines needs --input (the volume that was translated)")
     return report
+
+
+def _region(path, shape) -> np.ndarray:
+    """The ``--region`` mask file as a boolean array of the reference's ``shape``."""
+    inside = load_array(path) > 0
+    if inside.shape != shape:
+        raise InputError(path, f"region shape {inside.shape} does not match the reference's {shape}")
+    if not inside.any():
+        raise InputError(path, "the region is empty")
+    return inside
+
+
+def _region_metrics(image, r, brain, inside, slice_axis, path) -> dict:
+    try:
+        return metrics.region_metrics(image, r, brain, inside, slice_axis)
+    except ValueError as err:
+        raise InputError(path, str(err)) from err
 
 
 def _without_normalisation(result: dict) -> dict:
@@ -157,6 +182,14 @@ def format_summary(report: dict) -> str:
                  for value in (report["interslice_consistency"], report["reference_interslice_consistency"])]
         lines.append(f"inter-slice consistency (output/input change, 1 = as smooth as the input): "
                      f"{shown[0]} (the reference itself: {shown[1]})")
+    if "region" in report:
+        region = report["region"]
+        lines.append(f"in the region {region['path']} ({region['model']['voxels']} voxels; contrast = its mean over "
+                     "the median of the brain around it):")
+        lines.append(f"{'':<28}{'PSNR dB':>9}{'SSIM':>8}{'MAE':>8}{'contrast':>10}{'truth':>8}{'ratio':>8}")
+        for name, v in [("model", region["model"]), *region.get("baselines", {}).items()]:
+            lines.append(f"{name:<28}{v['psnr']:>9.2f}{v['ssim_3d']:>8.3f}{v['mae']:>8.4f}{v['contrast']:>10.3f}"
+                         f"{v['reference_contrast']:>8.3f}{v['contrast_ratio']:>8.3f}")
     lines.append(f"normalisation: {report['normalisation']}")
     return "\n".join(lines)
 

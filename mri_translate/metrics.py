@@ -202,6 +202,71 @@ def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
     }
 
 
+#: The brain that a region's contrast is measured against leaves out the region dilated by this many voxels.
+REGION_MARGIN_VOXELS = 2
+
+
+def region_contrast(volume, region, mask) -> float:
+    """Contrast of a region (e.g. lesions) against the brain around it: the region's mean intensity over the median
+    of the brain outside it, in the volume's own units (scale-free: any positive scaling gives the same value).
+
+    Args:
+        volume: array or tensor (X, Y, Z) or (H, W), background and tissue >= 0.
+        region: boolean (or 0/1) array of the same shape.
+        mask: the brain, same shape; the region dilated by :data:`REGION_MARGIN_VOXELS` (6-connected steps) is left
+            out of it.
+
+    Returns:
+        The ratio (1 = as bright as the surrounding brain, > 1 brighter, < 1 darker); NaN when the median of the
+        brain around the region is not positive (no contrast can be measured against it).
+
+    Raises:
+        ValueError: shapes differ, the region is empty, or no brain is left outside it.
+    """
+    vol = _as_volume(volume, "volume")
+    inside, brain = _as_mask(region, vol, "volume"), _as_mask(mask, vol, "volume")
+    outside = brain & ~ndimage.binary_dilation(inside, iterations=REGION_MARGIN_VOXELS)
+    if not inside.any() or not outside.any():
+        raise ValueError("the region is empty or fills the brain: no contrast to measure")
+    around = np.median(vol[outside])
+    return float(vol[inside].mean() / around) if around > 0 else float("nan")
+
+
+def region_metrics(pred, ref, mask, region, slice_axis: int = 2) -> dict:
+    """Paired metrics inside a region of the brain (e.g. a lesion mask), and how faithful its contrast is.
+
+    PSNR, SSIM and MAE use the images scaled as in :func:`paired_metrics` (by the brain ``mask``, so the numbers
+    are comparable with its ``"mask"`` ones) and are taken over the region's voxels (SSIM: the mean of the 3D SSIM
+    map there); the contrasts are :func:`region_contrast` of each image, unscaled.
+
+    Args:
+        pred, ref: prediction and ground truth (X, Y, Z) or (H, W), any units (>= 0).
+        mask: the brain, same shape.
+        region: the region, same shape.
+        slice_axis: as in :func:`paired_metrics`.
+
+    Returns:
+        ``{"psnr", "ssim_3d", "mae", "contrast", "reference_contrast", "contrast_ratio", "voxels"}``: plain
+        floats (``voxels`` an int); ``contrast_ratio`` = ``contrast / reference_contrast`` (1 = faithful).
+
+    Raises:
+        ValueError: shapes differ, the brain mask or the region is empty, or no brain is left outside the region.
+    """
+    p, r, _ = _scaled_pair(pred, ref, mask)
+    inside = _as_mask(region, r, "ref")
+    contrast, reference = region_contrast(pred, inside, mask), region_contrast(ref, inside, mask)
+    diff = p[inside] - r[inside]
+    return {
+        "psnr": _psnr(float(np.mean(diff * diff))),
+        "ssim_3d": float(np.mean(_ssim_maps(p, r, slice_axis)[0][inside])),
+        "mae": float(np.mean(np.abs(diff))),
+        "contrast": contrast,
+        "reference_contrast": reference,
+        "contrast_ratio": contrast / reference if reference > 0 else float("nan"),
+        "voxels": int(inside.sum()),
+    }
+
+
 def per_slice_metrics(pred, ref, mask, slice_axis: int = 2) -> list[dict]:
     """Per-slice PSNR (dB, capped at 100), 2D SSIM and MAE inside each slice's part of the mask.
 

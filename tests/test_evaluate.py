@@ -208,3 +208,29 @@ def test_mask_file_and_no_mask(tmp_path, synthetic_nifti):
     assert boxed["model"]["mask_voxels"] == int(box.sum())
     assert boxed["mask"] == str(mask_path)
     assert {row["slice"] for row in boxed["per_slice"]} == {2, 3, 4}
+
+
+def test_region_scores_and_contrast_ratio_of_a_constructed_case(capsys, tmp_path):
+    """``evaluate --region``: a region of known contrast (1.5 in the reference, 1.2 in the prediction: see
+    tests/test_metrics.py ``region_case``) reports both and their ratio 0.8 in the JSON and the summary, for the
+    model and the baselines; a region on another grid is refused in one line."""
+    from test_metrics import region_case
+
+    pred, ref, brain, region = region_case()
+    paths = {name: write_nifti(tmp_path / f"{name}.nii.gz", data)
+             for name, data in (("pred", pred), ("ref", ref), ("brain", brain), ("region", region))}
+    source = write_nifti(tmp_path / "source.nii.gz", np.where(brain, 2000.0 - ref, 0.0))
+    status, stdout, stderr = cli(capsys, "evaluate", "--pred", paths["pred"], "--ref", paths["ref"], "--mask",
+                                 paths["brain"], "--region", paths["region"], "--input", source, "--baselines",
+                                 "--json", tmp_path / "report.json")
+    assert status == 0, stderr
+    region_report = json.loads((tmp_path / "report.json").read_text())["region"]
+    model = region_report["model"]
+    assert model["contrast"] == pytest.approx(1.2) and model["reference_contrast"] == pytest.approx(1.5)
+    assert model["contrast_ratio"] == pytest.approx(0.8) and model["voxels"] == 64
+    assert set(region_report["baselines"]) == {"identity", "inverted_histogram_matched"}
+    assert region_report["baselines"]["identity"]["contrast_ratio"] < 1.0  # inverted: the region is darker
+    assert "in the region" in stdout and " 0.800" in stdout
+    status, _, stderr = cli(capsys, "evaluate", "--pred", paths["pred"], "--ref", paths["ref"], "--region",
+                            write_nifti(tmp_path / "small.nii.gz", region[:8]))
+    assert status == 2 and len(stderr.strip().splitlines()) == 1 and "region shape" in stderr

@@ -246,3 +246,36 @@ def test_inverted_histogram_baseline_on_real_pair():
     assert ours["mask"]["psnr"] > identity["mask"]["psnr"] + 3.0
     assert ours["mask"]["ssim_3d"] > identity["mask"]["ssim_3d"]
     assert identity["whole"]["psnr"] > identity["mask"]["psnr"]  # background inflates whole-image scores
+
+
+def region_case():
+    """``(pred, ref, brain, region)`` with a known contrast: a 4-voxel cube (the region) at 150 in the reference and
+    120 in the prediction; the brain is the region grown by 3 steps, the 2 steps next to the region are bright
+    (1000) and the outermost step is 100. Left out with the region's 2-voxel margin, the bright ring cannot move
+    the median of the brain around the region (100): contrasts 1.5 and 1.2, ratio 0.8."""
+    region = np.zeros((16, 16, 16), dtype=bool)
+    region[6:10, 6:10, 6:10] = True
+    ring = ndimage.binary_dilation(region, iterations=2) & ~region
+    brain = ndimage.binary_dilation(region, iterations=3)
+    ref = np.where(brain, 100.0, 0.0)
+    ref[ring] = 1000.0
+    ref[region] = 150.0
+    pred = ref.copy()
+    pred[region] = 120.0
+    return pred, ref, brain, region
+
+
+def test_region_contrast_and_metrics_on_a_constructed_case():
+    pred, ref, brain, region = region_case()
+    assert metrics.region_contrast(ref, region, brain) == pytest.approx(1.5)
+    assert metrics.region_contrast(pred, region, brain) == pytest.approx(1.2)
+    inside = metrics.region_metrics(pred, ref, brain, region)
+    assert inside["contrast"] == pytest.approx(1.2) and inside["reference_contrast"] == pytest.approx(1.5)
+    assert inside["contrast_ratio"] == pytest.approx(0.8) and inside["voxels"] == 64
+    # Both scaled by their 99.5th percentile in the brain (1000): the region differs by 0.03 everywhere.
+    assert inside["mae"] == pytest.approx(0.03) and inside["psnr"] == pytest.approx(-10 * np.log10(0.03 ** 2))
+    assert inside["ssim_3d"] < 1.0
+    same = metrics.region_metrics(ref, ref, brain, region)
+    assert same["contrast_ratio"] == 1.0 and same["psnr"] == 100.0 and same["ssim_3d"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no contrast"):
+        metrics.region_contrast(ref, brain, brain)  # no brain left outside the region
