@@ -33,7 +33,8 @@ def train_entry(args) -> int:
     """Train a CycleGAN on unpaired T1w and T2w sources; the run directory becomes a MONAI bundle."""
     from .train import train
 
-    overrides = {"train": {"iterations": args.iterations, "device": args.device, "seed": args.seed}}
+    overrides = {"train": {"iterations": args.iterations, "device": args.device, "seed": args.seed,
+                           "log_every": args.log_every}}
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="also log every loss term, raw, every N iterations (train.log_every; default 0: never)")
     p.add_argument("--nproc", type=int, help="train in N processes on this machine (torchrun; one per GPU)")
     p.add_argument("--paired", action="store_true",
                    help="a T1w and a T2w of one subject (same name but the contrast) form a co-registered pair that "

@@ -15,6 +15,7 @@ field, gamma) with MONAI random transforms.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .distributed import Context
-from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2
+from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2, head_mask
 from .errors import ConstantImageError, InputError
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
 from .slabs import PLANES, slicing_axes
@@ -430,17 +431,43 @@ def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[s
     return {"A": pick(a), "B": pick(b)}
 
 
+class ResumableSampler(Sampler[int]):
+    """``sampler``'s indices, of which the next pass leaves the first ``count`` out after :meth:`skip`: a run
+    resumed in the middle of an epoch goes on with the items it had not reached instead of the epoch's first
+    ones (the items themselves depend only on ``(seed, epoch, index)``, see :class:`UnpairedSlabDataset`)."""
+
+    def __init__(self, sampler: Sampler[int]):
+        self.sampler, self.pending = sampler, 0
+
+    def skip(self, count: int) -> None:
+        """Leave the first ``count`` indices of the next pass out (once)."""
+        self.pending = count
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the wrapped sampler where it has one (``DistributedSampler``)."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        count, self.pending = self.pending, 0
+        return itertools.islice(iter(self.sampler), count, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.pending
+
+
 def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pairs=()) -> DataLoader:
     """DataLoader of :class:`UnpairedSlabDataset` (settings from a :class:`~mri_translate.config.RunConfig`;
-    ``pairs`` from :func:`paired_volumes`) with one epoch = ``train.epoch_length`` batches per rank;
-    under torchrun a ``DistributedSampler`` gives each rank its own share of the items."""
-    from torch.utils.data import DistributedSampler
+    ``pairs`` from :func:`paired_volumes`) with one epoch = ``train.epoch_length`` batches per rank, in order;
+    under torchrun a ``DistributedSampler`` gives each rank its own share of the items. The sampler is a
+    :class:`ResumableSampler` (call its ``set_epoch`` every epoch)."""
+    from torch.utils.data import DistributedSampler, SequentialSampler
 
     data = config.data
     dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
                                   length=config.train.epoch_length * data.batch_size * context.world,
                                   augment=data.augment, pairs=pairs, paired_fraction=data.paired_fraction)
     sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
-                                 drop_last=True) if context.active else None
-    return DataLoader(dataset, batch_size=data.batch_size, shuffle=False, sampler=sampler,
+                                 drop_last=True) if context.active else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=data.batch_size, sampler=ResumableSampler(sampler),
                       num_workers=data.num_workers, drop_last=True)

@@ -9,7 +9,9 @@ import copy
 import logging
 import math
 import random
+import sys
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,10 @@ from .runtime import precision_for, read_checkpoint
 
 log = logging.getLogger("mri_translate.train")
 CHECKPOINT = "checkpoint.pt"
+#: Steps in a row with a non-finite loss that a run under fp16's grad scaler skips before it stops.
+OVERFLOW_PATIENCE = 10
+SHOWN = ("G", "D_A", "D_B")  # the loss terms on the progress bar and in the closing summary
+SMOOTHING = 50  # iterations their moving averages span
 
 
 def linear_decay(total: int, decay_fraction: float):
@@ -92,14 +98,19 @@ class CycleGANTrainer(Trainer):
     """MONAI trainer running one CycleGAN step per iteration.
 
     ``engine.state.output`` holds the float loss terms of :func:`~mri_translate.cyclegan.cyclegan_step`;
-    ``engine.state.history`` accumulates them for the loss plot. Under torchrun the four networks run wrapped
-    in ``DistributedDataParallel`` (gradients averaged over the ranks during backward); ``nets`` always holds
-    the plain modules, which are what checkpoints store. Checkpoints, montages and logging attach to events
-    from outside (see :func:`attach_handlers`).
+    ``engine.state.history`` accumulates them for the loss plot. A step with a non-finite loss stops the run
+    (:class:`~mri_translate.errors.TrainingError`), except under fp16's grad scaler, which leaves out the updates
+    whose gradients overflowed: there the step is skipped (logged, its iteration kept in :attr:`skipped`, no
+    history, no weight-average update) and only :data:`OVERFLOW_PATIENCE` such steps in a row stop the run.
+    Under torchrun the four networks run wrapped in ``DistributedDataParallel`` (gradients averaged over the
+    ranks during backward); ``nets`` always holds the plain modules, which are what checkpoints store.
+    Checkpoints, montages and logging attach to events from outside (see :func:`attach_handlers`).
 
     Args:
         config: the run's configuration; ``config.train.iterations`` is the plan of a new run.
-        loader: batches ``{"A": (B, k, H, W), "B": (B, k, H, W)}`` in [-1, 1].
+        loader: batches ``{"A": (B, k, H, W), "B": (B, k, H, W)}`` in [-1, 1] from
+            :func:`~mri_translate.data.make_loader` (a run resumed mid-epoch skips the batches of that epoch it
+            already trained on through its :class:`~mri_translate.data.ResumableSampler`).
         device: where the networks live.
         nets: the four networks (default: built from ``config.model``).
         rank: this process's rank (seeds its image pools; rank 0's are checkpointed and restored, the others
@@ -147,7 +158,8 @@ class CycleGANTrainer(Trainer):
         # not ``self.scaler``: MONAI's Trainer.run() resets that attribute from its own ``amp`` flag
         self.grad_scaler = self.precision.grad_scaler()
         self.export_state: dict = {}  # what model.pt and checkpoints carry besides weights (normalisation)
-        self.validation: list[dict] = []  # every validation result, with its iteration
+        self.validation: list[dict] = []  # every validation result, with its iteration (checkpointed)
+        self.skipped: list[int] = []  # iterations whose non-finite fp16 loss was skipped (checkpointed)
         self.best: dict | None = None  # {"iteration", "score"} of the exported model when validating
         self.state.history = {}
 
@@ -169,11 +181,6 @@ class CycleGANTrainer(Trainer):
             for mine, theirs in zip(average.buffers(), net.buffers()):
                 mine.copy_(theirs)
 
-    def validation_curves(self) -> dict[str, list[tuple[int, float]]]:
-        """Validation PSNR per direction against the iteration, named ``val_psnr_<direction>``."""
-        keys = [k for k in (self.validation[0] if self.validation else {}) if k.startswith("psnr_")]
-        return {f"val_{k}": [(v["iteration"], v[k]) for v in self.validation] for k in keys}
-
     def prior_weight(self, iteration: int) -> float:
         """Weight of the contrast prior at ``iteration`` (1-based): ``loss.prior`` times the plan's fade."""
         loss = self.config.loss
@@ -182,17 +189,39 @@ class CycleGANTrainer(Trainer):
     def _iteration(self, engine, batchdata: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a = batchdata["A"].to(engine.state.device, non_blocking=True)
         real_b = batchdata["B"].to(engine.state.device, non_blocking=True)
+        iteration = engine.state.iteration
         losses = cyclegan_step(self.step_nets, self.optimizers, real_a, real_b, self.loss, self.pools,
                                self.precision.autocast, self.grad_scaler, self.priors,
-                               self.prior_weight(engine.state.iteration), batchdata.get("paired"))
-        self.update_averages(engine.state.iteration)
+                               self.prior_weight(iteration), batchdata.get("paired"))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
-            raise TrainingError(f"loss {', '.join(bad)} is not finite at iteration {engine.state.iteration}; "
-                                "stopped, the last good checkpoint is kept (lower optim.lr or disable amp)")
+            self._skip(iteration, ", ".join(bad))
+            return losses
+        self.update_averages(iteration)
         for name, value in losses.items():
-            engine.state.history.setdefault(name, []).append((engine.state.iteration, value))
+            engine.state.history.setdefault(name, []).append((iteration, value))
         return losses
+
+    def _skip(self, iteration: int, bad: str) -> None:
+        """Record the step at ``iteration`` whose losses ``bad`` are not finite as skipped, or stop the run: at once
+        without a grad scaler, after :data:`OVERFLOW_PATIENCE` skipped steps in a row with one.
+
+        Raises:
+            TrainingError: the run stops (the last checkpoint, written before, is kept).
+        """
+        advice = "stopped, the last good checkpoint is kept (lower optim.lr or disable amp)"
+        if self.grad_scaler is None:
+            raise TrainingError(f"loss {bad} is not finite at iteration {iteration}; {advice}")
+        self.skipped.append(iteration)
+        streak = 0
+        while streak < len(self.skipped) and self.skipped[-1 - streak] == iteration - streak:
+            streak += 1
+        if streak >= OVERFLOW_PATIENCE:
+            raise TrainingError(f"loss {bad} is not finite in {streak} fp16 steps in a row (iterations "
+                                f"{iteration - streak + 1} to {iteration}); {advice}")
+        log.warning("iteration %d: loss %s is not finite (fp16 overflow); step skipped (%d in a row, %d in this "
+                    "run; the run stops at %d in a row)", iteration, bad, streak, len(self.skipped),
+                    OVERFLOW_PATIENCE)
 
     def checkpoint_objects(self) -> dict:
         """Everything that is saved and restored: networks, their weight averages (train.ema), optimisers,
@@ -208,9 +237,12 @@ class CycleGANTrainer(Trainer):
 
     def save_checkpoint(self, path: Path) -> None:
         """Write a resumable checkpoint atomically (temporary file, then rename): the objects of
-        :meth:`checkpoint_objects`, the loss history, the configuration, the plan and :attr:`export_state`."""
+        :meth:`checkpoint_objects`, the loss history, the validation results (plain numbers, strings, lists and
+        dicts, as ``weights_only`` loading needs), the skipped iterations, the configuration, the plan and
+        :attr:`export_state`. The trainer state (iteration, epoch length) fixes the position in the epoch."""
         state = {name: obj.state_dict() for name, obj in self.checkpoint_objects().items()}
         state["history"] = {k: [list(p) for p in v] for k, v in self.state.history.items()}
+        state.update(validation=self.validation, skipped=self.skipped)
         state.update(config=self.config.to_dict(), plan=asdict(self.plan), **self.export_state)
         if self.best is not None:
             state["best"] = dict(self.best)
@@ -221,7 +253,9 @@ class CycleGANTrainer(Trainer):
         """Restore a checkpoint written by :meth:`save_checkpoint` (``weights_only=True``: nothing executes).
 
         The model configuration must equal the checkpoint's. When ``train.iterations`` differs from the saved
-        plan, the run is re-planned (see :class:`Plan`) and the change is logged.
+        plan, the run is re-planned (see :class:`Plan`) and the change is logged. A checkpoint written in the
+        middle of an epoch makes the loader skip that epoch's batches already trained on, so the resumed run sees
+        the batches an uninterrupted one would.
 
         Raises:
             ModelError: the checkpoint does not fit this model or configuration.
@@ -248,7 +282,13 @@ class CycleGANTrainer(Trainer):
             raise ModelError(f"{path}: checkpoint does not fit this model ({type(err).__name__}: "
                              f"{str(err).splitlines()[0]})") from err
         self.state.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
+        self.validation, self.skipped = state.get("validation", []), state.get("skipped", [])
         self.best = state.get("best")
+        done_in_epoch = self.state.iteration % self.state.epoch_length
+        if done_in_epoch:
+            self.data_loader.sampler.skip(done_in_epoch * self.data_loader.batch_size)
+            log.info("%s was written %d iterations into epoch %d: its first %d batches are skipped", path,
+                     done_in_epoch, self.state.iteration // self.state.epoch_length + 1, done_in_epoch)
         self.plan = Plan(**state["plan"]) if "plan" in state else Plan(state["config"]["train"]["iterations"])
         train, done = self.config.train, self.state.iteration
         if train.iterations != self.plan.iterations and done < train.iterations:
@@ -279,7 +319,8 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
         fixed: fixed slabs ``{"A": (n, k, H, W), "B": (n, k, H, W)}`` translated for every montage.
         on_save: writes the run bundle's ``models/model.pt``: after every checkpoint, or with a validator only
             when the validation score is the best so far (:mod:`~mri_translate.validation`).
-        progress_bar: show a tqdm bar.
+        progress_bar: show a bar over the run on stderr (iteration, it/s, ETA, moving averages of G, D_A and D_B);
+            ``train.log_every`` adds a log line of every raw loss term, and a summary line ends the run.
         main: this process is rank 0.
         validator: a :class:`~mri_translate.validation.Validator` run every ``train.val_every`` iterations and at
             the end, or ``None``.
@@ -288,6 +329,7 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
     for scheduler in trainer.schedulers.values():
         LrScheduleHandler(scheduler, epoch_level=False, print_lr=False).attach(trainer)
     montages: list[np.ndarray] = []
+    averages = {name: visualize.MovingAverage(SMOOTHING) for name in SHOWN}
 
     def checkpoint(engine):
         trainer.save_checkpoint(run_dir / CHECKPOINT)
@@ -311,18 +353,26 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
             on_save(engine)
 
     def montage(engine):
-        montages.append(progress_montage(trainer.generators, fixed, engine.state.device))
+        montages.append(visualize.figure_pixels(progress_montage(trainer.generators, fixed, engine.state.device)))
 
     def log_stats(engine):
         values = " ".join(f"{k}={v:.4f}" for k, v in engine.state.output.items())
         log.info("iteration %d/%d %s", engine.state.iteration, train.iterations, values)
+
+    def smooth(engine):
+        for name, average in averages.items():
+            average.update(engine.state.output[name])
 
     def finish(engine):
         if not montages or engine.state.iteration % train.progress_every:
             montage(engine)
         visualize.write_progress_gif(montages, run_dir / "progress.gif")
         visualize.write_png(montages[-1], run_dir / "progress.png")
-        visualize.plot_losses({**engine.state.history, **trainer.validation_curves()}, run_dir / "losses.png")
+        visualize.plot_losses(engine.state.history, run_dir / "losses.png", trainer.validation)
+        log.info("finished iteration %d/%d in %s; moving averages %s; pictures: %s and %s",
+                 engine.state.iteration, train.iterations, timedelta(seconds=round(engine.state.times["COMPLETED"])),
+                 " ".join(f"{k}={a.value:.3g}" for k, a in averages.items()), run_dir / "progress.gif",
+                 run_dir / "losses.png")
 
     def stop_at_budget(engine):
         if engine.state.iteration >= train.iterations:
@@ -336,13 +386,13 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
         trainer.add_event_handler(Events.COMPLETED, validate)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.checkpoint_every), checkpoint)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.progress_every), montage)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, train.epoch_length // 4)), log_stats)
+    if train.log_every:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=train.log_every), log_stats)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, smooth)
+    if progress_bar:  # closed before the closing checkpoint, so the summary line comes after the bar
+        _attach_progress_bar(trainer, averages)
     trainer.add_event_handler(Events.COMPLETED, checkpoint)
     trainer.add_event_handler(Events.COMPLETED, finish)
-    if progress_bar:
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=True).attach(trainer, output_transform=lambda out: {"G": out["G"], "D_B": out["D_B"]})
     try:
         from monai.handlers import TensorBoardStatsHandler
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (only when tensorboard is installed)
@@ -352,11 +402,57 @@ def attach_handlers(trainer: CycleGANTrainer, run_dir: Path, fixed: dict[str, to
                             iteration_log=True, epoch_log=False).attach(trainer)
 
 
+def _attach_progress_bar(trainer: CycleGANTrainer, averages: dict) -> None:
+    """A tqdm bar over the whole run on stderr (iteration, it/s, ETA, the moving ``averages``), from the
+    iteration the run starts at to ``train.iterations``; while it runs, the package's log lines are printed
+    above it instead of through it."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    stack = ExitStack()
+    bars = []
+
+    def start(engine):
+        console = [logger for logger in (logging.getLogger(), logging.getLogger("mri_translate")) if any(
+            isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)]
+        stack.enter_context(logging_redirect_tqdm(console))
+        bars.append(stack.enter_context(tqdm(total=trainer.config.train.iterations, initial=engine.state.iteration,
+                                             desc="training", unit="it", dynamic_ncols=True)))
+
+    def advance(engine):
+        bars[-1].set_postfix({k: f"{a.value:.3g}" for k, a in averages.items()}, refresh=False)
+        bars[-1].update(1)
+
+    def close(engine, error=None):
+        stack.close()
+        if error is not None:
+            raise error  # ignite re-raises only when nothing handles EXCEPTION_RAISED
+
+    trainer.add_event_handler(Events.STARTED, start)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, advance)
+    trainer.add_event_handler(Events.COMPLETED, close)
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, close)
+
+
 @torch.inference_mode()
-def progress_montage(nets, fixed: dict[str, torch.Tensor], device) -> np.ndarray:
-    """One montage row per fixed slab: real | translated | cycled back (centre slice, radiological view)."""
-    rows = []
-    for domain, forward, backward in (("A", "G_AB", "G_BA"), ("B", "G_BA", "G_AB")):
+def progress_montage(nets, fixed: dict[str, torch.Tensor], device):
+    """The training-progress picture: one row per fixed slab, its centre slice (radiological view) as input |
+    G(input) | cycle (translated back), the T1w (domain A) rows labelled ``T1w -> T2w`` first, then the T2w
+    rows ``T2w -> T1w``; every tile at least 192 pixels (:func:`~mri_translate.visualize.labelled_montage`).
+
+    Args:
+        nets: generators ``{"G_AB", "G_BA"}`` (put back in training mode after).
+        fixed: slabs ``{"A": (n, k, H, W), "B": (n, k, H, W)}`` in [-1, 1].
+        device: where ``nets`` live.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` (render it with :func:`~mri_translate.visualize.figure_pixels`).
+    """
+    rows, labels = [], []
+    for domain, forward, backward, label in (("A", "G_AB", "G_BA", "T1w -> T2w"),
+                                             ("B", "G_BA", "G_AB", "T2w -> T1w")):
         real = fixed[domain].to(device)
         for net in nets.values():
             net.eval()
@@ -368,4 +464,5 @@ def progress_montage(nets, fixed: dict[str, torch.Tensor], device) -> np.ndarray
         for i in range(real.shape[0]):
             panels = [t[i, centre].float().cpu().numpy() for t in (real, fake, cycled)]
             rows.append([visualize.window(visualize.display_slice(p[..., None], 0)) for p in panels])
-    return visualize.montage(rows)
+            labels.append(label)
+    return visualize.labelled_montage(rows, ("input", "G(input)", "cycle"), labels)

@@ -179,8 +179,7 @@ def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], 
 def _set_epoch(loader, epoch: int) -> None:
     """New random draws each epoch, for the dataset and, under torchrun, the sampler."""
     loader.dataset.set_epoch(epoch)
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)  # a ResumableSampler (make_loader), passing it on to a DistributedSampler
 
 
 def train_bundle(dataset_dir=None, output_dir="runs/train", device: str = "auto", max_epochs=None,

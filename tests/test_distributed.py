@@ -70,6 +70,23 @@ def test_two_processes_reach_the_weights_of_one_process_over_the_same_global_bat
         assert moved > 1e-3, f"{name} did not train"
 
 
+def test_a_rank_resumed_mid_epoch_leaves_out_the_items_it_trained_on():
+    """make_loader's sampler under torchrun: after ``skip(n)`` (a checkpoint n items into the epoch) the next pass
+    over each rank's share of the epoch leaves its first n items out, once."""
+    from torch.utils.data import DistributedSampler
+
+    from mri_translate.data import ResumableSampler
+
+    for rank in (0, 1):
+        share = DistributedSampler(range(12), 2, rank, seed=3, drop_last=True)
+        sampler = ResumableSampler(DistributedSampler(range(12), 2, rank, seed=3, drop_last=True))
+        share.set_epoch(5)
+        sampler.set_epoch(5)
+        sampler.skip(4)
+        assert len(sampler) == 2 and list(sampler) == list(share)[4:]
+        assert list(sampler) == list(share) and list(share) != sorted(share)
+
+
 def test_ranks_hold_identical_weights(ddp_run):
     _, _, _, _, record = ddp_run
     r0, r1 = load(record, 0), load(record, 1)

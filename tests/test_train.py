@@ -3,6 +3,7 @@ reproducibility, resume (also after SIGKILL), refusal to mix runs, unusable chec
 short run on synthetic data that must learn something."""
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -194,6 +195,64 @@ def test_resume_restores_the_image_pools_exactly(sources, tiny_config, tmp_path,
     torch.save(state, older / "checkpoint.pt")
     run(sources, older, None, resume=True)
     assert load(older / "checkpoint.pt")["trainer"]["iteration"] == 8
+
+
+def record_batches(monkeypatch) -> dict:
+    """From now on, the batch each iteration trains on: ``{iteration: {"A": ..., "B": ..., "paired": ...}}``."""
+    from mri_translate import engine
+
+    seen, real = {}, engine.CycleGANTrainer._iteration
+
+    def iteration(trainer, engine_, batch):
+        seen[engine_.state.iteration] = {key: value.clone() for key, value in batch.items()}
+        return real(trainer, engine_, batch)
+
+    monkeypatch.setattr(engine.CycleGANTrainer, "_iteration", iteration)
+    return seen
+
+
+def test_a_run_resumed_mid_epoch_trains_on_the_batches_of_an_uninterrupted_one(sources, tiny_config, tmp_path,
+                                                                                monkeypatch):
+    """Epochs of 4 iterations, a checkpoint every 2: interrupted before iteration 7, the run resumes from its
+    checkpoint at 6, in the middle of the second epoch, and trains on exactly the batches an uninterrupted run
+    trains on at 7 and 8 (not the epoch's first two again), ending with its weights."""
+    config = tiny_config(train={"checkpoint_every": 2})
+    straight = record_batches(monkeypatch)
+    run(sources, tmp_path / "straight", config)
+    monkeypatch.undo()
+    split = run_interrupted(monkeypatch, sources, tmp_path / "split", config, at=7)
+    assert load(split / "checkpoint.pt")["trainer"]["iteration"] == 6
+    resumed = record_batches(monkeypatch)
+    run(sources, split, None, resume=True)
+    assert sorted(resumed) == [7, 8]
+    for iteration, batch in resumed.items():
+        assert batch.keys() == straight[iteration].keys()
+        assert all(torch.equal(value, straight[iteration][key]) for key, value in batch.items()), iteration
+    assert not torch.equal(resumed[7]["A"], straight[5]["A"])  # so a replayed epoch start would show
+    a, b = load(tmp_path / "straight" / "checkpoint.pt"), load(split / "checkpoint.pt")
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert a["history"] == b["history"]
+
+
+def test_resume_keeps_the_validation_history(synthetic_4mm, sources, tiny_config, tmp_path):
+    """4 iterations validated every 2 on one pair (a row per direction), then resumed to 6: validation.csv
+    holds the rows of 2, 4 and 6, and the checkpoint and the trainer (whose results the loss plot draws) all
+    three results."""
+    pair = (synthetic_4mm["t1"][0], synthetic_4mm["t2"][0])
+    config = tiny_config(train={"val_every": 2, "checkpoint_every": 2}, optim={"decay_fraction": 0.0})
+
+    def rows():
+        return [line.split(",")[0] for line in (tmp_path / "run" / "validation.csv").read_text().splitlines()[1:]]
+
+    run(sources, tmp_path / "run", config, overrides={"train": {"iterations": 4}}, val=[pair])
+    assert rows() == ["2", "2", "4", "4"]
+    trainer = train(*sources, tmp_path / "run", config=config, overrides={"train": {"iterations": 6}}, resume=True,
+                    progress_bar=False, val=[pair])
+    assert rows() == ["2", "2", "4", "4", "6", "6"]
+    saved = load(tmp_path / "run" / "checkpoint.pt")["validation"]
+    assert saved == trainer.validation and [result["iteration"] for result in saved] == [2, 4, 6]
+    assert all(len(result["pairs"]) == 2 for result in saved)
 
 
 def test_weight_average_follows_its_warmed_up_decay():
@@ -506,6 +565,61 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(sources, tin
     assert all(torch.isfinite(v).all() for v in state["G_AB"].values())
     assert load(out / "models" / "model.pt")["iteration"] == 2
     assert not tmp_files(out)
+
+
+def nan_inputs_from(monkeypatch, first: int, last: float = math.inf) -> dict:
+    """Steps ``first`` to ``last`` (1-based calls) get NaN T1w inputs, so every loss is NaN (as after an fp16
+    overflow); returns ``{"before", "after"}``: G_AB's weights around step ``first``."""
+    from mri_translate import engine
+
+    real_step, calls, weights = engine.cyclegan_step, [], {}
+
+    def step(nets, optimizers, real_a, *args, **kwargs):
+        calls.append(1)
+        bad = first <= len(calls) <= last
+        if len(calls) == first:
+            weights["before"] = {k: v.clone() for k, v in nets["G_AB"].state_dict().items()}
+        losses = real_step(nets, optimizers, real_a * float("nan") if bad else real_a, *args, **kwargs)
+        if len(calls) == first:
+            weights["after"] = {k: v.clone() for k, v in nets["G_AB"].state_dict().items()}
+        return losses
+
+    monkeypatch.setattr("mri_translate.engine.cyclegan_step", step)
+    return weights
+
+
+def test_an_fp16_overflow_is_skipped_and_the_run_goes_on(sources, tiny_config, tmp_path, monkeypatch, caplog):
+    """Under fp16's grad scaler a step whose losses are not finite (iteration 3) is skipped: the scaler leaves the
+    weights as they were, the step is logged and counted in the checkpoint, it adds nothing to the loss history,
+    and the run goes on to its end."""
+    weights = nan_inputs_from(monkeypatch, 3, 3)
+    config = tiny_config(train={"iterations": 6, "amp": "fp16"}, optim={"decay_fraction": 0.0}, loss={"pool_size": 1})
+    out = run(sources, tmp_path / "run", config)
+    state = load(out / "checkpoint.pt")
+    assert state["trainer"]["iteration"] == 6 and state["skipped"] == [3]
+    assert {tuple(p[0] for p in points) for points in state["history"].values()} == {(1, 2, 4, 5, 6)}
+    assert all(np.isfinite(p[1]) for points in state["history"].values() for p in points)
+    assert all(torch.equal(weights["before"][k], weights["after"][k]) for k in weights["before"])
+    assert all(torch.isfinite(image).all() for key in ("pool_A", "pool_B") for image in state[key]["images"])
+    messages = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(messages) == 1 and messages[0].startswith("iteration 3: loss G, ") and "1 in a row" in messages[0]
+
+
+def test_fp16_overflows_in_a_row_stop_the_run(sources, tiny_config, tmp_path, monkeypatch):
+    """Non-finite fp16 losses from iteration 3 on: the run stops at the OVERFLOW_PATIENCE-th in a row (a
+    TrainingError naming them), keeping its last checkpoint (finite weights, the skipped iterations counted)."""
+    from mri_translate.engine import OVERFLOW_PATIENCE
+
+    nan_inputs_from(monkeypatch, 3)
+    last = 2 + OVERFLOW_PATIENCE
+    config = tiny_config(train={"iterations": last + 4, "amp": "fp16"}, optim={"decay_fraction": 0.0})
+    with pytest.raises(TrainingError, match=f"not finite in {OVERFLOW_PATIENCE} fp16 steps in a row") as info:
+        run(sources, tmp_path / "run", config)
+    assert f"(iterations 3 to {last})" in str(info.value) and "last good checkpoint is kept" in str(info.value)
+    state = load(tmp_path / "run" / "checkpoint.pt")
+    saved = state["trainer"]["iteration"]
+    assert saved == (last - 1) // 4 * 4 and state["skipped"] == list(range(3, saved + 1))
+    assert all(torch.isfinite(v).all() for v in state["G_AB"].values())
 
 
 # Quality -------------------------------------------------------------------------------------------------
