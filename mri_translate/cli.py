@@ -106,7 +106,7 @@ def evaluate_entry(args) -> int:
 
     mask = None if args.mask == "none" else args.mask
     report = evaluate(args.pred, args.ref, mask=mask, source=args.input, baselines=args.baselines,
-                      target_example=args.target_example)
+                      target_example=args.target_example, region=args.region)
     write_reports(report, args.json, args.csv, args.plot)
     print(format_summary(report))
     return EXIT_OK
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="the volume that was translated (inter-slice consistency, baselines)")
     p.add_argument("--baselines", action="store_true", help="also score identity and inverted-histogram-matched")
     p.add_argument("--target-example", help="volume whose histogram the baseline matches (default: --ref)")
+    p.add_argument("--region", metavar="MASK",
+                   help="also score inside this region of the brain (e.g. a lesion mask): PSNR, SSIM, MAE and its "
+                        "contrast (mean over the median of the brain around it) in --pred and --ref, and their ratio")
     p.add_argument("--json", help="write the summary as JSON")
     p.add_argument("--csv", help="write per-slice metrics as CSV")
     p.add_argument("--plot", help="write a PNG of per-slice SSIM/PSNR")

@@ -54,7 +54,8 @@ class SourceVolume:
         weights: ``(M,)`` their foreground areas in pixels (divided by the number of planes its source is stored
             along): how often each is drawn.
         range: raw ``(low, high)`` mapped to -1 and +1.
-        head_area_cm2: largest axial cross-section of the foreground (:func:`head_area_cm2`).
+        head_area_cm2: largest axial cross-section of the head, noise left out (:func:`head_area_cm2` of
+            :func:`head_mask`).
         corner: in-plane ``(row, column)`` of ``slices[:, 0, 0]`` in the uncropped slice (to align a pair).
         path: the source file.
     """
@@ -213,7 +214,7 @@ def _store(name: str, raw: torch.Tensor, axis: int, spacing, k: int, min_foregro
     low_high = tuple(normalized.meta[RANGE_KEY])
     normalized = normalized.as_tensor()[0]
     mask = foreground_mask(normalized + 1)
-    area = head_area_cm2(mask, spacing)
+    area = head_area_cm2(head_mask(normalized + 1), spacing)
     mask, normalized, slices = (t.movedim(axis, 0) for t in (mask, normalized, raw))  # (N, H, W)
     kept = torch.nonzero(mask.flatten(1).float().mean(1) >= min_foreground).flatten()
     if not len(kept):
