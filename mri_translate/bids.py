@@ -4,8 +4,9 @@ It follows the BIDS Apps conventions (Gorgolewski et al., PLoS Comput Biol 2017)
 folder and the analysis level are positional; ``--participant-label`` (with or without ``sub-``) and
 ``--session-label`` pick what to process, so a cluster array runs one participant per task. The
 participant level translates every ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (``*_T2w`` for ``t2-to-t1``) into
-``OUTPUT_DIR/sub-*/[ses-*/]anat/*_desc-synthetic_T2w.nii.gz`` with a JSON sidecar (Sources, model SHA-256,
-software versions) and writes ``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``):
+``OUTPUT_DIR/sub-*/[ses-*/]anat/*_desc-synthetic_T2w.nii.gz`` with a JSON sidecar (``Sources`` as BIDS URIs,
+``bids:raw:sub-01/anat/sub-01_T1w.nii.gz``; model SHA-256, software versions) and writes
+``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``, ``DatasetLinks`` naming ``raw``):
 :func:`mri_translate.convert.plan_batch` is the index, :func:`~mri_translate.convert.convert_batch` does the
 work, so finished files are skipped on a rerun. The group level has nothing to aggregate and says so.
 ``--brain-masks DIR`` takes each scan's brain mask from a derivative dataset (e.g. fMRIPrep's or a skull
@@ -90,7 +91,8 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
         qc, strict: reference-free checks in each sidecar; ``strict`` also refuses a translation outside the
             model's training domain or a whole-head scan for a brain-only model (that file fails, the others go on).
         brain_masks: a derivative dataset holding each scan's brain mask (:func:`brain_mask_path`): every scan
-            is translated within its mask (``convert --mask``); a scan without one fails, the others go on.
+            is translated within its mask (``convert --mask``), named ``bids:masks:...`` in ``Sources`` (linked as
+            ``masks`` in ``DatasetLinks``); a scan without one fails, the others go on.
 
     Returns:
         The :class:`~mri_translate.convert.BatchReport` of the participant level, ``None`` for the group level.
@@ -120,7 +122,8 @@ def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", part
                                    "participants and sessions")
     translator = Translator.from_run(model, direction, device, batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_derivative_description(output_dir, direction)
+    links = write_derivative_description(output_dir, direction, bids_dir,
+                                         **({} if brain_masks is None else {"masks": brain_masks}))
     mask_for = None if brain_masks is None else partial(brain_mask_path, bids_dir=bids_dir, masks_dir=brain_masks)
     return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, force=force, mask_for=mask_for,
-                         **domain_check_options(translator, qc, strict))
+                         links=links, **domain_check_options(translator, qc, strict))

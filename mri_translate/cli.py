@@ -79,10 +79,10 @@ def convert_entry(args) -> int:
                      batch_size=args.batch_size, axis=None if args.axis is None else AXES[args.axis],
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference, mask=args.mask,
-                     series_uid=args.series, dicom=args.dicom, force=args.force, strict=args.strict,
-                     mirror=not args.no_mirror, standardize_output=not args.raw_output,
+                     series_uid=args.series, dicom=args.dicom, anonymize=args.anonymize, force=args.force,
+                     strict=args.strict, mirror=not args.no_mirror, standardize_output=not args.raw_output,
                      fuse_planes=not args.single_plane, inverted_weight=args.inverted_weight,
-                     guided_radius_mm=args.guided_radius)
+                     guided_radius_mm=args.guided_radius, amp=not args.no_amp, profile=args.profile)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
           else f"wrote {report.done[0]}")
     return EXIT_FAILED if report.failed else EXIT_OK
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
     p.add_argument("--no-mirror", action="store_true",
                    help="translate once instead of averaging with the left-right mirrored translation (2x faster)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="full fp32 precision instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
+    p.add_argument("--profile", action="store_true", help="print each stage's wall time per file to stderr")
     p.add_argument("--raw-output", action="store_true",
                    help="keep the generator's own intensity histogram instead of standardising the translation "
                         "onto the target domain's landmarks (models trained with data.standardize)")
@@ -213,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="DICOM SeriesInstanceUID when a folder holds several")
     p.add_argument("--dicom", action="store_true",
                    help="write a derived DICOM series (OUTPUT = its folder) from a DICOM series input")
+    p.add_argument("--anonymize", action="store_true",
+                   help="with --dicom: also remove the patient's identity, for research export (DICOM PS3.15 "
+                        "Basic Profile: a random pseudonym for PatientName/PatientID, no birth date, sex, study "
+                        "dates or IDs, new study and frame-of-reference UIDs; PatientIdentityRemoved YES)")
     p.add_argument("--shard", help="I/N: convert only this worker's share of a batch (SLURM arrays)")
     p.add_argument("--force", action="store_true",
                    help="translate even when the input does not look like the --direction's source contrast")

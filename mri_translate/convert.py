@@ -48,7 +48,8 @@ def _versions() -> dict:
 def convert_file(translator: Translator, source, output, dtype: str = "float32", bits: int = 8, gif=None,
                  reference=None, overwrite: bool = False, series_uid: str | None = None,
                  cycle: Translator | None = None, dicom: bool = False, force: bool = False, strict: bool = False,
-                 checks: tuple[dict, str] | None = None, mask=None) -> dict:
+                 checks: tuple[dict, str] | None = None, mask=None, links: dict | None = None,
+                 anonymize=False, profile: bool = False) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -71,6 +72,14 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         checks: ``(thresholds, source)`` of the out-of-domain flag (default: read from the model file).
         mask: a brain mask on the input's grid (:func:`apply_brain_mask`): the scan is translated as the brain
             it outlines, the rest is background in the output.
+        links: the ``DatasetLinks`` ``{name: dataset root}`` of the BIDS derivative being written
+            (:func:`write_derivative_description`): ``Sources`` inside them are named by BIDS URIs
+            (:func:`source_uri`); ``None``: by their paths.
+        anonymize: with ``dicom``, also remove the patient's identity from the series (research export; see
+            :mod:`mri_translate.dicom`); a :class:`~mri_translate.dicom.Pseudonyms` shares pseudonyms and new
+            UIDs across the files of one call. The sidecar's ``DICOM.Anonymized`` says which.
+
+        profile: print the wall time of each stage (:class:`~mri_translate.inference.StageClock`) to stderr.
 
     Returns:
         The sidecar dictionary.
@@ -80,12 +89,15 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             ``ContrastMismatchError`` / ``OutOfDomainError`` (see :mod:`mri_translate.contrast_check`).
     """
     start = time.perf_counter()
+    translator.clock.reset()
     source, output = Path(source), Path(output)
     if os.path.realpath(output) == os.path.realpath(source):
         raise InputError(output, "output path equals the input; refusing to overwrite an input")
     if output.exists() and not overwrite:
         raise InputError(output, "already exists (use --overwrite to replace it)")
     kind = suffix(output)
+    if anonymize and not dicom:
+        raise InputError(output, "--anonymize applies to a DICOM series output (--dicom) only")
     if dicom:
         from .dicom import source_files, write_series
 
@@ -94,7 +106,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         raise InputError(output, f"unsupported output type '{kind}' (use .nii.gz, .nii or, for 2D input, .png)")
     if dtype not in ("float32", "int16"):
         raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
-    volume = load_volume(source, series_uid)
+    with translator.clock("load"):
+        volume = load_volume(source, series_uid)
     if mask is not None:
         volume = apply_brain_mask(volume, mask, source)
     if kind in IMAGE_SUFFIXES and volume.shape[-1] != 1:
@@ -107,13 +120,14 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     checked = translate_checked(translator, volume, source, force, strict)
     translated = checked.translated
     a, b = CONTRASTS[translator.direction]
-    qc, error_map = quality_checks(translator, cycle, checked, volume) if cycle else (None, None)
+    with translator.clock("quality checks"):
+        qc, error_map = quality_checks(translator, cycle, checked, volume) if cycle else (None, None)
     if qc is not None:
         domain = judge_domain(qc, checks or model_checks(translator.model_path, translator.direction), source, strict)
     sidecar = {
         "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
         "Direction": translator.direction,
-        "Sources": [str(source)] + ([str(mask)] if mask is not None else []),
+        "Sources": [source_uri(path, links) for path in (source, mask) if path is not None],
         "InputSHA256": sha256(source),
         **({"BrainMask": str(mask), "BrainMaskSHA256": sha256(mask)} if mask is not None else {}),
         "Model": str(translator.model_path) if translator.model_path else None,
@@ -126,7 +140,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                        "guided_radius_mm": translator.guided_radius_mm,
                        "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
                        "input_intensity_range": list(translated.meta["intensity_range"]),
-                       "output_intensity_range": list(translator.target_range), "device": str(translator.device)},
+                       "output_intensity_range": list(translator.target_range), "device": str(translator.device),
+                       "precision": translator.precision.describe()},
         "ContrastCheck": contrast_record(checked.contrast),
         **({"SkullStripping": checked.skull} if checked.skull is not None else {}),
         **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
@@ -136,11 +151,12 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     # last, so a failure leaves none of them and a finished output always has its sidecar.
     error_path = sidecar_path(output).with_name(sidecar_path(output).stem + "_cycle-error.nii.gz")
     extras = ([gif] if gif is not None else []) + ([error_path] if error_map is not None else [])
-    with atomic_paths(*extras, output, sidecar_path(output)) as temporaries:
+    with translator.clock("write"), atomic_paths(*extras, output, sidecar_path(output)) as temporaries:
         *tmp_extras, tmp_output, tmp_sidecar = temporaries
         if dicom:
             sidecar["DICOM"] = write_series(translated, volume.meta["original_affine"], source, tmp_output,
-                                            translator.direction, sidecar["ModelSHA256"], series_uid)
+                                            translator.direction, sidecar["ModelSHA256"], series_uid,
+                                            anonymize=anonymize)
         elif kind in IMAGE_SUFFIXES:
             save_image_2d(translated, tmp_output, bits)
         else:
@@ -156,7 +172,15 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                         descrip="mri-translate cycle error |x - G_BA(G_AB(x))|, [-1,1] units")
         sidecar["ElapsedSeconds"] = round(time.perf_counter() - start, 3)
         tmp_sidecar.write_text(json_text(sidecar))
+    if profile:
+        print(profile_line(source, translator.clock.seconds, time.perf_counter() - start), file=sys.stderr)
     return sidecar
+
+
+def profile_line(source, seconds: dict[str, float], total: float) -> str:
+    """``convert --profile``'s line for one file: each stage's wall time (s) in the order they ran, and the total."""
+    stages = " | ".join(f"{name} {value:.3f}" for name, value in seconds.items())
+    return f"profile {Path(source).name}: {stages} | total {total:.3f} s (stages {sum(seconds.values()):.3f} s)"
 
 
 def apply_brain_mask(volume, mask, source):
@@ -333,14 +357,44 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
     return report
 
 
-def write_derivative_description(output_dir, direction: str) -> None:
-    """``dataset_description.json`` of a BIDS derivative dataset."""
+def write_derivative_description(output_dir, direction: str, raw, **others) -> dict[str, Path]:
+    """``dataset_description.json`` of a BIDS derivative dataset translated from the BIDS dataset ``raw``.
+
+    Args:
+        output_dir: the derivative's root.
+        direction: ``t1-to-t2`` or ``t2-to-t1``.
+        raw: the root of the dataset translated.
+        **others: further datasets the sidecars name, ``name=root`` (e.g. ``masks=`` a brain-mask derivative).
+
+    Returns:
+        The links ``{"raw": raw, **others}``: declared in ``DatasetLinks`` (each root relative to ``output_dir``),
+        to be passed to :func:`convert_file` so that ``Sources`` are BIDS URIs ``bids:raw:sub-01/anat/...``.
+    """
+    links = {"raw": Path(raw), **{name: Path(root) for name, root in others.items()}}
     description = {"Name": f"mri-translate synthetic {CONTRASTS[direction][1]}", "BIDSVersion": "1.9.0",
                    "DatasetType": "derivative",
+                   "DatasetLinks": {name: Path(os.path.relpath(os.path.abspath(root), os.path.abspath(output_dir)))
+                                    .as_posix() for name, root in links.items()},
                    "GeneratedBy": [{"Name": "mri-translate", "Version": __version__,
                                     "Description": f"CycleGAN translation {direction}; images are SYNTHETIC"}]}
     with atomic_path(Path(output_dir) / "dataset_description.json") as tmp:
         tmp.write_text(json_text(description))
+    return links
+
+
+def source_uri(path, links: dict | None) -> str:
+    """How a sidecar's ``Sources`` name an input: the BIDS URI ``bids:<name>:<path below that root>`` of the
+    innermost dataset of ``links`` (``{name: root}``, see :func:`write_derivative_description`) that holds
+    ``path`` (a mask derivative inside the raw dataset's ``derivatives/`` names its own files), else the path as
+    given (a scan converted outside BIDS). Symbolic links are not followed (DataLad's annexed files are links
+    into ``.git``)."""
+    below = {name: Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+             for name, root in (links or {}).items()}
+    inside = {name: relative for name, relative in below.items() if relative.parts[:1] != ("..",)}
+    if not inside:
+        return str(path)
+    name = min(inside, key=lambda n: len(inside[n].parts))
+    return f"bids:{name}:{inside[name].as_posix()}"
 
 
 def is_batch_input(source) -> bool:
@@ -355,7 +409,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
             batch_size: int = 8, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
             progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
             standardize_output: bool = True, fuse_planes: bool = True, inverted_weight: float | None = None,
-            guided_radius_mm: float | None = None, **options) -> BatchReport:
+            guided_radius_mm: float | None = None, amp: bool = True, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).
 
     Args:
@@ -363,24 +417,29 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         output: output file, or folder for a batch.
         model: run directory or model file; ``None`` = the shipped default model.
         direction: ``t1-to-t2`` or ``t2-to-t1``.
-        device, batch_size, axis, mirror, standardize_output, fuse_planes, inverted_weight, guided_radius_mm: see
-            :class:`~mri_translate.inference.Translator` (``None``: the model's own).
+        device, batch_size, amp, axis, mirror, standardize_output, fuse_planes, inverted_weight, guided_radius_mm:
+            see :class:`~mri_translate.inference.Translator` (``None``: the model's own).
         overwrite: replace existing outputs.
         shard_spec: ``"I/N"``: this worker's share of a batch.
         qc: reference-free checks in each sidecar and a cycle-error map (see :func:`quality_checks`), judged
             against the model's out-of-domain thresholds (a warning line when exceeded).
         strict: like ``qc``, and an out-of-domain translation is refused (exit 2) instead of a warning.
         progress: progress bar for batches.
-        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom``, ``force``, ``mask``
-            of :func:`convert_file` (``gif``/``reference``/``mask`` for single scans only).
+        **options: ``dtype``, ``bits``, ``gif``, ``reference``, ``series_uid``, ``dicom``, ``anonymize``,
+            ``force``, ``mask``, ``profile`` of :func:`convert_file` (``gif``/``reference``/``mask`` for single scans only;
+            ``anonymize``: one set of pseudonyms and new UIDs for the whole call).
 
     Returns:
         A :class:`BatchReport` (a single scan is a batch of one; its errors raise instead).
     """
-    translator = Translator.from_run(model, direction, device, batch_size, axis=axis, mirror=mirror,
+    translator = Translator.from_run(model, direction, device, batch_size, amp=amp, axis=axis, mirror=mirror,
                                      standardize_output=standardize_output, fuse_planes=fuse_planes,
                                      inverted_weight=inverted_weight, guided_radius_mm=guided_radius_mm)
     options.update(domain_check_options(translator, qc, strict))
+    if options.get("anonymize") is True:  # one patient or study -> one pseudonym or new UID in the whole batch
+        from .dicom import Pseudonyms
+
+        options["anonymize"] = Pseudonyms()
     if not is_batch_input(source):
         convert_file(translator, source, output, overwrite=overwrite, **options)
         return BatchReport(done=[Path(output)])
@@ -396,7 +455,7 @@ def convert(source, output, model=None, direction: str = "t1-to-t2", device: str
         raise InputError(source, "no convertible scans found (NIfTI, DICOM, 2D images or BIDS *_T1w/_T2w)")
     output.mkdir(parents=True, exist_ok=True)
     if Path(source).is_dir() and any(Path(source).glob("sub-*")):
-        write_derivative_description(output, direction)
+        options["links"] = write_derivative_description(output, direction, source)
     return convert_batch(translator, pairs, overwrite=overwrite, progress=progress, **options)
 
 

@@ -10,6 +10,8 @@ domain's training range -> original orientation and affine.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
 from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
-from .runtime import precision_for, read_checkpoint, resolve_device
+from .runtime import inference_precision, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, resample_inplane,
@@ -118,10 +120,30 @@ def guided_filter(values: torch.Tensor, guide: torch.Tensor, mask: torch.Tensor,
     return out
 
 
+class StageClock:
+    """Wall time per named stage (seconds, summed over the calls since :meth:`reset`):
+    ``with clock("network"): ...``; what ``convert --profile`` prints."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 class SlabInferer(Inferer):
     """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
     into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
-    through the network ``batch_size`` slabs at a time (autocast on GPU when ``amp``), and each slice's k
+    through the network ``batch_size`` slabs at a time (with ``amp`` under the autocast of
+    :func:`~mri_translate.runtime.inference_precision`), and each slice's k
     predictions are averaged. With ``mirror`` (test-time augmentation) the volume is also translated mirrored
     left-right (RAS axis 0; training flips left-right too) and the two translations are averaged, which halves
     the GAN's unstructured noise. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with
@@ -157,9 +179,11 @@ class SlabInferer(Inferer):
         """One ``(X, Y, Z)`` volume through the network slab by slab, each slice's k predictions averaged."""
         slabs, layout = volume_to_slabs(data, self.k, axis)
         predictions = torch.empty(slabs.shape, dtype=torch.float32)
+        precision = inference_precision(device, self.amp)
         for start in range(0, len(slabs), self.batch_size):
             batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
-            with precision_for(device, self.amp).autocast():
+            with precision.autocast():
+                batch = batch.contiguous(memory_format=torch.channels_last)  # the fast layout of oneDNN and cuDNN
                 predictions[start: start + len(batch)] = network(batch).float().cpu()
         return slabs_to_volume(predictions, layout)
 
@@ -200,7 +224,8 @@ class Translator:
         target_range: ``(low, high)`` intensities that -1 and +1 map back to.
         device: torch device.
         batch_size: slabs per forward pass.
-        amp: autocast on GPU (bf16 where supported, else fp16).
+        amp: autocast: bf16 on a GPU (fp16 where it lacks bf16) and on a CPU that computes bf16 natively
+            (:func:`~mri_translate.runtime.inference_precision`; the shipped model within 0.02 dB of fp32).
         direction: ``t1-to-t2`` or ``t2-to-t1`` (recorded in sidecars).
         model_path: the file the weights came from (its checksum goes into sidecars).
         axis: RAS axis to slice along (0 sagittal, 1 coronal, 2 axial), the only one; ``None`` = the
@@ -227,6 +252,8 @@ class Translator:
                  fuse_planes: bool = True, inverted_weight: float = 0.0, guided_radius_mm: float = 0.0):
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
+        self.precision = inference_precision(self.device, amp)  # decided once; recorded in sidecars
+        self.clock = StageClock()  # time per stage (convert --profile)
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
         self.direction, self.model_path, self.axis = direction, model_path, axis
         self.target_histogram = None  # the target domain's training histogram, for convert --qc
@@ -253,7 +280,8 @@ class Translator:
             raise ModelError(f"unknown direction '{direction}' (expected {' or '.join(DIRECTIONS)})")
         path = resolve_model_path(model)
         state = read_checkpoint(path)
-        return cls.from_state(state, direction, load_generator(state, direction, path), resolve_device(device),
+        generator = load_generator(state, direction, path).to(memory_format=torch.channels_last)  # oneDNN's layout
+        return cls.from_state(state, direction, generator, resolve_device(device),
                               batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight,
                               guided_radius_mm)
 
@@ -324,9 +352,10 @@ class Translator:
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         out = sum(self._translate_along(data, spacing, axis) for axis in axes) / len(axes)
-        out[~head_of(data, spacing)] = -1.0  # all outside the head is background, exactly, noisy or not (once, on x's grid)
-        if self.standardizes_output:
-            out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
+        with self.clock("background and standardise output"):
+            out[~head_of(data, spacing)] = -1.0  # all outside the head is background, noisy or not (on x's grid)
+            if self.standardizes_output:
+                out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
         return MetaTensor(out[None], meta=dict(x.meta))
 
     @torch.inference_mode()
@@ -336,19 +365,23 @@ class Translator:
         of it averaged in; ``network`` itself when neither is set."""
         if not (self.inverted_weight or self.guided_radius_mm):
             return network
-        data, out, spacing = x.as_tensor()[0].float(), network.as_tensor()[0], voxel_spacing(x.affine)
-        head = head_of(data, spacing)
-        inverted = inverted_input(data, head, self.target_standardizer)
-        if self.guided_radius_mm:
-            out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
-        out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
+        with self.clock("refit"):
+            data, out, spacing = x.as_tensor()[0].float(), network.as_tensor()[0], voxel_spacing(x.affine)
+            head = head_of(data, spacing)
+            inverted = inverted_input(data, head, self.target_standardizer)
+            if self.guided_radius_mm:
+                out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
+            out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
         return MetaTensor(out[None], meta=dict(network.meta))
 
     def _translate_along(self, data: torch.Tensor, spacing, axis: int) -> torch.Tensor:
         """``(X, Y, Z)`` in [-1, 1] translated in slabs along ``axis``, at the model's in-plane spacing."""
-        model_grid = resample_inplane(data, spacing, axis, self.spacing) if self.spacing else data
-        out = self.inferer(model_grid[None, None], self.generator, axis=axis)[0, 0]
-        return resample_onto(out, data.shape, axis) if self.spacing else out
+        with self.clock("resample"):
+            model_grid = resample_inplane(data, spacing, axis, self.spacing) if self.spacing else data
+        with self.clock("network"):
+            out = self.inferer(model_grid[None, None], self.generator, axis=axis)[0, 0]
+        with self.clock("resample"):
+            return resample_onto(out, data.shape, axis) if self.spacing else out
 
     def axes(self, spacing, shape) -> list[int]:
         """The RAS axes a canonical scan of voxel ``spacing`` (mm) and ``shape`` is translated along: ``axis`` when
@@ -366,12 +399,13 @@ class Translator:
         [-1, 1]. A model that standardises and resamples measures the scan's landmarks where training measured
         them, on the scan resampled in-plane to the model's ``spacing`` along its through-plane axis
         (:func:`~mri_translate.data.load_slices`), and maps the native grid with them."""
-        canonical = to_canonical(volume)
-        if not (isinstance(self.normalize, LandmarkStandardizer) and self.spacing):
-            return self.normalize(canonical)
-        data, spacing = canonical.as_tensor()[0].float(), voxel_spacing(canonical.affine)
-        model_grid = resample_inplane(data, spacing, through_plane_axis(spacing), self.spacing)
-        return self.normalize(canonical, volume_landmarks(model_grid, self.normalize.percentiles))
+        with self.clock("canonical and standardise"):
+            canonical = to_canonical(volume)
+            if not (isinstance(self.normalize, LandmarkStandardizer) and self.spacing):
+                return self.normalize(canonical)
+            data, spacing = canonical.as_tensor()[0].float(), voxel_spacing(canonical.affine)
+            model_grid = resample_inplane(data, spacing, through_plane_axis(spacing), self.spacing)
+            return self.normalize(canonical, volume_landmarks(model_grid, self.normalize.percentiles))
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
@@ -396,8 +430,9 @@ class Translator:
     def restore(self, normalized: MetaTensor, like: MetaTensor) -> MetaTensor:
         """Map a RAS ``(1, X, Y, Z)`` output in [-1, 1] to the target range and back into the voxel order and
         affine of ``like`` (the loaded input)."""
-        out = MetaTensor(self.to_target(normalized.as_tensor()), meta=normalized.meta)
-        return from_canonical(out, like.meta["original_axcodes"], like.meta["original_affine"])
+        with self.clock("restore"):
+            out = MetaTensor(self.to_target(normalized.as_tensor()), meta=normalized.meta)
+            return from_canonical(out, like.meta["original_axcodes"], like.meta["original_affine"])
 
     def model_sha256(self) -> str | None:
         """Checksum of the model file this translator was loaded from."""
@@ -429,9 +464,11 @@ def translate_checked(translator: Translator, volume, source, force: bool = Fals
         ``ContrastMismatchError``; ``InputError`` for a whole-head scan with ``strict`` (see
         :mod:`mri_translate.contrast_check`).
     """
-    contrast = None if force else check_direction(volume, translator.direction, source)
+    with translator.clock("input checks"):
+        contrast = None if force else check_direction(volume, translator.direction, source)
     canonical = translator.prepare(volume)
-    skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
+    with translator.clock("input checks"):
+        skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
     network = translator.run_network(canonical)
     normalized = translator.refit(canonical, network)
     return CheckedTranslation(contrast, skull, canonical, network, normalized, translator.restore(normalized, volume))

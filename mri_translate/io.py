@@ -286,8 +286,10 @@ def atomic_path(path, suffix_override: str | None = None):
 def atomic_paths(*paths, suffixes=None):
     """Like :func:`atomic_path` for several files that belong together: yield their temporary paths and
     rename them all only when the block succeeds, in the given order (so the last one, e.g. a sidecar, marks
-    the set as complete); if a rename fails, the files already renamed are removed again. A temporary path
-    may also be made a folder (e.g. a DICOM series): it replaces ``path`` whole, an existing folder included.
+    the set as complete). A temporary path may also be made a folder (e.g. a DICOM series): it replaces
+    ``path`` whole, an existing folder included. Each existing output is kept aside (a hard link to a file, a
+    folder moved) until every rename has succeeded, so when one fails (e.g. the sidecar's, the last) the files
+    already renamed are removed and the previous outputs, if any, are put back as they were.
 
     Raises:
         InputError: a folder cannot be created or written, or a write or rename fails.
@@ -301,15 +303,26 @@ def atomic_paths(*paths, suffixes=None):
             names = [str(t) for t in temporaries]
             failed = Path(paths[names.index(err.filename) if err.filename in names else 0])
             raise InputError(_target(failed), f"cannot write ({err.strerror or err})") from err
-        done = []
+        kept, done = [], []  # (path, its previous version set aside or None), paths renamed
         try:
             for tmp, path in zip(temporaries, map(Path, paths)):
-                _replace(tmp, path)
+                kept.append((path, _set_aside(tmp, path)))
+                os.replace(tmp, path)
                 done.append(path)
         except OSError as err:
-            for renamed in done:
-                _remove(renamed)
+            for output, old in kept:
+                moved = old is not None and (old.is_dir() or old.is_symlink())  # else a link to a file
+                if output in done and (old is None or output.is_dir()):
+                    _remove(output)
+                if old is not None and output not in done and not moved:
+                    _remove(old)  # the file it links to is still at ``output``
+                elif old is not None:
+                    with contextlib.suppress(OSError):  # (failing, ``old`` stays: the previous version's only copy)
+                        os.replace(old, output)  # the previous version back (a file: atomically over the new one)
             raise InputError(path, f"cannot write ({err.strerror or err})") from err
+        for _, old in kept:
+            if old is not None:
+                _remove(old)
 
 
 @contextlib.contextmanager
@@ -332,19 +345,28 @@ def _target(path: Path) -> Path:
     return path.with_name(match.group(1)) if match else path
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    """``os.replace``, also of a folder onto an existing folder (moved aside first, deleted once replaced)."""
-    if not (tmp.is_dir() and path.is_dir()):
-        os.replace(tmp, path)
-        return
+def _set_aside(tmp: Path, path: Path) -> Path | None:
+    """Keep the existing ``path`` as ``.NAME.tmp-PID-old`` beside it until the new version is committed: a hard
+    link to a file (``path`` itself stays in place, so the rename over it stays atomic; a copy where links are
+    not supported), a folder moved there (``os.replace`` cannot replace a folder by a folder). ``None`` when
+    there is nothing to keep, or when ``tmp`` and ``path`` are not both files or both folders (the rename fails
+    and nothing was moved)."""
+    if not (path.exists() or path.is_symlink()) or tmp.is_dir() != path.is_dir():
+        return None
     old = path.parent / f".{path.name}.tmp-{os.getpid()}-old"
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        os.replace(old, path)
-        raise
     _remove(old)
+    if path.is_dir() or path.is_symlink():
+        os.replace(path, old)
+        return old
+    try:
+        os.link(path, old)
+    except OSError:
+        try:
+            shutil.copy2(path, old)
+        except OSError:
+            _remove(old)
+            raise
+    return old
 
 
 def _remove(path: Path) -> None:

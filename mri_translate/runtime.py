@@ -6,6 +6,7 @@ can both depend on it without a cycle.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,25 @@ def precision_for(device: torch.device, amp: bool | str = True) -> Precision:
     if amp is True:
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return Precision(device.type, torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, from ``/proc/cpuinfo``; ``False`` where
+    that file is missing): there oneDNN runs a bf16-autocast convolution about 2.5x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def inference_precision(device: torch.device, amp: bool = True) -> Precision:
+    """The mixed-precision policy of translation: with ``amp``, bf16 (fp16 on a GPU without it) on a GPU, and
+    bf16 on a CPU that computes it natively (:func:`cpu_has_bf16`); full precision otherwise."""
+    if device.type == "cpu":
+        return Precision("cpu", torch.bfloat16 if amp and cpu_has_bf16() else None)
+    return precision_for(device, bool(amp))
 
 
 def read_checkpoint(path, device="cpu") -> dict:

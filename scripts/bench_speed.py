@@ -111,7 +111,9 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
         convert_file(translator, tmp / "in.nii.gz", tmp / "out.nii.gz", force=True)
         _sync(device)
         seconds = time.perf_counter() - start
-    return {"wall_s": round(seconds, 3), "slices_per_s": round(150 / seconds, 1)}
+        stages = {name: round(value, 3) for name, value in translator.clock.seconds.items()}  # convert --profile's
+    return {"wall_s": round(seconds, 3), "slices_per_s": round(150 / seconds, 1),
+            "precision": translator.precision.describe(), "stages_s": stages}
 
 
 def bench_data(n_t1: int, n_t2: int, planes: bool = False, iterations: int = 50, crop: int = 128,
@@ -254,7 +256,9 @@ def write_speed_section(saved: Path, markdown: str) -> None:
             f"convert 256x256x150 file to file, batch {r['batch_size']}{flags}"
         result = (f"failed: {r['error']}" if "error" in r else
                   f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
-                  else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)")
+                  else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)" + (
+                      f", {r['precision']}; " + ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
+                      if "stages_s" in r else ""))
         device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "") + \
             (", channels_last" if r.get("channels_last") else "") + \
             (f", torch.compile ({r['warmup_s']} s to compile)" if r.get("compiled") else "")

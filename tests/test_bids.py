@@ -59,6 +59,16 @@ def bids(capsys, *args):
     return run_cli(capsys, "bids", *args)
 
 
+def resolve_bids_uri(uri: str, dataset: Path) -> Path:
+    """The file a BIDS URI ``bids:<name>:<relative path>`` found in ``dataset`` names, resolved as the BIDS
+    specification says: ``<name>`` through the ``DatasetLinks`` of the dataset's ``dataset_description.json`` (a
+    path without a scheme is relative to the dataset's root; the empty name is the dataset itself)."""
+    scheme, name, relative = uri.split(":", 2)
+    assert scheme == "bids" and not relative.startswith("/"), uri
+    links = json.loads((dataset / "dataset_description.json").read_text()).get("DatasetLinks", {})
+    return (dataset / links[name] if name else dataset) / relative
+
+
 def test_validator_check_can_fail():
     """The name check used below rejects what BIDS rejects."""
     assert bids_name_is_valid("sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz")
@@ -81,10 +91,13 @@ def test_participant_level_writes_a_valid_derivative_dataset(capsys, bids_datase
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
     assert description["GeneratedBy"][0]["Name"] == "mri-translate"
     assert description["GeneratedBy"][0]["Version"] == __version__
+    assert description["DatasetLinks"] == {"raw": "../../bids"}  # BIDS URIs need it; relative to the derivative
     for output in T1W_OUTPUTS:
         source = bids_dataset / output.replace("_desc-synthetic_T2w", "_T1w")
         sidecar = json.loads((out / output.replace(".nii.gz", ".json")).read_text())
-        assert sidecar["Sources"] == [str(source)] and sidecar["InputSHA256"] == sha256(source)
+        assert sidecar["Sources"] == [f"bids:raw:{source.relative_to(bids_dataset).as_posix()}"]
+        assert resolve_bids_uri(sidecar["Sources"][0], out).samefile(source)
+        assert sidecar["InputSHA256"] == sha256(source)
         assert sidecar["ModelSHA256"] == sha256(Path(tiny_run) / "models" / "model.pt")
         assert sidecar["Software"]["mri-translate"] == __version__ and sidecar["Direction"] == "t1-to-t2"
         translated, original = load_volume(out / output), load_volume(source)
@@ -126,7 +139,7 @@ def test_brain_masks_translate_each_scan_within_its_mask(capsys, bids_dataset, t
     """``--brain-masks DIR``: each scan is translated within the mask named after it in that derivative
     dataset, exactly as ``convert --mask`` does it, and its sidecar names the mask; a scan without a mask fails
     in one line naming the file expected, the others go on (exit 1)."""
-    masks = tmp_path / "masks"
+    masks = bids_dataset / "derivatives" / "masks"  # inside the raw dataset, as BIDS lays derivatives out
     mask_of = {}
     for relative in (INPUTS[0], INPUTS[2]):  # sub-01 and sub-02 ses-pre; none for ses-post
         image = nib.load(str(bids_dataset / relative))
@@ -151,6 +164,11 @@ def test_brain_masks_translate_each_scan_within_its_mask(capsys, bids_dataset, t
         np.testing.assert_array_equal(nib.load(str(out / output)).get_fdata(), nib.load(str(expected)).get_fdata())
         sidecar = json.loads((out / output.replace(".nii.gz", ".json")).read_text())
         assert sidecar["BrainMask"] == str(mask_of[relative]) and sidecar["BrainMaskSHA256"] == sha256(mask_of[relative])
+        mask_uri = f"bids:masks:{mask_of[relative].relative_to(masks).as_posix()}"
+        assert sidecar["Sources"] == [f"bids:raw:{relative}", mask_uri]
+        assert resolve_bids_uri(mask_uri, out).samefile(mask_of[relative])
+    links = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]
+    assert links == {"raw": "../bids", "masks": "../bids/derivatives/masks"}
 
 
 def test_direction_t2_to_t1(capsys, bids_dataset, tmp_path, tiny_run):
@@ -211,6 +229,86 @@ def test_qc_records_the_domain_check_and_strict_refuses_each_file(capsys, bids_d
     assert status == 1 and "0 converted, 0 skipped (already done), 3 failed" in stdout
     assert stderr.count("refused by --strict") == 3
     assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*_T2w.json"))
+
+
+def test_convert_of_a_bids_dataset_names_sources_by_bids_uri(capsys, bids_dataset, tmp_path, tiny_run):
+    """``convert BIDS_DIR OUT`` writes a derivative too: the same URIs and link as the bids command; a single scan
+    converted outside a derivative keeps its path."""
+    out = tmp_path / "converted"
+    status, stdout, stderr = run_cli(capsys, "convert", bids_dataset, out, "--model", tiny_run, "--device", "cpu",
+                                     "--no-progress")
+    assert status == 0 and "3 converted" in stdout, stderr
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetLinks"] == {"raw": "../bids"}
+    for output in T1W_OUTPUTS:
+        source = output.replace("_desc-synthetic_T2w", "_T1w")
+        uri = json.loads((out / output.replace(".nii.gz", ".json")).read_text())["Sources"]
+        assert uri == [f"bids:raw:{source}"] and resolve_bids_uri(uri[0], out).samefile(bids_dataset / source)
+    single = bids_dataset / INPUTS[0]
+    assert run_cli(capsys, "convert", single, tmp_path / "one.nii.gz", "--model", tiny_run, "--device", "cpu")[0] == 0
+    assert json.loads((tmp_path / "one.json").read_text())["Sources"] == [str(single)]
+
+
+def head_dataset(root: Path) -> Path:
+    """A BIDS dataset of one whole-head T1w: a textured ellipsoid (semi-axes 85 x 100 x 70 mm, 4 mm voxels) on a
+    dark background, largest axial area pi * 8.5 * 10 = 267 cm^2, above a skull-stripped brain's."""
+    shape, spacing = (52, 60, 40), 4.0
+    grid = np.stack(np.meshgrid(*[(np.arange(n) - n / 2) * spacing for n in shape], indexing="ij"))
+    inside = sum((g / s) ** 2 for g, s in zip(grid, (85, 100, 70))) <= 1
+    rng = np.random.default_rng(0)
+    data = np.where(inside, 100 + 30 * rng.random(shape), rng.random(shape)).astype(np.float32)
+    path = root / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    path.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(data, np.diag([spacing] * 3 + [1.0])), str(path))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "head", "BIDSVersion": "1.9.0"}))
+    return path
+
+
+def test_strict_refuses_a_whole_head_for_a_brain_only_model_as_convert_does(capsys, tmp_path, tiny_run):
+    """A model trained on skull-stripped brains only (within its out-of-domain limits, so only the skull check
+    can refuse): ``bids --strict`` fails the whole-head scan with the very line ``convert --strict`` exits with
+    and writes nothing for it; without ``--strict`` it is translated with a warning."""
+    import torch
+
+    head = head_dataset(tmp_path / "bids")
+    model = model_with_limits(tiny_run, tmp_path, 1e6)
+    state = torch.load(model, weights_only=True)
+    state["skull_stripped"] = {"A": True, "B": True}
+    torch.save(state, model)
+    common = ("--model", model, "--device", "cpu", "--force")
+    status, _, refused = run_cli(capsys, "convert", head, tmp_path / "c.nii.gz", *common, "--strict")
+    assert status == 2 and "looks like a whole head" in refused and "refused by --strict" in refused
+    out = tmp_path / "strict"
+    status, stdout, stderr = bids(capsys, tmp_path / "bids", out, "participant", *common, "--no-progress", "--strict")
+    assert status == 1 and "0 converted, 0 skipped (already done), 1 failed" in stdout
+    assert stderr.strip() == "failed: " + refused.strip().removeprefix("mri-translate convert: error: ")
+    assert not list(out.rglob("sub-01_*"))
+    status, stdout, stderr = bids(capsys, tmp_path / "bids", tmp_path / "lenient", "participant", *common,
+                                  "--no-progress")
+    assert status == 0 and "1 converted" in stdout and "looks like a whole head" in stderr
+
+
+def test_sidecars_are_strict_json_for_an_input_without_slice_change(capsys, bids_dataset, tmp_path, tiny_run):
+    """One axial slice repeated: the input does not change between slices, so the inter-slice ratio is undefined.
+    The sidecar says so with ``null`` (no ``Infinity``, which strict JSON readers refuse) and the domain check
+    leaves it unjudged rather than listing a ``null`` as exceeded."""
+    scan = bids_dataset / INPUTS[0]
+    image = nib.load(str(scan))
+    data = np.asarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.repeat(data[..., 3:4], data.shape[2], axis=2), image.affine), str(scan))
+    out = tmp_path / "out"
+    status, stdout, stderr = bids(capsys, bids_dataset, out, "participant", "--participant-label", "01", "--model",
+                                  model_with_limits(tiny_run, tmp_path, 1e6), "--device", "cpu", "--no-progress",
+                                  "--qc", "--force")
+    assert status == 0 and "1 converted" in stdout, stderr
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    for path in (out / "dataset_description.json", out / T1W_OUTPUTS[0].replace(".nii.gz", ".json")):
+        json.loads(path.read_text(), parse_constant=refuse)
+    sidecar = json.loads((out / T1W_OUTPUTS[0].replace(".nii.gz", ".json")).read_text())
+    assert sidecar["QC"]["InterSliceConsistency"] is None
+    assert sidecar["DomainCheck"]["Exceeded"] == [] and sidecar["InDomain"] is True
 
 
 def test_group_level_does_nothing(capsys, bids_dataset, tmp_path):

@@ -685,3 +685,20 @@ def test_raw_output_skips_standardising_the_translation(capsys, synthetic_nifti,
     for output, done in ((default, True), (raw, False)):
         assert json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())[
             "Parameters"]["standardize_output"] is done
+
+
+def test_profile_prints_each_stage_and_they_add_up_to_the_total(capsys, tmp_path, synthetic_nifti, tiny_run):
+    """convert --profile: one stderr line per file naming every stage that ran with its seconds; together they
+    are the file's whole time within 10 % (nothing slow runs outside a stage)."""
+    import re
+
+    status, _, stderr = cli(capsys, "convert", synthetic_nifti, tmp_path / "p.nii.gz", "--model", tiny_run,
+                            "--profile", "--no-progress", "--qc")
+    assert status == 0, stderr
+    line = next(line for line in stderr.splitlines() if line.startswith("profile "))
+    stages = dict((name.strip(), float(value)) for name, value in re.findall(r"([a-zA-Z ]+) ([0-9.]+)(?= \||$)",
+                                                                               line.split(": ", 1)[1]))
+    total = float(re.search(r"total ([0-9.]+) s", line).group(1))
+    for stage in ("load", "input checks", "canonical and standardise", "network", "quality checks", "write"):
+        assert stage in stages, line
+    assert sum(value for name, value in stages.items() if name != "total") == pytest.approx(total, rel=0.1, abs=0.005)

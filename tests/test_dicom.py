@@ -1,12 +1,17 @@
 """Tests of the derived DICOM series writer (mri_translate.dicom) and ``mri-translate convert ... --dicom``: new
 UIDs, patient/study/frame of reference kept, geometry identical slice by slice, ImageType and provenance,
 16-bit pixels whose rescale gives back the translated values, the affine round trip through load_volume, no
-partial series after a failure, non-DICOM and multi-frame inputs refused in one line.
+partial series after a failure, non-DICOM and multi-frame inputs refused in one line; none of the source's
+acquisition parameters, procedure-step references or people/device identifiers in the derived headers (an
+allow-list), SYNTHETIC in SeriesDescription and ImageComments, ``--anonymize`` (PS3.15 Basic Profile), and an
+``--overwrite`` whose last rename fails leaving the previous series as it was.
 
 Every check runs on a small oblique series the tests build from a NIfTI (files named out of slice order, with
-a private tag), and the end-to-end ones also on ../shared/data/dicom/mr_t1_mprage_series when present."""
+a private tag and the acquisition and identifying elements of a clinical header), and the end-to-end ones also
+on ../shared/data/dicom/mr_t1_mprage_series when present."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,18 +26,45 @@ from conftest import SYNTHETIC_AFFINE, run_cli, synthetic_volume
 from mri_translate import __version__
 from mri_translate import dicom as dicom_module
 from mri_translate.convert import convert_file
-from mri_translate.dicom import PRIVATE_CREATOR, PRIVATE_GROUP, source_files, write_series
+from mri_translate.dicom import PRIVATE_CREATOR, PRIVATE_GROUP, Pseudonyms, source_files, write_series
 from mri_translate.errors import InputError
 from mri_translate.inference import Translator
 from mri_translate.model_file import sha256
-from mri_translate.io import dicom_series, load_volume
+from mri_translate.io import atomic_paths, dicom_series, load_volume
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 #: Kept from every source slice into the derived slice.
-KEPT = ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient",
-        "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "Rows", "Columns", "InstanceNumber")
+KEPT = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyID",
+        "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+        "Rows", "Columns", "InstanceNumber")
+#: What the source acquired and how (a synthetic image has none of it) ...
+ACQUISITION = ("EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "EchoTrainLength", "ScanOptions",
+               "MRAcquisitionType", "SequenceName", "ProtocolName", "MagneticFieldStrength", "ImagingFrequency",
+               "AcquisitionNumber", "AcquisitionDate", "AcquisitionTime", "ReferencedPerformedProcedureStepSequence",
+               "PerformedProcedureStepID", "PerformedProcedureStepStartDate", "RequestAttributesSequence",
+               "ReferencedImageSequence")
+#: ... and the people, places, devices and other identifiers of the source's header, beyond those needed to file it.
+IDENTIFYING = ("AccessionNumber", "ReferringPhysicianName", "OperatorsName", "PerformingPhysicianName",
+               "InstitutionName", "StationName", "DeviceSerialNumber", "OtherPatientIDs", "PatientAge",
+               "PatientWeight", "AdmittingDiagnosesDescription")
+#: Every (public) element a derived header may hold: the allow-list copied from the source plus what the writer
+#: writes itself.
+ALLOWED = {"SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceCreationDate", "InstanceCreationTime",
+           "TimezoneOffsetFromUTC", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+           "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+           "LongitudinalTemporalInformationModified", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+           "StudyDescription", "AccessionNumber", "ReferringPhysicianName", "Modality", "SeriesInstanceUID",
+           "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "Laterality", "PatientPosition",
+           "BodyPartExamined", "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer", "SoftwareVersions",
+           "ContributingEquipmentSequence", "InstanceNumber", "PatientOrientation", "ContentDate", "ContentTime",
+           "ImageType", "ImageComments", "DerivationDescription", "SourceImageSequence", "ImagePositionPatient",
+           "ImageOrientationPatient", "PixelSpacing", "PixelAspectRatio", "SliceThickness", "SpacingBetweenSlices",
+           "SliceLocation", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+           "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "WindowCenter",
+           "WindowWidth", "PixelData", "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType",
+           "RepetitionTime", "EchoTime", "EchoTrainLength"}
 
 
 def oblique_affine() -> np.ndarray:
@@ -69,6 +101,7 @@ def write_dicom_series(nifti, folder) -> Path:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID, ds.PatientName, ds.Modality = "TEST-01", "Test^Synthetic", "MR"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        clinical_header(ds)
         ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 5, k + 1, "t1 test"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.ImagePositionPatient = [float(v) for v in LPS @ (affine[:3, :3] @ [0, 0, k] + affine[:3, 3])]
@@ -82,6 +115,36 @@ def write_dicom_series(nifti, folder) -> Path:
         ds.PixelData = np.ascontiguousarray(np.rint(volume[:, :, k].T)).astype("<u2").tobytes()
         ds.save_as(str(folder / f"IMG{names[k]:03d}.dcm"), enforce_file_format=True)
     return folder
+
+
+def clinical_header(ds) -> None:
+    """What a scanner and a hospital put in an MR slice's header besides patient, study and geometry: the
+    acquisition (a 3D MPRAGE's timing and sequence), the procedure step and request it was performed for, and
+    the people, places and devices involved, each with a value."""
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge, ds.PatientWeight = "19700101", "F", "054Y", 70
+    ds.IssuerOfPatientID, ds.OtherPatientIDs = "HOSPITAL-A", "MRN-998877"
+    ds.AdmittingDiagnosesDescription = "Vestibular schwannoma"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.StudyDescription = "20240305", "101500", "S4711", "MRI head"
+    ds.AccessionNumber, ds.ReferringPhysicianName = "ACC-4711", "Referrer^Rita"
+    ds.OperatorsName, ds.PerformingPhysicianName = "Operator^Olga", "Performer^Paul"
+    ds.InstitutionName, ds.StationName, ds.DeviceSerialNumber = "General Hospital", "MR-STATION-3", "SN-0042"
+    ds.Manufacturer, ds.SoftwareVersions = "SIEMENS", "syngo MR B17"
+    ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = ["GR", "IR"], ["SP", "MP"], "IR"
+    ds.MRAcquisitionType, ds.SequenceName, ds.ProtocolName = "3D", "*tfl3d1", "t1_mprage_sag"
+    ds.RepetitionTime, ds.EchoTime, ds.InversionTime, ds.FlipAngle = 1900, 2.97, 1100, 15
+    ds.EchoTrainLength, ds.MagneticFieldStrength, ds.ImagingFrequency = 1, 1.5, 63.676641
+    ds.AcquisitionNumber, ds.AcquisitionDate, ds.AcquisitionTime = 1, "20240305", "102000"
+    step = Dataset()
+    step.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.3"  # Modality Performed Procedure Step
+    step.ReferencedSOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    ds.ReferencedPerformedProcedureStepSequence = [step]
+    ds.PerformedProcedureStepID, ds.PerformedProcedureStepStartDate = "PPS-17", "20240305"
+    request = Dataset()
+    request.RequestedProcedureID, request.ScheduledProcedureStepID = "RP-99", "SPS-98"
+    ds.RequestAttributesSequence = [request]
+    localizer = Dataset()
+    localizer.ReferencedSOPClassUID, localizer.ReferencedSOPInstanceUID = MRImageStorage, "1.2.3.4.5.6.7.8.10"
+    ds.ReferencedImageSequence = [localizer]
 
 
 @pytest.fixture
@@ -98,8 +161,9 @@ def headers(folder) -> list:
 
 def check_derived_series(source, derived, expected=None):
     """Every check of the issue on the written files: UIDs new and unique, patient/study/frame of reference
-    and per-slice geometry kept, ImageType, description, provenance; with ``expected`` (a volume in the
-    source's voxel order) also the pixel values of each slice."""
+    and per-slice geometry kept, none of the source's acquisition and identifying elements (absent, or empty
+    where DICOM asks for the element), ImageType, SYNTHETIC description and comments, provenance; with
+    ``expected`` (a volume in the source's voxel order) also the pixel values of each slice."""
     sources = {ds.SOPInstanceUID: ds for ds in headers(source)}
     written = headers(derived)
     assert len(written) == len(sources)
@@ -115,10 +179,17 @@ def check_derived_series(source, derived, expected=None):
         assert reference.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
         for keyword in KEPT:
             assert ds.get(keyword) == original.get(keyword), keyword
+        for keyword in ACQUISITION + IDENTIFYING:
+            assert not ds.get(keyword), f"{keyword}: {ds.get(keyword)!r} (source: {original.get(keyword)!r})"
+        assert (ds.ScanningSequence, ds.SequenceVariant) == ("RM", "NONE")  # type 1: "research mode", not the source's
+        assert ds.Manufacturer == "mri-translate" and ds.SoftwareVersions == __version__
+        assert {e.keyword for e in ds if not e.tag.is_private} <= ALLOWED
         assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
-        assert ds.SeriesDescription == f"synthetic T2w (mri-translate {__version__})"
+        assert ds.SeriesDescription == f"SYNTHETIC T2w from T1w, mri-translate {__version__}"
         assert ds.SeriesNumber == original.SeriesNumber + 1000
         assert "SYNTHETIC T2w" in ds.DerivationDescription and "NOT FOR DIAGNOSIS" in ds.DerivationDescription
+        assert ds.ImageComments.startswith("SYNTHETIC T2w") and "NOT FOR DIAGNOSIS" in ds.ImageComments
+        assert "PatientIdentityRemoved" not in ds or ds.PatientIdentityRemoved == original.PatientIdentityRemoved
         assert (ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (16, 16, 0)
         assert ds.pixel_array.dtype == np.uint16 and ds.pixel_array.shape == (ds.Rows, ds.Columns)
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
@@ -156,6 +227,135 @@ def test_write_series_maps_every_slice_and_keeps_the_study(built_series, tmp_pat
     np.testing.assert_allclose(back.meta["original_affine"], source.meta["original_affine"], atol=1e-6)
     slope = float(headers(tmp_path / "out")[0].RescaleSlope)
     np.testing.assert_allclose(back[0].numpy(), translated, atol=slope / 2 + 1e-3)
+
+
+def source_values(ds) -> set[bytes]:
+    """Every non-empty string value in a header (sequences included), as bytes."""
+    values = set()
+    for element in ds.iterall():
+        if element.VR in ("SQ", "OB", "OW", "UN") or element.value in (None, ""):
+            continue
+        for value in element.value if element.VM > 1 else [element.value]:
+            text = str(value).strip()
+            if len(text) >= 4:
+                values.add(text.encode())
+    return values
+
+
+def test_derived_headers_hold_none_of_the_source_acquisition(built_series, tmp_path):
+    """The source has every acquisition parameter, procedure-step reference and identifier of ACQUISITION and
+    IDENTIFYING; the derived series has none of them (absent, or empty where DICOM asks for the element), not a
+    byte of their values, and keeps patient, study, frame of reference and geometry."""
+    source = load_volume(built_series)
+    write_series(source[0].numpy(), source.meta["original_affine"], built_series, tmp_path / "out", "t1-to-t2",
+                 "ab" * 32)
+    original = headers(built_series)[0]
+    leaked = set()  # every value of them, as bytes
+    for keyword in ACQUISITION + IDENTIFYING + ("ScanningSequence", "SequenceVariant", "Manufacturer",
+                                                "SoftwareVersions"):
+        assert original.get(keyword), keyword  # the source has it, with a value
+        element = original.data_element(keyword)
+        leaked |= source_values(Dataset({element.tag: element}))
+    leaked -= {b"20240305", MRImageStorage.encode()}  # the StudyDate (the acquisition's day too), the SOP class
+    for ds, path in zip(check_derived_series(built_series, tmp_path / "out"), sorted((tmp_path / "out").iterdir())):
+        named = ("EchoTime", "RepetitionTime", "InversionTime", "SequenceName",  # those the issue names
+                 "ReferencedPerformedProcedureStepSequence", "AccessionNumber", "OperatorsName", "DeviceSerialNumber",
+                 "OtherPatientIDs")
+        assert not [keyword for keyword in named if ds.get(keyword)] and ds.ScanningSequence == "RM"
+        raw = path.read_bytes()
+        assert not [value for value in leaked if value in raw]
+        assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == ("TEST-01", "Test^Synthetic",
+                                                                       original.StudyInstanceUID)
+        assert ds.FrameOfReferenceUID == original.FrameOfReferenceUID
+        assert "SYNTHETIC T2w from T1w" in ds.SeriesDescription and "SYNTHETIC" in ds.ImageComments
+        assert "PatientIdentityRemoved" not in ds
+
+
+def test_anonymize_removes_patient_identity(built_series, tmp_path):
+    """``anonymize``: PatientName/PatientID one pseudonym, birth date, sex, study ID and dates empty; no other
+    IDs, issuer, study description or source references; new study and frame-of-reference UIDs shared by every
+    slice; PatientIdentityRemoved YES with the method; none of the source's identifying values in any file; the
+    geometry and the pixels as without it."""
+    source = load_volume(built_series)
+    facts = write_series(source[0].numpy(), source.meta["original_affine"], built_series, tmp_path / "anon",
+                         "t1-to-t2", "ab" * 32, anonymize=True)
+    assert facts["Anonymized"] is True
+    originals = headers(built_series)
+    identifying = {b"TEST-01", b"Test^Synthetic", b"19700101", b"HOSPITAL-A", b"S4711", b"MRI head",
+                   originals[0].StudyInstanceUID.encode(), originals[0].FrameOfReferenceUID.encode(),
+                   originals[0].SeriesInstanceUID.encode(), *(ds.SOPInstanceUID.encode() for ds in originals)}
+    written = headers(tmp_path / "anon")
+    paths = sorted((tmp_path / "anon").iterdir())
+    assert len(written) == 7
+    study, frame = written[0].StudyInstanceUID, written[0].FrameOfReferenceUID
+    assert study != originals[0].StudyInstanceUID and frame != originals[0].FrameOfReferenceUID and study != frame
+    for ds, path in zip(written, paths):
+        assert ds.PatientName == ds.PatientID and str(ds.PatientID).startswith("ANON-") and len(ds.PatientID) == 17
+        assert ds.PatientID == written[0].PatientID
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
+                        "ReferringPhysicianName", "ContentDate", "ContentTime"):
+            assert keyword in ds and not ds.get(keyword), keyword  # type 2: present, empty
+        for keyword in ("OtherPatientIDs", "IssuerOfPatientID", "StudyDescription", "PatientAge", "SourceImageSequence",
+                        "SeriesDate", "SeriesTime", "InstanceCreationDate", "InstanceCreationTime",
+                        "TimezoneOffsetFromUTC") + IDENTIFYING[2:]:
+            assert keyword not in ds, keyword
+        assert not [keyword for keyword in ACQUISITION if ds.get(keyword)]
+        assert "ContributionDateTime" not in ds.ContributingEquipmentSequence[0]
+        assert (ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (study, frame)
+        assert ds.PatientIdentityRemoved == "YES" and "PS3.15" in ds.DeidentificationMethod
+        assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113111"]
+        assert ds.SeriesDescription == f"SYNTHETIC T2w from T1w, mri-translate {__version__}"
+        assert ds.ImageComments.startswith("SYNTHETIC T2w")
+        assert {e.keyword for e in ds if not e.tag.is_private} <= ALLOWED
+        raw = path.read_bytes()
+        assert not [value for value in identifying if value in raw]
+    back = load_volume(tmp_path / "anon")
+    np.testing.assert_allclose(back.meta["original_affine"], source.meta["original_affine"], atol=1e-6)
+    slope = float(written[0].RescaleSlope)
+    np.testing.assert_allclose(back[0].numpy(), source[0].numpy(), atol=slope / 2 + 1e-3)
+
+
+def test_pseudonyms_are_one_per_patient_and_call(built_series, tmp_path):
+    """One :class:`Pseudonyms` (one call): a second series of the same patient and study gets the same
+    pseudonym and new study UID; another call gets others (nothing is derived from the originals)."""
+    source = load_volume(built_series)
+    shared, other = Pseudonyms(), Pseudonyms()
+    for name, pseudonyms in (("a", shared), ("b", shared), ("c", other)):
+        write_series(source[0].numpy(), source.meta["original_affine"], built_series, tmp_path / name, "t1-to-t2",
+                     None, anonymize=pseudonyms)
+    a, b, c = (headers(tmp_path / name)[0] for name in "abc")
+    assert (a.PatientID, a.StudyInstanceUID, a.FrameOfReferenceUID) == (b.PatientID, b.StudyInstanceUID,
+                                                                        b.FrameOfReferenceUID)
+    assert a.SeriesInstanceUID != b.SeriesInstanceUID
+    assert a.PatientID != c.PatientID and a.StudyInstanceUID != c.StudyInstanceUID
+    assert shared.patient("TEST-02") not in (a.PatientID, shared.patient("TEST-03"))
+
+
+def test_convert_dicom_anonymize_cli(capsys, built_series, tmp_path, tiny_run):
+    """``convert --dicom --anonymize``: a batch of two series of one patient gets one pseudonym and one new study
+    UID; each sidecar says it was anonymised (and a plain run says it was not); ``--anonymize`` without ``--dicom``
+    is refused in one line."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name in ("run_1", "run_2"):
+        shutil.copytree(built_series, cohort / name)
+    status, stdout, _ = run_cli(capsys, "convert", cohort, tmp_path / "out", "--dicom", "--anonymize", "--model",
+                                tiny_run, "--device", "cpu", "--no-progress")
+    assert status == 0 and "2 converted" in stdout
+    first, second = (headers(tmp_path / "out" / f"{name}_T2w") for name in ("run_1", "run_2"))
+    assert first[0].PatientID.startswith("ANON-") and first[0].PatientIdentityRemoved == "YES"
+    assert (first[0].PatientID, first[0].StudyInstanceUID) == (second[0].PatientID, second[0].StudyInstanceUID)
+    assert first[0].StudyInstanceUID != headers(built_series)[0].StudyInstanceUID
+    for name in ("run_1", "run_2"):
+        assert json.loads((tmp_path / "out" / f"{name}_T2w.json").read_text())["DICOM"]["Anonymized"] is True
+    assert run_cli(capsys, "convert", built_series, tmp_path / "plain", "--dicom", "--model", tiny_run,
+                   "--device", "cpu")[0] == 0
+    assert json.loads((tmp_path / "plain.json").read_text())["DICOM"]["Anonymized"] is False
+    assert headers(tmp_path / "plain")[0].PatientID == "TEST-01"
+    status, _, stderr = run_cli(capsys, "convert", built_series, tmp_path / "x.nii.gz", "--anonymize", "--model",
+                                tiny_run, "--device", "cpu")
+    assert status == 2 and stderr.count("\n") == 1 and "--anonymize" in stderr and "--dicom" in stderr
+    assert not (tmp_path / "x.nii.gz").exists()
 
 
 def test_write_series_refuses_a_volume_off_the_source_grid(built_series, tmp_path):
@@ -218,6 +418,65 @@ def test_no_partial_series_after_a_failure(monkeypatch, built_series, tmp_path, 
         convert_file(translator, built_series, out, dicom=True, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["series", "series.json"]
+
+
+def failing_rename(monkeypatch, name: str) -> list:
+    """Make ``os.replace`` of a new output onto a path called ``name`` fail (ENOSPC); every other rename works
+    (putting a previous version, ``.NAME.tmp-PID-old``, back included). Returns the failed attempts."""
+    real, attempts = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name and not Path(src).name.endswith("-old"):
+            attempts.append(dst)
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return attempts
+
+
+def test_overwrite_whose_sidecar_rename_fails_keeps_the_previous_series(monkeypatch, built_series, tmp_path,
+                                                                        tiny_run):
+    """``--overwrite`` of a series and its sidecar: the series folder is renamed into place, then the sidecar's
+    rename (the last) fails. The error names the output, and the previous series and sidecar are back, byte for
+    byte, with no temporary left: neither the old nor the new series is lost."""
+    translator = Translator.from_run(tiny_run, device="cpu")
+    out = tmp_path / "out" / "series"
+    convert_file(translator, built_series, out, dicom=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    sidecar = (tmp_path / "out" / "series.json").read_bytes()
+    attempts = failing_rename(monkeypatch, "series.json")
+    with pytest.raises(InputError, match="No space left on device"):
+        convert_file(translator, built_series, out, dicom=True, overwrite=True)
+    monkeypatch.undo()
+    assert attempts
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert (tmp_path / "out" / "series.json").read_bytes() == sidecar
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["series", "series.json"]
+    convert_file(translator, built_series, out, dicom=True, overwrite=True)  # and a rerun replaces both
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != before
+
+
+@pytest.mark.parametrize("failing", ["a.nii.gz", "a.json", "folder"])
+def test_atomic_paths_failed_rename_keeps_every_previous_output(monkeypatch, tmp_path, failing):
+    """:func:`atomic_paths` over a file, a folder and a sidecar that all exist: whichever rename fails, every
+    output is as it was before, and nothing else is left in the folder."""
+    paths = [tmp_path / "a.nii.gz", tmp_path / "folder", tmp_path / "a.json"]
+    paths[0].write_bytes(b"old image")
+    paths[1].mkdir()
+    (paths[1] / "0001.dcm").write_bytes(b"old slice")
+    paths[2].write_text("old sidecar")
+    failing_rename(monkeypatch, failing)
+    with pytest.raises(InputError, match="No space left on device"):
+        with atomic_paths(*paths) as (image, folder, sidecar):
+            image.write_bytes(b"new image")
+            folder.mkdir()
+            (folder / "0001.dcm").write_bytes(b"new slice")
+            sidecar.write_text("new sidecar")
+    monkeypatch.undo()
+    assert paths[0].read_bytes() == b"old image" and paths[2].read_text() == "old sidecar"
+    assert [p.name for p in paths[1].iterdir()] == ["0001.dcm"] and (paths[1] / "0001.dcm").read_bytes() == b"old slice"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.nii.gz", "folder"]
 
 
 def test_non_dicom_input_is_refused_in_one_line(capsys, synthetic_nifti, tmp_path, tiny_run):
