@@ -124,29 +124,30 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
         qc, error_map = quality_checks(translator, cycle, checked, volume) if cycle else (None, None)
     if qc is not None:
         domain = judge_domain(qc, checks or model_checks(translator.model_path, translator.direction), source, strict)
-    sidecar = {
-        "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
-        "Direction": translator.direction,
-        "Sources": [source_uri(path, links) for path in (source, mask) if path is not None],
-        "InputSHA256": sha256(source),
-        **({"BrainMask": str(mask), "BrainMaskSHA256": sha256(mask)} if mask is not None else {}),
-        "Model": str(translator.model_path) if translator.model_path else None,
-        "ModelSHA256": translator.model_sha256(),
-        "Parameters": {"k": translator.k, "planes": [PLANES[axis] for axis in translator.axes(
-                           voxel_spacing(checked.canonical.affine), checked.canonical.shape[1:])],
-                       "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
-                       "standardize_output": translator.standardizes_output,
-                       "inverted_weight": translator.inverted_weight,
-                       "guided_radius_mm": translator.guided_radius_mm,
-                       "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
-                       "input_intensity_range": list(translated.meta["intensity_range"]),
-                       "output_intensity_range": list(translator.target_range), "device": str(translator.device),
-                       "precision": translator.precision.describe()},
-        "ContrastCheck": contrast_record(checked.contrast),
-        **({"SkullStripping": checked.skull} if checked.skull is not None else {}),
-        **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
-        "Software": _versions(),
-    }
+    with translator.clock("sidecar"):
+        sidecar = {
+            "Description": f"SYNTHETIC {b} image translated from {a} by mri-translate; not for diagnosis",
+            "Direction": translator.direction,
+            "Sources": [source_uri(path, links) for path in (source, mask) if path is not None],
+            "InputSHA256": sha256(source),
+            **({"BrainMask": str(mask), "BrainMaskSHA256": sha256(mask)} if mask is not None else {}),
+            "Model": str(translator.model_path) if translator.model_path else None,
+            "ModelSHA256": translator.model_sha256(),
+            "Parameters": {"k": translator.k, "planes": [PLANES[axis] for axis in translator.axes(
+                               voxel_spacing(checked.canonical.affine), checked.canonical.shape[1:])],
+                           "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
+                           "standardize_output": translator.standardizes_output,
+                           "inverted_weight": translator.inverted_weight,
+                           "guided_radius_mm": translator.guided_radius_mm,
+                           "dtype": "uint16" if dicom else dtype if kind in NIFTI_SUFFIXES else f"uint{bits}",
+                           "input_intensity_range": list(translated.meta["intensity_range"]),
+                           "output_intensity_range": list(translator.target_range), "device": str(translator.device),
+                           "precision": translator.precision.describe()},
+            "ContrastCheck": contrast_record(checked.contrast),
+            **({"SkullStripping": checked.skull} if checked.skull is not None else {}),
+            **({"QC": qc, "InDomain": domain.pop("InDomain"), "DomainCheck": domain} if qc is not None else {}),
+            "Software": _versions(),
+        }
     # Every output goes to a temporary file first; all are renamed only when each was written, the sidecar
     # last, so a failure leaves none of them and a finished output always has its sidecar.
     error_path = sidecar_path(output).with_name(sidecar_path(output).stem + "_cycle-error.nii.gz")

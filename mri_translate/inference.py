@@ -254,6 +254,7 @@ class Translator:
         self.generator = generator.to(self.device).eval()
         self.precision = inference_precision(self.device, amp)  # decided once; recorded in sidecars
         self.clock = StageClock()  # time per stage (convert --profile)
+        self._model_sha256 = None  # model_sha256(), once
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size
         self.direction, self.model_path, self.axis = direction, model_path, axis
         self.target_histogram = None  # the target domain's training histogram, for convert --qc
@@ -338,36 +339,46 @@ class Translator:
     @torch.inference_mode()
     def run_normalized(self, x: MetaTensor) -> MetaTensor:
         """The whole translation of a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]:
-        :meth:`run_network`, then :meth:`refit`. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
-        return self.refit(x, self.run_network(x))
+        :meth:`head`, :meth:`run_network`, then :meth:`refit`. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s
+        meta."""
+        head = self.head(x)
+        return self.refit(x, self.run_network(x, head), head)
+
+    def head(self, x: MetaTensor) -> torch.Tensor:
+        """The head of a canonical normalised volume ``x`` ``(1, X, Y, Z)``: :func:`head_of` at its voxel spacing,
+        ``(X, Y, Z)`` bool; computed once per scan and shared by :meth:`run_network` and :meth:`refit`."""
+        with self.clock("head mask"):
+            return head_of(x.as_tensor()[0], voxel_spacing(x.affine))
 
     @torch.inference_mode()
-    def run_network(self, x: MetaTensor) -> MetaTensor:
+    def run_network(self, x: MetaTensor, head: torch.Tensor | None = None) -> MetaTensor:
         """The generator alone on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
         :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
         resampled back onto ``x``'s grid; those translations averaged, everything outside the head
-        (:func:`head_of`) set to exactly -1, with ``standardize_output`` standardised onto the target domain's
-        scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
+        (``head``: :meth:`head`, computed when not given) set to exactly -1, with ``standardize_output``
+        standardised onto the target domain's scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         out = sum(self._translate_along(data, spacing, axis) for axis in axes) / len(axes)
+        head = self.head(x) if head is None else head
         with self.clock("background and standardise output"):
-            out[~head_of(data, spacing)] = -1.0  # all outside the head is background, noisy or not (on x's grid)
+            out[~head] = -1.0  # all outside the head is background, noisy or not (on x's grid)
             if self.standardizes_output:
                 out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
         return MetaTensor(out[None], meta=dict(x.meta))
 
     @torch.inference_mode()
-    def refit(self, x: MetaTensor, network: MetaTensor) -> MetaTensor:
+    def refit(self, x: MetaTensor, network: MetaTensor, head: torch.Tensor | None = None) -> MetaTensor:
         """The generator's translation ``network`` of ``x`` (both ``(1, X, Y, Z)`` in [-1, 1]) inside the head
-        refitted on :func:`inverted_input` (``guided_radius_mm``, :func:`guided_filter`) and ``inverted_weight``
-        of it averaged in; ``network`` itself when neither is set."""
+        (``head``: :meth:`head`, computed when not given) refitted on :func:`inverted_input` (``guided_radius_mm``,
+        :func:`guided_filter`) and ``inverted_weight`` of it averaged in; ``network`` itself when neither is
+        set."""
         if not (self.inverted_weight or self.guided_radius_mm):
             return network
+        head = self.head(x) if head is None else head
         with self.clock("refit"):
             data, out, spacing = x.as_tensor()[0].float(), network.as_tensor()[0], voxel_spacing(x.affine)
-            head = head_of(data, spacing)
             inverted = inverted_input(data, head, self.target_standardizer)
             if self.guided_radius_mm:
                 out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
@@ -435,8 +446,10 @@ class Translator:
             return from_canonical(out, like.meta["original_axcodes"], like.meta["original_affine"])
 
     def model_sha256(self) -> str | None:
-        """Checksum of the model file this translator was loaded from."""
-        return sha256(self.model_path) if self.model_path else None
+        """Checksum of the model file this translator was loaded from (read once)."""
+        if self.model_path and self._model_sha256 is None:
+            self._model_sha256 = sha256(self.model_path)
+        return self._model_sha256
 
 
 @dataclass
@@ -469,6 +482,7 @@ def translate_checked(translator: Translator, volume, source, force: bool = Fals
     canonical = translator.prepare(volume)
     with translator.clock("input checks"):
         skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
-    network = translator.run_network(canonical)
-    normalized = translator.refit(canonical, network)
+    head = translator.head(canonical)
+    network = translator.run_network(canonical, head)
+    normalized = translator.refit(canonical, network, head)
     return CheckedTranslation(contrast, skull, canonical, network, normalized, translator.restore(normalized, volume))
