@@ -2,10 +2,15 @@
 (--model) and short ablations trained with one budget, each row marked by whether the model saw that volume.
 
     python scripts/bench_quality.py --model runs/default-model runs/loo-tcga_du_7294 [--ablations default unpaired
-                                    no-prior k1] [--iterations 1000] [--markdown docs/benchmarks.md]
+                                    no-prior k1] [--iterations 1000] [--append [--csv docs/quality.csv]]
+
+Prints the rows as a markdown table and keeps them in WORK/quality.csv; ``--append`` adds them to
+docs/quality.csv, the record of every model variant scored (one row per model, direction and volume, with the
+date it was scored), which docs/benchmarks.md summarises.
 
 Volumes: synthetic subjects with seeds 1000 and 1001 (1 mm) and, when ../shared/data is present, the real
-co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped), avg152 (template, skull on) and the
+co-registered pairs tcga_du_7294 and brats23_gli_00000 (skull-stripped), avg152 (template, skull on), the MSLUB
+multiple-sclerosis patients mslub_p07 and mslub_p19 (skull-stripped, CC BY; added 2026-12-02) and the
 clinical pairs adi_brain, tcga_fg_6692 and brainix (whole head, 2D FSE/TSE T2w; registered and skull-stripped by
 scripts/strip_pairs.py, fat left out since 2026-11-27: rows named "skull-stripped here" used the first mask, which
 kept orbital fat; ``--volumes`` picks some by name). The shipped
@@ -36,10 +41,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 
 
-def held_out_pairs(work: Path, stripped: Path | None = None) -> list[dict]:
+#: the clinical pairs of scripts/strip_pairs.py, by the names their rows start with
+CLINICAL = ("adi_brain", "tcga_fg_6692", "brainix")
+
+
+def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = True) -> list[dict]:
     """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction;
-    the clinical pairs are registered and skull-stripped into ``stripped`` (default ``work/stripped``) once and
-    reused from there (registration is not exactly repeatable, so every model is scored on the same files)."""
+    the clinical pairs (unless ``clinical`` is false) are registered and skull-stripped into ``stripped`` (default
+    ``work/stripped``) once and reused from there (registration is not exactly repeatable, so every model is
+    scored on the same files)."""
     from mri_translate.io import load_volume, voxel_spacing
     from mri_translate.synthetic import write_dataset
 
@@ -54,10 +64,16 @@ def held_out_pairs(work: Path, stripped: Path | None = None) -> list[dict]:
                       "t2": brats / "t2.nii.gz", "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
         pairs.append({"name": "avg152 (2 mm, LAS, skull on)", "t1": avg / "avg152T1.nii", "t2": avg / "avg152T2.nii",
                       "example_t1": tcga / "t1.nii.gz", "example_t2": tcga / "t2.nii.gz"})
+        mslub = [SHARED / f"mslub_{p}" for p in ("p07", "p19")]
+        if all(folder.is_dir() for folder in mslub):  # each patient's baseline takes the other's histogram
+            for folder, other in zip(mslub, mslub[::-1]):
+                pairs.append({"name": f"{folder.name} (MS lesions, 1 mm, LAS, skull-stripped)",
+                              "t1": folder / "t1.nii.gz", "t2": folder / "t2.nii.gz",
+                              "example_t1": other / "t1.nii.gz", "example_t2": other / "t2.nii.gz"})
         from strip_pairs import clinical_pairs
 
         # the baseline matches the histograms of a BraTS-style subject, as for tcga_du_7294
-        for pair in clinical_pairs(stripped or work / "stripped"):
+        for pair in clinical_pairs(stripped or work / "stripped") if clinical else []:
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
             pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, stripped here, fat out)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
@@ -126,11 +142,6 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None
     return rows
 
 
-def row_key(row: dict) -> tuple[str, str, str]:
-    """What a row scores: model, direction and volume."""
-    return row["model"], row["direction"], row["volume"]
-
-
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows."""
     lines = ["| model | direction | volume | seen | PSNR mask (dB) | SSIM mask | MAE mask | SSIM whole | "
@@ -146,27 +157,51 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def rows_from_table(text: str) -> list[dict]:
-    """The rows a :func:`table` in ``text`` shows, read back at the precision it prints (what ``--append`` keeps
-    when ``WORK/quality.json`` is gone: run folders do not outlive the machine, the benchmark page does)."""
-    def pair(cell: str) -> tuple[float, float]:
-        first, second = cell.replace("(", "/").replace(")", "").split("/")
-        return float(first), float(second)
+#: the columns of docs/quality.csv: what a row of :func:`table` shows, one value a column, and the date it was scored
+CSV_COLUMNS = ["model", "direction", "volume", "seen", "psnr_mask", "ssim_mask", "mae_mask", "ssim_whole",
+               "interslice", "interslice_truth", "baseline_psnr_mask", "baseline_ssim_mask", "identity_psnr_mask",
+               "identity_ssim_mask", "date"]
+#: what a row scores: a new row replaces a kept one with the same values of these columns
+CSV_KEY = ("model", "direction", "volume")
 
-    rows = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) != 11 or cells[0] == "model" or set(cells[0]) == {"-"}:
-            continue
-        model, direction, volume, seen_, psnr, ssim, mae, whole, consistency, baseline, identity = cells
-        (consistency, reference), (b_psnr, b_ssim), (i_psnr, i_ssim) = map(pair, (consistency, baseline, identity))
-        rows.append({"model": model, "direction": direction, "volume": volume, "seen": seen_,
-                     "model_scores": {"mask": {"psnr": float(psnr), "ssim_3d": float(ssim), "mae": float(mae)},
-                                      "whole": {"ssim_3d": float(whole)}},
-                     "consistency": consistency, "reference_consistency": reference,
-                     "baseline": {"mask": {"psnr": b_psnr, "ssim_3d": b_ssim}},
-                     "identity": {"mask": {"psnr": i_psnr, "ssim_3d": i_ssim}}})
-    return rows
+
+def record(row: dict, date: str = "") -> dict[str, str]:
+    """A row as a docs/quality.csv record: the values :func:`table` prints, at its precision."""
+    m, b, i = row["model_scores"]["mask"], row["baseline"]["mask"], row["identity"]["mask"]
+    values = [row["model"], row["direction"], row["volume"], row.get("seen", ""), f"{m['psnr']:.2f}",
+              f"{m['ssim_3d']:.3f}", f"{m['mae']:.3f}", f"{row['model_scores']['whole']['ssim_3d']:.3f}",
+              f"{row['consistency']:.2f}", f"{row.get('reference_consistency', float('nan')):.2f}",
+              f"{b['psnr']:.2f}", f"{b['ssim_3d']:.3f}", f"{i['psnr']:.2f}", f"{i['ssim_3d']:.3f}",
+              row.get("date", date)]
+    return dict(zip(CSV_COLUMNS, values))
+
+
+def row_from_record(rec: dict[str, str]) -> dict:
+    """A docs/quality.csv record back as a row (the fields :func:`table` and :func:`record` read)."""
+    number = {k: float(v) for k, v in rec.items() if k not in ("model", "direction", "volume", "seen", "date")}
+    return {"model": rec["model"], "direction": rec["direction"], "volume": rec["volume"], "seen": rec["seen"],
+            "date": rec["date"],
+            "model_scores": {"mask": {"psnr": number["psnr_mask"], "ssim_3d": number["ssim_mask"],
+                                      "mae": number["mae_mask"]},
+                             "whole": {"ssim_3d": number["ssim_whole"]}},
+            "consistency": number["interslice"], "reference_consistency": number["interslice_truth"],
+            "baseline": {"mask": {"psnr": number["baseline_psnr_mask"], "ssim_3d": number["baseline_ssim_mask"]}},
+            "identity": {"mask": {"psnr": number["identity_psnr_mask"], "ssim_3d": number["identity_ssim_mask"]}}}
+
+
+def write_rows(rows: list[dict], path: Path, append: bool = False, date: str = "") -> None:
+    """Write ``rows`` to the CSV file ``path`` (:data:`CSV_COLUMNS`); with ``append`` the file's rows stay,
+    except those of the same model, direction and volume as a new one, which it replaces."""
+    from benchmarks_doc import write_csv
+
+    write_csv(path, [record(row, date) for row in rows], CSV_COLUMNS, CSV_KEY, append)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file :func:`write_rows` wrote ([] when it is missing)."""
+    from benchmarks_doc import read_csv
+
+    return [row_from_record(rec) for rec in read_csv(path)]
 
 
 #: ablation name -> (train() keyword changes, configuration overrides) against the shipped recipe
@@ -187,18 +222,18 @@ def main() -> None:
                         help="also score each --model with this inference step off: raw-output (Translator's "
                              "standardize_output), single-plane (fuse_planes), no-mirror (mirror)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
-    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
+    parser.add_argument("--csv", default=str(ROOT / "docs" / "quality.csv"),
+                        help="the record of every row scored so far, which --append adds to")
     parser.add_argument("--volumes", nargs="*", help="score only the volumes whose names start with these")
     parser.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     parser.add_argument("--append", action="store_true",
-                        help="keep the rows of the previous run (WORK/quality.json, else the table in --markdown), "
-                             "these replacing any of the same model, direction and volume")
+                        help="add these rows to --csv, replacing any of the same model, direction and volume "
+                             "(without it they go to WORK/quality.csv and WORK/quality.json only)")
     args = parser.parse_args()
 
     import torch
 
     from mri_translate.train import train
-    from benchmarks_doc import read_section, replace_section
     from train_default_model import sources
 
     work = Path(args.work)
@@ -213,32 +248,28 @@ def main() -> None:
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs")
+        clinical = not args.volumes or any(c.startswith(v) for v in args.volumes for c in CLINICAL)
+        pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs", clinical)
                  if not args.volumes or any(pair["name"].startswith(name) for name in args.volumes)]
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), None, args.directions)]
         for variant in args.variants:
             rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant, args.directions)]
-    previous = Path(args.work, "quality.json")
-    if args.append:
-        kept = (json.loads(previous.read_text()) if previous.is_file()
-                else rows_from_table(read_section("bench_quality", Path(args.markdown))) if args.markdown else [])
-        new = {row_key(row) for row in rows}
-        rows = [row for row in kept if row_key(row) not in new] + rows
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
     trained = (f"; ablations trained {args.iterations} iterations each ({budget}) on the data of "
                f"scripts/train_default_model.py without {', '.join(ABLATION_HOLD_OUT)}") if budget else ""
-    text = (f"## Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Machine: {machine}. Models: {', '.join(dict.fromkeys(r['model'] for r in rows))}{trained}. "
-            f"`seen` says whether the model trained on that volume (from its configs/train.json). Baseline = "
-            f"inverted input histogram-matched to another subject's target contrast; identity = the input "
-            f"itself.\n\n" + table(rows) + "\n")
-    print(text)
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    Path(args.work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    if args.markdown:
-        replace_section("bench_quality", text, Path(args.markdown))
+    print(f"Quality (scripts/bench_quality.py, {time.strftime('%Y-%m-%d')}). Machine: {machine}"
+          f"{trained}. `seen` says whether the model trained on that volume (from its configs/train.json). "
+          f"Baseline = inverted input histogram-matched to another subject's target contrast; identity = the "
+          f"input itself.\n\n" + table(rows))
+    work.mkdir(parents=True, exist_ok=True)
+    Path(work, "quality.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    date = time.strftime("%Y-%m-%d")
+    write_rows(rows, work / "quality.csv", date=date)
+    if args.append and args.csv:
+        write_rows(rows, Path(args.csv), append=True, date=date)
+        print(f"{len(rows)} rows added to {args.csv}")
 
 
 if __name__ == "__main__":

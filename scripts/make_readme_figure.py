@@ -2,13 +2,13 @@
 
     python scripts/make_readme_figure.py [--case ../shared/data/volumes/mslub_p07] [--out docs/figures/...png]
 
-MSLUB patient 07 (Lesjak et al., "A novel public MR image dataset of multiple sclerosis patients with lesion
-segmentations based on multi-rater consensus", Neuroinformatics 2017; CC BY): skull-stripped, co-registered
-T1w and T2w with an expert lesion mask. The shipped model (bundles/mri_cyclegan/models/model.pt) translates
-the T1w to T2w exactly as ``mri-translate convert`` does (``convert_file``); the figure shows one axial slice
-(:data:`SLICE`, or ``--slice``), three panels titled input T1w | synthetic T2w | real T2w, each image scaled by
-its own 99.5th percentile inside the brain (as ``evaluate`` scores). The scan itself never enters the repository,
-only this figure derived from it (with its attribution in the README).
+MSLUB patient 07 (the MSLUB cross-sectional dataset, Lesjak et al., Neuroinformatics 2017; CC BY): skull-stripped,
+co-registered T1w and T2w with an expert consensus lesion mask, never trained on. The shipped model
+(bundles/mri_cyclegan/models/model.pt) translates the T1w to T2w exactly as ``mri-translate convert`` does
+(``convert_file``); the figure shows one axial slice (:data:`SLICE`, or ``--slice``), three panels titled input
+T1w | synthetic T2w | real T2w, each image scaled by its own 99.5th percentile inside the brain (as ``evaluate``
+scores). The scan itself never enters the repository, only this figure derived from it (with its attribution in
+the README).
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
-"""scripts/bench_quality.py: its table reads back into rows, so ``--append`` keeps the rows the page shows."""
+"""scripts/bench_quality.py: its rows go to docs/quality.csv and read back as the same rows, so ``--append`` keeps
+every row scored so far, replacing only those of the same model, direction and volume; the record on disk
+reads back too."""
 
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from bench_quality import rows_from_table, table  # noqa: E402
-from benchmarks_doc import read_section, replace_section  # noqa: E402
+from bench_quality import CSV_COLUMNS, read_rows, table, write_rows  # noqa: E402
+from benchmarks_doc import read_section, replace_section, write_csv  # noqa: E402
+
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "quality.csv"
 
 
 def row(model: str, volume: str, psnr: float) -> dict:
@@ -16,14 +22,48 @@ def row(model: str, volume: str, psnr: float) -> dict:
             "identity": {"mask": {"psnr": 6.64, "ssim_3d": -0.026}}}
 
 
-def test_a_table_on_the_page_reads_back_into_the_rows_it_shows(tmp_path):
+def test_rows_go_to_csv_and_read_back_as_the_same_rows(tmp_path):
+    # a volume name with commas and a model name with a space survive the CSV
     rows = [row("model-a", "brats23_gli_00000 (1 mm, skull-stripped)", 17.184), row("model b", "avg152", 12.0)]
-    page = tmp_path / "benchmarks.md"
-    page.write_text("# Benchmarks\n\nintro | with a pipe\n")
-    replace_section("bench_quality", "## Quality\n\nMachine: x.\n\n" + table(rows) + "\n", page)
-    back = rows_from_table(read_section("bench_quality", page))
-    assert [(r["model"], r["volume"]) for r in back] == [("model-a", rows[0]["volume"]), ("model b", "avg152")]
+    path = tmp_path / "quality.csv"
+    write_rows(rows, path, date="2026-12-02")
+    back = read_rows(path)
+    assert [(r["model"], r["volume"], r["date"]) for r in back] == [
+        ("model-a", rows[0]["volume"], "2026-12-02"), ("model b", "avg152", "2026-12-02")]
     assert back[0]["model_scores"]["mask"]["psnr"] == 17.18 and back[0]["baseline"]["mask"]["ssim_3d"] == 0.478
     assert back[1]["reference_consistency"] == 0.64 and back[1]["identity"]["mask"]["psnr"] == 6.64
-    assert table(back) == table(rows)  # what the page shows is what it keeps
-    assert read_section("bench_speed", page) == "" and rows_from_table("no table here") == []
+    assert table(back) == table(rows)  # what the record keeps is what was printed
+    write_rows(back, path)  # rows read back are written back unchanged, their dates included
+    assert read_rows(path) == back and path.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+
+
+def test_append_keeps_other_rows_and_replaces_the_same_model_direction_and_volume(tmp_path):
+    path = tmp_path / "quality.csv"
+    write_rows([row("a", "v1", 10.0), row("a", "v2", 11.0), row("b", "v1", 12.0)], path, date="2026-11-27")
+    write_rows([row("a", "v2", 13.0), row("c", "v1", 14.0)], path, append=True, date="2026-12-02")
+    back = read_rows(path)
+    assert [(r["model"], r["volume"], r["model_scores"]["mask"]["psnr"], r["date"]) for r in back] == [
+        ("a", "v1", 10.0, "2026-11-27"), ("b", "v1", 12.0, "2026-11-27"), ("a", "v2", 13.0, "2026-12-02"),
+        ("c", "v1", 14.0, "2026-12-02")]
+    write_rows([row("d", "v1", 9.0)], path)  # without append the file holds these rows only
+    assert [r["model"] for r in read_rows(path)] == ["d"]
+    assert read_rows(tmp_path / "missing.csv") == []
+    with pytest.raises(ValueError, match="columns"):  # a record of another shape is refused, not mixed in
+        write_csv(path, [{"model": "x"}], ["model"], append=True)
+
+
+def test_the_record_in_docs_reads_back():
+    rows = read_rows(RECORD)
+    assert len(rows) > 100 and all(r["date"] for r in rows)
+    assert {r["direction"] for r in rows} == {"t1-to-t2", "t2-to-t1"}
+    assert any(r["model"] == "default-model-050" for r in rows)  # the shipped model's rows
+
+
+def test_sections_of_the_page_are_replaced_and_read_back(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nintro | with a pipe\n")
+    replace_section("bench_speed", "## Speed\n\nfast\n", page)
+    replace_section("bench_speed", "## Speed\n\nfaster\n", page)
+    assert read_section("bench_speed", page).strip() == "## Speed\n\nfaster"
+    assert page.read_text().startswith("# Benchmarks\n\nintro | with a pipe\n")
+    assert read_section("bench_checks", page) == ""
