@@ -2,7 +2,7 @@
 
 Each command ``X`` is ``X_entry(args)`` calling one public function, so the CLI and the Python API are the
 same thing. Heavy imports (torch, monai) happen inside the commands, so ``--help`` is instant. Errors that
-are the user's input print one line on stderr and exit with their status (see README "Errors and exit
+are the user's input print one line on stderr and exit with their status (see docs/convert.md "Errors and exit
 codes"); ``--debug`` shows the traceback instead.
 """
 

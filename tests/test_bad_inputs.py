@@ -1,6 +1,6 @@
 """Bad inputs x every command: each unusable input is refused by every command (CLI and Python API) with
 exit status 2, exactly one line on stderr naming the file and the problem, no traceback and no output
-(README "Errors and exit codes"); a valid volume behind an awkward path works everywhere. Also: a full
+(docs/convert.md "Errors and exit codes"); a valid volume behind an awkward path works everywhere. Also: a full
 disk while writing, a foreign checkpoint, and a checkpoint that tries to run code."""
 
 from __future__ import annotations
