@@ -209,7 +209,8 @@ def main() -> None:
         bench_data_memory(args.markdown)
     if args.part == "data":
         return
-    devices = ([("cpu", False)] if args.device != "cuda" else []) + \
+    # on the CPU, AMP is bf16 translation where the CPU computes bf16 natively (training stays fp32 there)
+    devices = ([("cpu", True), ("cpu", False)] if args.device != "cuda" else []) + \
         ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() and args.device != "cpu" else [])
     if not devices:
         parser.error("--device cuda: no CUDA device here")
@@ -221,10 +222,10 @@ def main() -> None:
             # on the GPU with AMP, at 256 also NHWC memory format and (for the shipped light generator) compile
             variants = [(128, {}), (256, {})] + ([(256, {"channels_last": True})] if device == "cuda" and amp else []) \
                 + ([(256, {"compiled": True})] if device == "cuda" and amp and name.startswith("light") else [])
-            for size, variant in variants:
+            for size, variant in variants if not (device == "cpu" and amp) else []:
                 specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
-            for batch_size, mirror, fuse in ([(1, True, True), (8, True, True), (1, True, False), (1, False, False)]
+            for batch_size, mirror, fuse in ([(8, True, True), (8, True, False), (8, False, False)]
                                              if device == "cpu" else [(64, True, True), (64, False, False)]):
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror,
