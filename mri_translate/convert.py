@@ -49,7 +49,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
                  reference=None, overwrite: bool = False, series_uid: str | None = None,
                  cycle: Translator | None = None, dicom: bool = False, force: bool = False, strict: bool = False,
                  checks: tuple[dict, str] | None = None, mask=None, links: dict | None = None,
-                 anonymize=False, profile: bool = False) -> dict:
+                 anonymize=False, profile: bool = False, loaded=None) -> dict:
     """Translate one scan and write it with its sidecar (and GIF).
 
     Args:
@@ -80,6 +80,8 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             UIDs across the files of one call. The sidecar's ``DICOM.Anonymized`` says which.
 
         profile: print the wall time of each stage (:class:`~mri_translate.inference.StageClock`) to stderr.
+        loaded: returns ``source`` already being read (``load_volume(source, series_uid)``; a batch's prefetch,
+            whose errors it raises); ``None``: read here.
 
     Returns:
         The sidecar dictionary.
@@ -107,7 +109,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
     if dtype not in ("float32", "int16"):
         raise InputError(output, f"unsupported --dtype {dtype} (float32 or int16)")
     with translator.clock("load"):
-        volume = load_volume(source, series_uid)
+        volume = loaded() if loaded is not None else load_volume(source, series_uid)
     if mask is not None:
         volume = apply_brain_mask(volume, mask, source)
     if kind in IMAGE_SUFFIXES and volume.shape[-1] != 1:
@@ -338,23 +340,35 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
     """Convert every pair; a failing file is reported and the others carry on. Inputs are never
     overwritten; finished outputs (image and sidecar present) are skipped unless ``overwrite``. ``mask_for``:
     ``source -> brain mask path`` (raising :class:`~mri_translate.errors.InputError` when there is none), each
-    scan then translated within its mask."""
+    scan then translated within its mask. The next scan is read in a background thread while one is translated,
+    so a batch runs at the translation's pace."""
+
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     report = BatchReport()
     for folder in {output.parent for _, output in pairs if output.parent.is_dir()}:
         remove_stale_temporaries(folder)  # left by a killed run: that file is redone below
-    for source, output in tqdm(pairs, desc="convert", unit="file", disable=not progress):
+    todo = []
+    for source, output in pairs:
         if output.exists() and sidecar_path(output).exists() and not overwrite:
             report.skipped.append(output)
-            continue
-        try:
-            mask = {"mask": mask_for(source)} if mask_for is not None else {}
-            convert_file(translator, source, output, overwrite=True, **options, **mask)
-            report.done.append(output)
-        except MriTranslateError as err:
-            report.failed.append((source, str(err)))
-            tqdm.write(f"failed: {err}", file=sys.stderr)  # one line per failed file, as it happens
+        else:
+            todo.append((source, output))
+    series_uid = options.get("series_uid")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
+        upcoming = reader.submit(load_volume, todo[0][0], series_uid) if todo else None
+        for index, (source, output) in enumerate(tqdm(todo, desc="convert", unit="file", disable=not progress)):
+            loading = upcoming  # this scan, read while the one before was translated
+            upcoming = reader.submit(load_volume, todo[index + 1][0], series_uid) if index + 1 < len(todo) else None
+            try:
+                mask = {"mask": mask_for(source)} if mask_for is not None else {}
+                convert_file(translator, source, output, overwrite=True, loaded=loading.result, **options, **mask)
+                report.done.append(output)
+            except MriTranslateError as err:
+                report.failed.append((source, str(err)))
+                tqdm.write(f"failed: {err}", file=sys.stderr)  # one line per failed file, as it happens
     return report
 
 

@@ -343,6 +343,37 @@ def test_batch_with_a_corrupt_file(capsys, tmp_path, batch_folder, tiny_run):
     assert all(p.stat().st_ino != inode for p, inode in inodes.items())  # rewritten (atomically: new files)
 
 
+def test_a_batch_reads_ahead_and_writes_what_one_file_at_a_time_writes(tmp_path, batch_folder, tiny_run,
+                                                                     monkeypatch):
+    """A batch reads each next scan in a background thread while one is translated, and its outputs and
+    sidecars' parameters equal those of each file converted on its own; the corrupt file still fails alone."""
+    import threading
+
+    from mri_translate import convert as convert_module
+    from mri_translate.convert import convert, convert_file
+
+    readers = []
+    original = convert_module.load_volume
+
+    def recording(path, *args, **kwargs):
+        readers.append((Path(path).name, threading.current_thread().name))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "load_volume", recording)
+    report = convert(batch_folder, tmp_path / "batch", model=tiny_run, device="cpu", progress=False)
+    assert [p.name for p, _ in report.failed] == ["bad.nii.gz"] and len(report.done) == 2
+    assert sorted(readers) == [("bad.nii.gz", "prefetch_0"), ("good1.nii.gz", "prefetch_0"),
+                               ("good2.nii.gz", "prefetch_0")]
+    translator = Translator.from_run(tiny_run, device="cpu")
+    for name in ("good1", "good2"):
+        single = tmp_path / "single" / f"{name}_T2w.nii.gz"
+        convert_file(translator, batch_folder / f"{name}.nii.gz", single)
+        batch = tmp_path / "batch" / f"{name}_T2w.nii.gz"
+        np.testing.assert_array_equal(nib.load(str(batch)).get_fdata(), nib.load(str(single)).get_fdata())
+        parameters = [json.loads(sidecar_path(p).read_text())["Parameters"] for p in (batch, single)]
+        assert parameters[0] == parameters[1]
+
+
 def test_interrupted_batch_redoes_only_the_unfinished_file(capsys, tmp_path, tiny_run):
     folder = tmp_path / "in"
     write_nifti(folder / "a.nii.gz")
