@@ -336,12 +336,13 @@ def domain_check_options(translator: Translator, qc: bool = False, strict: bool 
 
 
 def convert_batch(translator: Translator, pairs, overwrite: bool = False, progress: bool = True,
-                  mask_for=None, **options) -> BatchReport:
+                  mask_for=None, prefetch: bool | None = None, **options) -> BatchReport:
     """Convert every pair; a failing file is reported and the others carry on. Inputs are never
     overwritten; finished outputs (image and sidecar present) are skipped unless ``overwrite``. ``mask_for``:
     ``source -> brain mask path`` (raising :class:`~mri_translate.errors.InputError` when there is none), each
-    scan then translated within its mask. The next scan is read in a background thread while one is translated,
-    so a batch runs at the translation's pace."""
+    scan then translated within its mask. With ``prefetch`` (``None``: on a GPU) the next scan is read in a
+    background thread while one is translated, so a batch runs at the network's pace; on a CPU the reader would
+    take cores from the network (2 cores, shipped model: 18.3 s per file with it, 16.4 s without)."""
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -357,14 +358,18 @@ def convert_batch(translator: Translator, pairs, overwrite: bool = False, progre
         else:
             todo.append((source, output))
     series_uid = options.get("series_uid")
+    prefetch = translator.device.type != "cpu" if prefetch is None else prefetch
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
-        upcoming = reader.submit(load_volume, todo[0][0], series_uid) if todo else None
+        def read(index):  # the scan todo[index] read in the background, or None (read by convert_file)
+            return reader.submit(load_volume, todo[index][0], series_uid) if prefetch and index < len(todo) else None
+
+        upcoming = read(0)
         for index, (source, output) in enumerate(tqdm(todo, desc="convert", unit="file", disable=not progress)):
-            loading = upcoming  # this scan, read while the one before was translated
-            upcoming = reader.submit(load_volume, todo[index + 1][0], series_uid) if index + 1 < len(todo) else None
+            loading, upcoming = upcoming, read(index + 1)  # this scan, read while the one before was translated
             try:
                 mask = {"mask": mask_for(source)} if mask_for is not None else {}
-                convert_file(translator, source, output, overwrite=True, loaded=loading.result, **options, **mask)
+                convert_file(translator, source, output, overwrite=True,
+                             loaded=loading.result if loading is not None else None, **options, **mask)
                 report.done.append(output)
             except MriTranslateError as err:
                 report.failed.append((source, str(err)))

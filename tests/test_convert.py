@@ -345,12 +345,13 @@ def test_batch_with_a_corrupt_file(capsys, tmp_path, batch_folder, tiny_run):
 
 def test_a_batch_reads_ahead_and_writes_what_one_file_at_a_time_writes(tmp_path, batch_folder, tiny_run,
                                                                      monkeypatch):
-    """A batch reads each next scan in a background thread while one is translated, and its outputs and
-    sidecars' parameters equal those of each file converted on its own; the corrupt file still fails alone."""
+    """With ``prefetch`` a batch reads each next scan in a background thread while one is translated (by default
+    only on a GPU: on a CPU the main thread reads), and its outputs and sidecars' parameters equal those of each
+    file converted on its own; the corrupt file still fails alone."""
     import threading
 
     from mri_translate import convert as convert_module
-    from mri_translate.convert import convert, convert_file
+    from mri_translate.convert import convert_batch, convert_file, plan_batch
 
     readers = []
     original = convert_module.load_volume
@@ -360,11 +361,14 @@ def test_a_batch_reads_ahead_and_writes_what_one_file_at_a_time_writes(tmp_path,
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(convert_module, "load_volume", recording)
-    report = convert(batch_folder, tmp_path / "batch", model=tiny_run, device="cpu", progress=False)
+    translator = Translator.from_run(tiny_run, device="cpu")
+    report = convert_batch(translator, plan_batch(batch_folder, tmp_path / "batch"), progress=False, prefetch=True)
     assert [p.name for p, _ in report.failed] == ["bad.nii.gz"] and len(report.done) == 2
     assert sorted(readers) == [("bad.nii.gz", "prefetch_0"), ("good1.nii.gz", "prefetch_0"),
                                ("good2.nii.gz", "prefetch_0")]
-    translator = Translator.from_run(tiny_run, device="cpu")
+    readers.clear()
+    convert_batch(translator, plan_batch(batch_folder, tmp_path / "cpu"), progress=False)
+    assert {thread for _, thread in readers} == {"MainThread"}
     for name in ("good1", "good2"):
         single = tmp_path / "single" / f"{name}_T2w.nii.gz"
         convert_file(translator, batch_folder / f"{name}.nii.gz", single)
