@@ -1,12 +1,13 @@
 """Translate volumes with a trained generator: :class:`Translator` takes a volume and returns the
-translated volume in the input's exact geometry.
+translated volume in the input's exact geometry, as a chain of named stages (each timed by :class:`StageClock`,
+what ``convert --profile`` prints):
 
-``volume (1, X, Y, Z)`` -> RAS -> normalise to [-1, 1] -> 2.5D slabs along the through-plane axis (and, on a
-near-isotropic scan, along the other two: the three translations averaged) -> generator (batched,
-``inference_mode``, AMP on GPU) -> average each slice's k predictions (-> refitted on the inverted input,
-:func:`guided_filter`, and a share of it averaged in, :func:`inverted_input`) -> map intensities to the target
-domain's training range -> original orientation and affine.
-"""
+``volume (1, X, Y, Z)`` -> canonical (RAS) and standardise to [-1, 1] (:meth:`Translator.prepare`) -> head mask
+(:meth:`Translator.head`) -> the network (:meth:`Translator.run_network`: per plane resampled to the model's
+spacing, 2.5D slabs through the generator, batched, ``inference_mode``, bf16 autocast on GPUs and on CPUs that
+compute it natively, each slice's k predictions averaged, mirrored and planes averaged, background outside the
+head) -> refit on the inverted input (:meth:`Translator.refit`, :func:`guided_filter`, :func:`inverted_input`)
+-> target intensities, original orientation and affine (:meth:`Translator.restore`)."""
 
 from __future__ import annotations
 
