@@ -76,12 +76,9 @@ def brain_region(x: np.ndarray, spacing) -> np.ndarray:
         Boolean ``(X, Y, Z)``: per axial slice, the ellipse at 60 % of the head's extent in that slice, in the
         slices 20-80 mm below the top of the head (the middle half of the slices when the volume is thinner).
     """
-    head = x > 0.1
-    labels, count = ndimage.label(head)
-    if count:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        head = labels == np.argmax(sizes)
+    from .transforms import largest_pieces
+
+    head = largest_pieces(x > 0.1)
     region = np.zeros_like(head)
     area = head.sum(axis=(0, 1))
     filled = np.flatnonzero(area > 0.05 * area.max()) if area.max() else np.array([], dtype=int)
@@ -244,7 +241,7 @@ def head_mask(image):
     """
     import torch
 
-    from .transforms import foreground_mask, strided_sample
+    from .transforms import foreground_mask, largest_pieces, strided_sample
 
     image = image.detach().float()
     mask = foreground_mask(image)
@@ -252,12 +249,7 @@ def head_mask(image):
     if background.numel():
         centre = background.median()
         mask &= image > centre + NOISE_SIGMAS * 1.4826 * (background - centre).abs().median()
-    labels, count = ndimage.label(mask.numpy())
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = torch.from_numpy(labels == np.argmax(sizes))
-    return mask
+    return torch.from_numpy(largest_pieces(mask.numpy()))
 
 
 def head_area_cm2(mask, spacing) -> float:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage, stats
 
+from .transforms import largest_pieces
+
 try:  # NumPy >= 2
     from numpy.lib.array_utils import normalize_axis_index
 except ImportError:  # NumPy 1.x (setup.cfg allows >= 1.24: MONAI 1.4 pins numpy < 2)
@@ -74,12 +76,7 @@ def auto_mask(volume, reference=None) -> np.ndarray:
     vol = _as_volume(volume, "volume")
     ref = vol if reference is None else _as_volume(reference, "reference")
     _check_same_shape(ref, "reference", vol, "volume")
-    foreground = ref > 0.1 * np.percentile(ref, 99)
-    labels, count = ndimage.label(foreground)
-    if count > 0:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        foreground = ndimage.binary_fill_holes(labels == np.argmax(sizes))
+    foreground = ndimage.binary_fill_holes(largest_pieces(ref > 0.1 * np.percentile(ref, 99)))
     return foreground.reshape(np.shape(volume))
 
 

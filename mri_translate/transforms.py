@@ -90,6 +90,21 @@ def foreground_mask(image: torch.Tensor) -> torch.Tensor:
     return image > low + 0.1 * (high - low)
 
 
+def largest_pieces(mask: np.ndarray, min_voxels: float = float("inf")) -> np.ndarray:
+    """``mask`` (boolean, any shape) reduced to its largest connected piece (6-connected in 3D; the first of equal
+    ones) and every piece of at least ``min_voxels`` voxels: a head without the specks that a noisy background
+    scatters above a threshold. A mask of one piece or none is returned as it is."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count < 2:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = sizes >= min_voxels
+    keep[np.argmax(sizes)] = True  # the first largest piece
+    return np.isin(labels, 1 + np.flatnonzero(keep))
+
+
 def strided_sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
     """A deterministic strided subsample (torch.quantile refuses more than 16 M elements)."""
     return flat if flat.numel() <= limit else flat[:: flat.numel() // limit + 1]
