@@ -83,7 +83,8 @@ class DataConfig:
     of a two-percentile rescaling. ``planes``: near-isotropic scans are also sampled as coronal and sagittal slabs,
     the planes ``convert`` translates them along and averages (:func:`~mri_translate.slabs.slicing_axes`).
     ``paired_fraction``: the share of batches drawn from co-registered pairs (``train --paired``) when there are
-    any."""
+    any. ``num_workers``: DataLoader worker processes drawing the slabs (persistent across epochs); ``null`` = 0 on
+    a CPU, where the cores are better spent on the networks, and up to 4 (one core left free) on a GPU."""
 
     crop: int = 128
     batch_size: int = 1
@@ -94,11 +95,12 @@ class DataConfig:
     standardize: bool = True
     planes: bool = False
     paired_fraction: float = 0.5
-    num_workers: int = 0
+    num_workers: int | None = None
 
 
-#: ``train.amp`` values: ``True`` = bf16 where the GPU supports it, else fp16 (CUDA only; full precision on
-#: CPU); ``"bf16"`` / ``"fp16"`` force that dtype on any device; ``False`` = full precision.
+#: ``train.amp`` values: ``True`` = bf16 where the GPU supports it, else fp16; bf16 on a CPU that computes it
+#: natively (AVX512-BF16 / AMX), full precision on other CPUs; ``"bf16"`` / ``"fp16"`` force that dtype on any
+#: device; ``False`` = full precision.
 AMP_CHOICES = (True, False, "bf16", "fp16")
 
 

@@ -16,6 +16,7 @@ field, gamma) with MONAI random transforms.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -323,7 +324,9 @@ class UnpairedSlabDataset(Dataset):
     augmentation, which would misalign them), marked ``paired = 1``.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
-    of workers; call :meth:`set_epoch` each epoch.
+    of workers. The item may be asked for as ``(epoch, i)`` (what :class:`ResumableSampler` yields, so workers that
+    persist across epochs need no message from the main process) or as ``i`` of the epoch set by
+    :meth:`set_epoch`.
     """
 
     def __init__(self, domain_a: Slices, domain_b: Slices, crop: int = 128, flip: bool = True, seed: int = 0,
@@ -343,8 +346,9 @@ class UnpairedSlabDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**62)
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = torch.Generator().manual_seed(hash((self.seed, epoch, index)) % 2**62)
         if self.paired_fraction and bool(torch.rand((), generator=rng) < self.paired_fraction):
             return self._draw_pair(rng)
         return {**{name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))},
@@ -432,36 +436,48 @@ def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[s
     return {"A": pick(a), "B": pick(b)}
 
 
-class ResumableSampler(Sampler[int]):
-    """``sampler``'s indices, of which the next pass leaves the first ``count`` out after :meth:`skip`: a run
-    resumed in the middle of an epoch goes on with the items it had not reached instead of the epoch's first
-    ones (the items themselves depend only on ``(seed, epoch, index)``, see :class:`UnpairedSlabDataset`)."""
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """``(epoch, i)`` for each index ``i`` of ``sampler``, the epoch being the one last given to :meth:`set_epoch`
+    (so the items depend only on ``(seed, epoch, i)``, see :class:`UnpairedSlabDataset`, in the main process and in
+    persistent workers alike); after :meth:`skip` the next pass leaves its first ``count`` out: a run resumed in
+    the middle of an epoch goes on with the items it had not reached instead of the epoch's first ones."""
 
     def __init__(self, sampler: Sampler[int]):
-        self.sampler, self.pending = sampler, 0
+        self.sampler, self.pending, self.epoch = sampler, 0, 0
 
     def skip(self, count: int) -> None:
         """Leave the first ``count`` indices of the next pass out (once)."""
         self.pending = count
 
     def set_epoch(self, epoch: int) -> None:
-        """Passed on to the wrapped sampler where it has one (``DistributedSampler``)."""
+        """The epoch of the next pass; passed on to the wrapped sampler where it has one (``DistributedSampler``)."""
+        self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         count, self.pending = self.pending, 0
-        return itertools.islice(iter(self.sampler), count, None)
+        return ((self.epoch, i) for i in itertools.islice(iter(self.sampler), count, None))
 
     def __len__(self) -> int:
         return len(self.sampler) - self.pending
 
 
-def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pairs=()) -> DataLoader:
+def loader_workers(setting: int | None, device: torch.device) -> int:
+    """DataLoader worker processes for ``data.num_workers`` (``None``: 0 on a CPU, whose cores the networks need;
+    on a GPU up to 4, leaving one core to the main process)."""
+    if setting is not None:
+        return setting
+    return 0 if device.type == "cpu" else max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pairs=(),
+                device: torch.device = torch.device("cpu")) -> DataLoader:
     """DataLoader of :class:`UnpairedSlabDataset` (settings from a :class:`~mri_translate.config.RunConfig`;
     ``pairs`` from :func:`paired_volumes`) with one epoch = ``train.epoch_length`` batches per rank, in order;
     under torchrun a ``DistributedSampler`` gives each rank its own share of the items. The sampler is a
-    :class:`ResumableSampler` (call its ``set_epoch`` every epoch)."""
+    :class:`ResumableSampler` (call its ``set_epoch`` every epoch). Workers (:func:`loader_workers`) persist across
+    epochs; batches for a GPU come in pinned memory."""
     from torch.utils.data import DistributedSampler, SequentialSampler
 
     data = config.data
@@ -470,5 +486,6 @@ def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pair
                                   augment=data.augment, pairs=pairs, paired_fraction=data.paired_fraction)
     sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
                                  drop_last=True) if context.active else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=data.batch_size, sampler=ResumableSampler(sampler),
-                      num_workers=data.num_workers, drop_last=True)
+    workers = loader_workers(data.num_workers, device)
+    return DataLoader(dataset, batch_size=data.batch_size, sampler=ResumableSampler(sampler), num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda", drop_last=True)

@@ -27,7 +27,7 @@ from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
 from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
-from .runtime import inference_precision, read_checkpoint, resolve_device
+from .runtime import precision_for, read_checkpoint, resolve_device
 from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, largest_pieces,
@@ -140,7 +140,7 @@ class SlabInferer(Inferer):
     """MONAI inferer for 2.5D generators: each volume of a batch ``(B, 1, X, Y, Z)`` (RAS, in [-1, 1]) is cut
     into k-slice slabs along ``axis`` (``None``: the through-plane axis from the MetaTensor's affine), run
     through the network ``batch_size`` slabs at a time (with ``amp`` under the autocast of
-    :func:`~mri_translate.runtime.inference_precision`), and each slice's k
+    :func:`~mri_translate.runtime.precision_for`), and each slice's k
     predictions are averaged. With ``mirror`` (test-time augmentation) the volume is also translated mirrored
     left-right (RAS axis 0; training flips left-right too) and the two translations are averaged, which halves
     the GAN's unstructured noise. Returns ``(B, 1, X, Y, Z)`` float32 on the input's device, a MetaTensor with
@@ -176,7 +176,7 @@ class SlabInferer(Inferer):
         """One ``(X, Y, Z)`` volume through the network slab by slab, each slice's k predictions averaged."""
         slabs, layout = volume_to_slabs(data, self.k, axis)
         predictions = torch.empty(slabs.shape, dtype=torch.float32)
-        precision = inference_precision(device, self.amp)
+        precision = precision_for(device, bool(self.amp))
         for start in range(0, len(slabs), self.batch_size):
             batch = slabs[start: start + self.batch_size].to(device, non_blocking=True)
             with precision.autocast():
@@ -222,7 +222,7 @@ class Translator:
         device: torch device.
         batch_size: slabs per forward pass.
         amp: autocast: bf16 on a GPU (fp16 where it lacks bf16) and on a CPU that computes bf16 natively
-            (:func:`~mri_translate.runtime.inference_precision`; the shipped model within 0.003 dB of fp32).
+            (:func:`~mri_translate.runtime.precision_for`; the shipped model within 0.003 dB of fp32).
         direction: ``t1-to-t2`` or ``t2-to-t1`` (recorded in sidecars).
         model_path: the file the weights came from (its checksum goes into sidecars).
         axis: RAS axis to slice along (0 sagittal, 1 coronal, 2 axial), the only one; ``None`` = the
@@ -249,7 +249,7 @@ class Translator:
                  fuse_planes: bool = True, inverted_weight: float = 0.0, guided_radius_mm: float = 0.0):
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
-        self.precision = inference_precision(self.device, amp)  # decided once; recorded in sidecars
+        self.precision = precision_for(self.device, bool(amp))  # decided once; recorded in sidecars
         self.clock = StageClock()  # time per stage (convert --profile)
         self._model_sha256 = None  # model_sha256(), once
         self.k, self.target_range, self.batch_size = k, tuple(target_range), batch_size

@@ -114,7 +114,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     mismatch = skull_stripping_mismatch(domain_a, domain_b)
     if mismatch:
         log.warning(mismatch)
-    loader = make_loader(domain_a, domain_b, config, context, paired_volumes(domain_a, domain_b, pairs))
+    loader = make_loader(domain_a, domain_b, config, context, paired_volumes(domain_a, domain_b, pairs), device)
     priors = None
     if config.loss.prior > 0 or config.model.prior_residual:
         edge = max(1, round(EDGE / (data.spacing or 1.0)))  # EDGE pixels at 1 mm
@@ -177,9 +177,9 @@ def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], 
 
 
 def _set_epoch(loader, epoch: int) -> None:
-    """New random draws each epoch, for the dataset and, under torchrun, the sampler."""
-    loader.dataset.set_epoch(epoch)
-    loader.sampler.set_epoch(epoch)  # a ResumableSampler (make_loader), passing it on to a DistributedSampler
+    """New random draws each epoch: the sampler (a :class:`~mri_translate.data.ResumableSampler`) tags every index
+    with the epoch and passes it on to a ``DistributedSampler`` under torchrun."""
+    loader.sampler.set_epoch(epoch)
 
 
 def train_bundle(dataset_dir=None, output_dir="runs/train", device: str = "auto", max_epochs=None,

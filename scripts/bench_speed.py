@@ -1,7 +1,8 @@
-"""Speed and memory: training iterations/s, whole-file conversion of a 256x256x150 volume, and the training
+"""Speed and memory: training slabs/s at batch 1, 8 and 32, the training loader alone with 0, 2 and 4 workers,
+whole-file conversion of a 256x256x150 volume, and the training
 data's load time and peak memory for 5, 10 and 21 real volumes (``--part data``: that part alone).
 
-    python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10] [--part all|speed|data]
+    python scripts/bench_speed.py [--json docs/bench_speed.json] [--iterations 10] [--part all|speed|training|data]
     python scripts/bench_speed.py --part speed --device cuda --json docs/bench_speed_gpu.json --iterations 30
     python scripts/bench_speed.py --render docs/bench_speed_gpu.json   # the docs section of a saved run
 
@@ -32,8 +33,11 @@ GENERATORS = {"default (32-64-128-256, 2 res units)": [[32, 64, 128, 256], 2],
               "light (16-32-64-128, 2 res units)": [[16, 32, 64, 128], 2]}
 
 
-def bench_train(channels, res_units, size, iterations, device, amp, channels_last=False, compiled=False) -> dict:
-    """Full CycleGAN iterations (both generators, both discriminators) at size x size, batch 1, k=3;
+def bench_train(channels, res_units, size, iterations, device, amp, channels_last=False, compiled=False,
+                batch: int = 1) -> dict:
+    """Full CycleGAN iterations (both generators, both discriminators) at size x size, ``batch`` slabs of each
+    domain, k=3, with the mixed precision ``train.amp`` = ``amp`` gives on ``device`` (bf16 on a CPU that computes
+    it); a slab/s figure counts the slabs of one domain (what each direction's generator sees);
     ``channels_last``: networks and inputs in NHWC memory format; ``compiled``: each network through
     ``torch.compile`` (its compile time is reported as ``warmup_s``)."""
     import torch
@@ -55,7 +59,7 @@ def bench_train(channels, res_units, size, iterations, device, amp, channels_las
     precision = precision_for(torch.device(device), amp)
     autocast, scaler = precision.autocast, precision.grad_scaler()
     pools = {"A": ImagePool(), "B": ImagePool()}
-    a, b = ((torch.rand(1, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory_format)
+    a, b = ((torch.rand(batch, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory_format)
             for _ in range(2))
     loss = CycleGANLoss()
     start = time.perf_counter()
@@ -69,7 +73,30 @@ def bench_train(channels, res_units, size, iterations, device, amp, channels_las
     _sync(device)
     seconds = (time.perf_counter() - start) / iterations
     return {"s_per_iteration": round(seconds, 4), "iterations_per_s": round(1 / seconds, 2),
-            "warmup_s": round(warmup, 1)}
+            "slabs_per_s": round(batch / seconds, 1), "warmup_s": round(warmup, 1), "precision": precision.describe()}
+
+
+def bench_loader(workers: int, batches: int = 40, batch_size: int = 8, crop: int = 128) -> dict:
+    """The training DataLoader alone (augmented slabs of 3 T1w and 2 T2w real volumes, batches of ``batch_size``)
+    with ``workers`` persistent worker processes: slabs/s of one domain over ``batches`` batches after the first
+    (which pays for starting the workers)."""
+    import torch
+
+    from mri_translate.config import RunConfig
+    from mri_translate.data import load_slices, make_loader
+
+    t1, t2 = sorted(REAL.glob("*_T1w.nii.gz"))[:3], sorted(REAL.glob("*_T2w.nii.gz"))[:2]
+    config = RunConfig.from_dict({"data": {"crop": crop, "batch_size": batch_size, "num_workers": workers},
+                                  "train": {"epoch_length": batches + 1}})
+    a, b = (load_slices(files, 3, spacing=1.0) for files in (t1, t2))
+    loader = make_loader(a, b, config)
+    loader.sampler.set_epoch(1)
+    batches_seen = iter(loader)
+    next(batches_seen)
+    start = time.perf_counter()
+    count = sum(len(batch["A"]) for batch in batches_seen)
+    seconds = time.perf_counter() - start
+    return {"slabs_per_s": round(count / seconds, 1), "batches": batches, "torch_threads": torch.get_num_threads()}
 
 
 def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fuse_planes=True, files=1) -> dict:
@@ -174,9 +201,12 @@ def _child(spec: dict) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if spec["kind"] == "data":
         result = bench_data(spec["t1"], spec["t2"], spec.get("planes", False))
+    elif spec["kind"] == "loader":
+        result = bench_loader(spec["workers"])
     elif spec["kind"] == "train":
         result = bench_train(spec["channels"], spec["res_units"], spec["size"], spec["iterations"], spec["device"],
-                             spec["amp"], spec.get("channels_last", False), spec.get("compiled", False))
+                             spec["amp"], spec.get("channels_last", False), spec.get("compiled", False),
+                             spec.get("batch", 1))
     else:
         result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"],
                                spec.get("mirror", True), spec.get("fuse_planes", True), spec.get("files", 1))
@@ -200,7 +230,8 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench_speed.json"))
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
-    parser.add_argument("--part", choices=("all", "speed", "data"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "training", "data"), default="all",
+                        help="speed: training, loader and convert rows; training: the training and loader rows")
     parser.add_argument("--generator", choices=("", "default", "light"), default="",
                         help="only this generator's rows (default: both)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
@@ -221,7 +252,7 @@ def main() -> None:
         bench_data_memory(args.markdown)
     if args.part == "data":
         return
-    # on the CPU, AMP is bf16 translation where the CPU computes bf16 natively (training stays fp32 there)
+    # on the CPU, AMP is bf16 (training and translation) where the CPU computes bf16 natively, else off
     devices = ([("cpu", True), ("cpu", False)] if args.device != "cuda" else []) + \
         ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() and args.device != "cpu" else [])
     if not devices:
@@ -231,12 +262,18 @@ def main() -> None:
         if not name.startswith(args.generator):
             continue
         for device, amp in devices:
-            # on the GPU with AMP, at 256 also NHWC memory format and (for the shipped light generator) compile
-            variants = [(128, {}), (256, {})] + ([(256, {"channels_last": True})] if device == "cuda" and amp else []) \
-                + ([(256, {"compiled": True})] if device == "cuda" and amp and name.startswith("light") else [])
-            for size, variant in variants if not (device == "cpu" and amp) else []:
+            # batches of 1, 8 and 32 slabs (128 px on the CPU, 256 on a GPU) with AMP, 1 and 8 without; on the GPU
+            # with AMP also NHWC memory format and (for the shipped light generator) torch.compile at batch 8
+            size = 128 if device == "cpu" else 256
+            variants = [{"batch": batch} for batch in ((1, 8, 32) if amp else (1, 8))]
+            if device == "cuda" and amp:
+                variants += [{"batch": 8, "channels_last": True}] + (
+                    [{"batch": 8, "compiled": True}] if name.startswith("light") else [])
+            for variant in variants:
                 specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
+            if args.part == "training":
+                continue
             for batch_size, mirror, fuse in ([(8, True, True), (8, True, False), (8, False, False)]
                                              if device == "cpu" else [(64, True, True), (64, False, False)]):
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
@@ -246,6 +283,8 @@ def main() -> None:
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": 8 if device == "cpu" else 64,
                               "mirror": True, "fuse_planes": True, "files": 10})
+    if REAL.is_dir() and args.device != "cuda":  # the loader alone, in the main process and in workers
+        specs += [{"kind": "loader", "workers": workers, "device": "cpu", "amp": False} for workers in (0, 2, 4)]
     # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -269,11 +308,14 @@ def write_speed_section(saved: Path, markdown: str) -> None:
         # rows saved before fuse_planes existed translated one plane
         flags = ("" if r.get("fuse_planes", False) else ", --single-plane") + \
             ("" if r.get("mirror", True) else ", --no-mirror")
-        what = f"train {r['size']}x{r['size']}, batch 1" if r["kind"] == "train" else \
+        what = f"train {r['size']}x{r['size']}, batch {r.get('batch', 1)}" if r["kind"] == "train" else \
+            f"the training loader alone, batch 8, {r['workers']} workers" if r["kind"] == "loader" else \
             f"convert 256x256x150 file to file, batch {r['batch_size']}{flags}" + (
                 f", a batch of {r['files']} files" if r.get("files", 1) > 1 else "")
         result = (f"failed: {r['error']}" if "error" in r else
-                  f"{r['s_per_iteration']} s/it ({r['iterations_per_s']} it/s)" if r["kind"] == "train"
+                  f"{r['slabs_per_s']} slabs/s" if r["kind"] == "loader" else
+                  f"{r['s_per_iteration']} s/it, {r.get('slabs_per_s', r['iterations_per_s'])} slabs/s"
+                  + (f", {r['precision']}" if "precision" in r else "") if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['volumes_per_min']} volumes/min), {r['precision']}" if "volumes_per_min" in r
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)" + (
                       f", {r['precision']}; " + ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
@@ -284,16 +326,20 @@ def write_speed_section(saved: Path, markdown: str) -> None:
         lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
                      f"{r.get('peak_gpu_mb', '')} |")
     gpu = any(r["device"].startswith("cuda") for r in results)
-    text = (f"## Speed{' on GPU' if gpu else ''} (scripts/bench_speed.py, {machine.get('date', saved.name)})\n\n"
+    training = all(r["kind"] in ("train", "loader") for r in results)  # a --part training run: its own section
+    text = (f"## {'Training speed' if training else 'Speed'}{' on GPU' if gpu else ''} (scripts/bench_speed.py"
+            f"{' --part training' if training else ''}, {machine.get('date', saved.name)})\n\n"
             f"Machine: {machine}. "
-            "A training iteration updates both generators and both discriminators (k = 3).\n\n" + "\n".join(lines)
+            "A training iteration updates both generators and both discriminators (k = 3); slabs/s counts one "
+            "domain's slabs, what each direction's generator sees.\n\n" + "\n".join(lines)
             + "\n")
     print(text)
     if markdown:
         sys.path.insert(0, str(ROOT / "scripts"))
         from benchmarks_doc import replace_section
 
-        replace_section("bench_speed_gpu" if gpu else "bench_speed", text, Path(markdown))
+        replace_section(("bench_speed_gpu" if gpu else "bench_speed") + ("_training" if training else ""), text,
+                        Path(markdown))
 
 
 def bench_data_memory(markdown: str) -> None:

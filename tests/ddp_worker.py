@@ -31,5 +31,5 @@ overrides = {"train": {"iterations": int(sys.argv[sys.argv.index("--resume") + 1
 trainer = train([t1], [t2], run_dir, config=preset, overrides=overrides, resume=resume, progress_bar=False)
 sampler = trainer.data_loader.sampler
 sampler.set_epoch(0)
-torch.save({"nets": {k: v.state_dict() for k, v in trainer.nets.items()}, "indices": list(sampler),
+torch.save({"nets": {k: v.state_dict() for k, v in trainer.nets.items()}, "indices": [i for _, i in sampler],
             "saves": saves, "iteration": trainer.state.iteration}, record / f"rank{rank}.pt")

@@ -24,6 +24,7 @@ from mri_translate.convert import (BatchReport, convert, convert_file, output_pa
 from mri_translate.errors import InputError
 from mri_translate.inference import Translator
 from mri_translate.io import load_volume
+from mri_translate.runtime import cpu_has_bf16
 from mri_translate.transforms import RobustNormalize, to_canonical
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -606,7 +607,9 @@ def test_bundle_inference_equals_cli(model, switch, capsys, shared_data, tmp_pat
         from_bundle, from_cli = nib.load(str(bundle_out / name)), nib.load(str(cli_out / name))
         assert from_bundle.shape == from_cli.shape
         np.testing.assert_array_equal(from_bundle.affine, from_cli.affine)
-        assert np.abs(np.asarray(from_bundle.dataobj) - np.asarray(from_cli.dataobj)).max() == 0
+        difference = np.abs(np.asarray(from_bundle.dataobj) - np.asarray(from_cli.dataobj))
+        # equal in fp32; under bf16 (a CPU that computes it) a few voxels round the other way: < 0.1 % of the range
+        assert difference.max() <= (1e-3 * np.percentile(np.asarray(from_cli.dataobj), 99.9) if cpu_has_bf16() else 0)
     assert nib.load(str(bundle_out / names[0])).shape == (91, 109, 91)
     np.testing.assert_allclose(nib.load(str(bundle_out / names[1])).affine, thick, atol=1e-5)
 

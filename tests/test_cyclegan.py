@@ -175,3 +175,31 @@ def test_pool_never_stores_a_non_finite_fake():
     for _ in range(20):
         assert torch.isnan(pool.query(torch.cat([overflow, overflow]))).all()
     assert len(pool.images) == 1 and torch.equal(pool.images[0], fine)
+
+
+def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time():
+    """Every term is a per-item mean and the networks normalise each item on its own (instance norm), so a batch
+    of 8 gives the mean of the 8 items stepped one at a time: batches train the same objective, only faster.
+    Learning rate 0 and no pool keep the networks and the discriminators' inputs equal across the calls."""
+    from mri_translate.contrast_prior import ContrastPrior
+
+    real_a, real_b = batches(seed=5, batch=8)
+    paired = torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 0])
+    prior = ContrastPrior(torch.linspace(-1, 1, 101), torch.linspace(1, -1, 101))
+    priors = {"AB": prior, "BA": prior}
+    loss = CycleGANLoss(identity=0.5)
+
+    def step(a, b, pairs):
+        nets, optimizers = tiny_setup(seed=3, lr=0.0)
+        pools = {"A": ImagePool(0), "B": ImagePool(0)}
+        return cyclegan_step(nets, optimizers, a, b, loss, pools, priors=priors, prior_weight=2.0, paired=pairs)
+
+    whole = step(real_a, real_b, paired)
+    items = [step(real_a[i: i + 1], real_b[i: i + 1], paired[i: i + 1]) for i in range(8)]
+    assert whole["G"] == pytest.approx(sum(v for k, v in whole.items() if k not in ("G", "D_A", "D_B")), rel=1e-5)
+    for name in LOSS_KEYS - {"G", "paired_A", "paired_B"}:
+        assert whole[name] == pytest.approx(sum(item[name] for item in items) / 8, rel=1e-4, abs=1e-6), name
+    for name in ("paired_A", "paired_B"):  # the mean over the paired items only
+        paired_items = [item[name] for item, flag in zip(items, paired) if flag]
+        assert whole[name] == pytest.approx(sum(paired_items) / len(paired_items), rel=1e-4), name
+        assert whole[name] > 0

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mri_translate.config import RunConfig
 from mri_translate.data import (SAMPLE, Slices, SourceVolume, UnpairedSlabDataset, effective_k, expand_sources,
-                                head_area_cm2, load_slices, skull_stripping_mismatch)
+                                head_area_cm2, load_slices, loader_workers, make_loader, skull_stripping_mismatch)
 from mri_translate.errors import InputError
 from mri_translate.io import load_volume
 from mri_translate.standardize import LandmarkStandardizer
@@ -426,3 +427,30 @@ def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path, planes
     assert np.median(overlap[0.0]) < 0.8, overlap[0.0]   # outlines differ a little at the top of the head)
     with pytest.raises(InputError, match="cannot be trained as a pair"):
         paired_volumes(a, b, [(data["t1"][1], data["t2"][1])])
+
+
+def test_persistent_loader_workers_return_the_slabs_of_the_main_process_in_every_epoch(real_slices):
+    """make_loader with 2 persistent workers: the same batches, bit for bit, as the main process for a fixed seed,
+    and new ones in the next epoch although the workers never hear of it (the sampler tags each index with it)."""
+    a, b = real_slices
+    config = RunConfig.from_dict({"data": {"crop": 32, "batch_size": 4},
+                                  "train": {"epoch_length": 2, "seed": 7}})
+    epochs = {}
+    for workers in (0, 2):
+        config.data.num_workers = workers
+        loader = make_loader(a, b, config)
+        assert loader.persistent_workers == (workers > 0) and not loader.pin_memory
+        for epoch in (1, 2):
+            loader.sampler.set_epoch(epoch)
+            epochs[workers, epoch] = list(loader)
+    for epoch in (1, 2):
+        for main, worker in zip(epochs[0, epoch], epochs[2, epoch]):
+            for key in ("A", "B", "paired"):
+                torch.testing.assert_close(main[key], worker[key], rtol=0, atol=0)
+    assert not torch.equal(epochs[2, 1][0]["A"], epochs[2, 2][0]["A"])
+
+
+def test_loader_workers_are_none_on_a_cpu_and_some_on_a_gpu_unless_set():
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert 0 <= loader_workers(None, torch.device("cuda", 0)) <= 4
+    assert loader_workers(3, torch.device("cpu")) == 3

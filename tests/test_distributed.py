@@ -83,8 +83,8 @@ def test_a_rank_resumed_mid_epoch_leaves_out_the_items_it_trained_on():
         share.set_epoch(5)
         sampler.set_epoch(5)
         sampler.skip(4)
-        assert len(sampler) == 2 and list(sampler) == list(share)[4:]
-        assert list(sampler) == list(share) and list(share) != sorted(share)
+        assert len(sampler) == 2 and list(sampler) == [(5, i) for i in list(share)[4:]]
+        assert list(sampler) == [(5, i) for i in share] and list(share) != sorted(share)
 
 
 def test_ranks_hold_identical_weights(ddp_run):

@@ -13,8 +13,11 @@ from mri_translate.errors import InputError, ModelError
 from mri_translate.runtime import precision_for
 
 
-def test_amp_is_off_on_the_cpu_unless_a_dtype_is_forced():
-    assert not precision_for(torch.device("cpu"), True).enabled
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_the_cpu_is_bf16_where_the_cpu_computes_it_else_off_unless_a_dtype_is_forced(native, monkeypatch):
+    monkeypatch.setattr("mri_translate.runtime.cpu_has_bf16", lambda: native)
+    assert precision_for(torch.device("cpu"), True).dtype == (torch.bfloat16 if native else None)
+    assert precision_for(torch.device("cpu"), True).grad_scaler() is None
     assert not precision_for(torch.device("cpu"), False).enabled
     forced = precision_for(torch.device("cpu"), "fp16")
     assert forced.dtype == torch.float16 and isinstance(forced.grad_scaler(), torch.amp.GradScaler)
