@@ -177,6 +177,8 @@ def format_summary(report: dict) -> str:
         for region in ("mask", "whole"):
             v = values[region]
             lines.append(f"{name:<28}{v['psnr']:>9.2f}{v['ssim_3d']:>8.3f}{v['mae']:>8.4f}   {region}")
+    lines.append("3D SSIM the BraSyn way (each volume clipped to its 0.5-99.5th percentiles in the mask, whole "
+                 "volume): " + ", ".join(f"{name} {values['ssim_brasyn']:.3f}" for name, values in rows))
     if "interslice_consistency" in report:
         shown = ["undefined" if value is None else f"{value:.3f}"  # None: the input has no slice-to-slice change
                  for value in (report["interslice_consistency"], report["reference_interslice_consistency"])]

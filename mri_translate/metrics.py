@@ -168,6 +168,35 @@ def _scaled_pair(pred, ref, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return scale_for_comparison(p, m), scale_for_comparison(r, m), m
 
 
+def brasyn_ssim(pred, ref, mask) -> float:
+    """3D SSIM scored the way the BraTS synthesis challenge (BraSyn) scores it: each volume clipped to its own
+    0.5th-99.5th percentiles inside the brain ``mask`` and scaled to [0, 1], then the mean of the 3D SSIM map over
+    the WHOLE volume (background included, which for a skull-stripped scan is mostly agreement at 0).
+
+    Args:
+        pred, ref: volumes (X, Y, Z) of one shape, any units.
+        mask: the brain, same shape.
+
+    Returns:
+        The mean SSIM, a float in [-1, 1].
+
+    Raises:
+        ValueError: shapes differ, the mask is empty, or a volume is constant inside it.
+    """
+    p, r = _as_volume(pred, "pred"), _as_volume(ref, "ref")
+    _check_same_shape(p, "pred", r, "ref")
+    m = _as_mask(mask, r, "ref")
+    if not m.any():
+        raise ValueError("mask is empty: no percentiles to clip to")
+    scaled = []
+    for volume in (p, r):
+        low, high = np.percentile(volume[m], (0.5, 99.5))
+        if not high > low:
+            raise ValueError("a volume is constant inside the mask: nothing to scale")
+        scaled.append(np.clip((volume - low) / (high - low), 0.0, 1.0))
+    return float(np.mean(_ssim_maps(*scaled, slice_axis=2)[0]))
+
+
 def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
     """Paired metrics of a prediction against its ground truth, inside the mask and over the whole image.
 
@@ -180,7 +209,8 @@ def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
         slice_axis: axis of the (X, Y, Z) volume along which 2D slices are taken for ``ssim_2d``.
 
     Returns:
-        ``{"normalisation": str, "mask": {...}, "whole": {...}, "mask_voxels": int}`` where each region holds
+        ``{"normalisation": str, "mask": {...}, "whole": {...}, "mask_voxels": int, "ssim_brasyn": float}``
+        (the last: :func:`brasyn_ssim`, its own normalisation) where each region holds
         plain floats: ``psnr`` (dB, data range 1, capped at 100 dB, so identical images report 100),
         ``ssim_3d`` (mean of the 3D SSIM map over the region), ``ssim_2d`` (mean over the region of the
         per-slice 2D SSIM maps, i.e. per-slice SSIM weighted by region voxels per slice), ``mae``,
@@ -196,6 +226,7 @@ def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
         "mask": _region_metrics(p[m], r[m], ssim_3d[m], ssim_2d[m]),
         "whole": _region_metrics(p, r, ssim_3d, ssim_2d),
         "mask_voxels": int(m.sum()),
+        "ssim_brasyn": brasyn_ssim(pred, ref, m),
     }
 
 

@@ -41,14 +41,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 
 
-#: the clinical pairs of scripts/strip_pairs.py, by the names their rows start with
-CLINICAL = ("adi_brain", "tcga_fg_6692", "brainix")
-
-
-def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = True) -> list[dict]:
+def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = True, only=None) -> list[dict]:
     """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction;
-    the clinical pairs (unless ``clinical`` is false) are registered and skull-stripped into ``stripped`` (default
-    ``work/stripped``) once and reused from there (registration is not exactly repeatable, so every model is
+    the clinical pairs (unless ``clinical`` is false; only those whose names start with one of ``only`` if given)
+    are registered and skull-stripped into ``stripped`` (default ``work/stripped``) once and reused from there (registration is not exactly repeatable, so every model is
     scored on the same files)."""
     from mri_translate.io import load_volume, voxel_spacing
     from mri_translate.synthetic import write_dataset
@@ -69,11 +65,12 @@ def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = Tr
             for folder, other in zip(mslub, mslub[::-1]):
                 pairs.append({"name": f"{folder.name} (MS lesions, 1 mm, LAS, skull-stripped)",
                               "t1": folder / "t1.nii.gz", "t2": folder / "t2.nii.gz",
+                              "lesions": folder / "lesions.nii.gz",
                               "example_t1": other / "t1.nii.gz", "example_t2": other / "t2.nii.gz"})
         from strip_pairs import clinical_pairs
 
         # the baseline matches the histograms of a BraTS-style subject, as for tcga_du_7294
-        for pair in clinical_pairs(stripped or work / "stripped") if clinical else []:
+        for pair in clinical_pairs(stripped or work / "stripped", only) if clinical else []:
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
             pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, stripped here, fat out)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
@@ -100,10 +97,13 @@ def seen(pair: dict, sources: set[Path] | None) -> str:
     return "trained on" if hit else "unseen"
 
 
-#: inference ablation name -> the Translator option it turns off
+#: inference variant name -> the Translator options it sets: steps turned off, or the refit on the inverted input
+#: turned on for a model that ships without it (``refit``: 6 mm windows, as 0.5.0 shipped for T2w -> T1w;
+#: ``refit-inverted``: and 30 % of the inverted input averaged in, as 0.5.0 shipped for T1w -> T2w)
 VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_planes": False},
             "no-mirror": {"mirror": False}, "no-inverted": {"inverted_weight": 0.0},
-            "no-guided": {"guided_radius_mm": 0.0}}
+            "no-guided": {"guided_radius_mm": 0.0}, "refit": {"guided_radius_mm": 6.0},
+            "refit-inverted": {"guided_radius_mm": 6.0, "inverted_weight": 0.3}}
 
 
 DIRECTIONS = {"t1-to-t2": ("t1", "t2"), "t2-to-t1": ("t2", "t1")}
@@ -132,37 +132,55 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None
             convert_file(translator, pair[source], output, overwrite=True)
             seconds = time.perf_counter() - start
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
-                              target_example=pair[f"example_{target}"])
+                              target_example=pair[f"example_{target}"], region=pair.get("lesions"))
+            region = report.get("region", {})
             rows.append({"model": name, "direction": direction, "volume": pair["name"],
                          "seen": seen(pair, trained_on(run)), "convert_s": seconds,
                          "model_scores": report["model"], "consistency": report["interslice_consistency"],
                          "reference_consistency": report["reference_interslice_consistency"],
                          "identity": report["baselines"]["identity"],
-                         "baseline": report["baselines"]["inverted_histogram_matched"]})
+                         "baseline": report["baselines"]["inverted_histogram_matched"],
+                         "lesions": {"model": region.get("model"),
+                                     "baseline": region.get("baselines", {}).get("inverted_histogram_matched")}})
     return rows
+
+
+def _lesions(r: dict, who: str) -> dict | None:
+    """The lesion-region scores of ``who`` (``model`` or ``baseline``) in a row, ``None`` without a lesion mask."""
+    return (r.get("lesions") or {}).get(who)
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows."""
-    lines = ["| model | direction | volume | seen | PSNR mask (dB) | SSIM mask | MAE mask | SSIM whole | "
-             "inter-slice (truth) | baseline PSNR / SSIM mask | identity PSNR / SSIM mask |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | direction | volume | seen | PSNR mask (dB) | SSIM mask | MAE mask | SSIM whole | BraSyn SSIM | "
+             "inter-slice (truth) | baseline PSNR / SSIM mask (BraSyn) | identity PSNR / SSIM mask | "
+             "lesions PSNR / SSIM / contrast ratio (baseline) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, b, i = r["model_scores"]["mask"], r["baseline"]["mask"], r["identity"]["mask"]
+        lesion, lesion_base = _lesions(r, "model"), _lesions(r, "baseline")
+        lesions = (f"{lesion['psnr']:.2f} / {lesion['ssim_3d']:.3f} / {lesion['contrast_ratio']:.2f} "
+                   f"({lesion_base['psnr']:.2f} / {lesion_base['ssim_3d']:.3f} / {lesion_base['contrast_ratio']:.2f})"
+                   if lesion else "")
         lines.append(f"| {r['model']} | {r['direction']} | {r['volume']} | {r.get('seen', '')} | {m['psnr']:.2f} | "
                      f"{m['ssim_3d']:.3f} | "
-                     f"{m['mae']:.3f} | {r['model_scores']['whole']['ssim_3d']:.3f} | {r['consistency']:.2f} "
+                     f"{m['mae']:.3f} | {r['model_scores']['whole']['ssim_3d']:.3f} | "
+                     f"{_number(r['model_scores'].get('ssim_brasyn'), '.3f')} | {r['consistency']:.2f} "
                      f"({r.get('reference_consistency', float('nan')):.2f}) | "
-                     f"{b['psnr']:.2f} / {b['ssim_3d']:.3f} | {i['psnr']:.2f} / {i['ssim_3d']:.3f} |")
+                     f"{b['psnr']:.2f} / {b['ssim_3d']:.3f} ({_number(r['baseline'].get('ssim_brasyn'), '.3f')}) | "
+                     f"{i['psnr']:.2f} / {i['ssim_3d']:.3f} | {lesions} |")
     return "\n".join(lines)
 
 
 #: the columns of docs/quality.csv: what a row of :func:`table` shows, one value a column, and the date it was scored
+#: (rows scored before a column existed leave it empty)
 CSV_COLUMNS = ["model", "direction", "volume", "seen", "psnr_mask", "ssim_mask", "mae_mask", "ssim_whole",
                "interslice", "interslice_truth", "baseline_psnr_mask", "baseline_ssim_mask", "identity_psnr_mask",
-               "identity_ssim_mask", "date"]
+               "identity_ssim_mask", "date", "ssim_brasyn", "baseline_ssim_brasyn", "lesion_psnr", "lesion_ssim",
+               "lesion_contrast_ratio", "baseline_lesion_psnr", "baseline_lesion_ssim", "baseline_lesion_contrast_ratio"]
 #: what a row scores: a new row replaces a kept one with the same values of these columns
 CSV_KEY = ("model", "direction", "volume")
+_LESION_COLUMNS = {"psnr": ".2f", "ssim_3d": ".3f", "contrast_ratio": ".2f"}
 
 
 def record(row: dict, date: str = "") -> dict[str, str]:
@@ -173,20 +191,34 @@ def record(row: dict, date: str = "") -> dict[str, str]:
               f"{row['consistency']:.2f}", f"{row.get('reference_consistency', float('nan')):.2f}",
               f"{b['psnr']:.2f}", f"{b['ssim_3d']:.3f}", f"{i['psnr']:.2f}", f"{i['ssim_3d']:.3f}",
               row.get("date", date)]
+    values += [_number(row["model_scores"].get("ssim_brasyn"), ".3f"), _number(row["baseline"].get("ssim_brasyn"), ".3f")]
+    for who in ("model", "baseline"):
+        lesion = _lesions(row, who) or {}
+        values += [_number(lesion.get(key), spec) for key, spec in _LESION_COLUMNS.items()]
     return dict(zip(CSV_COLUMNS, values))
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def row_from_record(rec: dict[str, str]) -> dict:
     """A docs/quality.csv record back as a row (the fields :func:`table` and :func:`record` read)."""
-    number = {k: float(v) for k, v in rec.items() if k not in ("model", "direction", "volume", "seen", "date")}
+    number = {k: float(v) if v else None for k, v in rec.items()
+              if k not in ("model", "direction", "volume", "seen", "date")}
+    lesions = {who: {key: number[f"{prefix}lesion_{column}"] for key, column in
+                     (("psnr", "psnr"), ("ssim_3d", "ssim"), ("contrast_ratio", "contrast_ratio"))}
+               for who, prefix in (("model", ""), ("baseline", "baseline_"))}
     return {"model": rec["model"], "direction": rec["direction"], "volume": rec["volume"], "seen": rec["seen"],
             "date": rec["date"],
             "model_scores": {"mask": {"psnr": number["psnr_mask"], "ssim_3d": number["ssim_mask"],
                                       "mae": number["mae_mask"]},
-                             "whole": {"ssim_3d": number["ssim_whole"]}},
+                             "whole": {"ssim_3d": number["ssim_whole"]}, "ssim_brasyn": number["ssim_brasyn"]},
             "consistency": number["interslice"], "reference_consistency": number["interslice_truth"],
-            "baseline": {"mask": {"psnr": number["baseline_psnr_mask"], "ssim_3d": number["baseline_ssim_mask"]}},
-            "identity": {"mask": {"psnr": number["identity_psnr_mask"], "ssim_3d": number["identity_ssim_mask"]}}}
+            "baseline": {"mask": {"psnr": number["baseline_psnr_mask"], "ssim_3d": number["baseline_ssim_mask"]},
+                         "ssim_brasyn": number["baseline_ssim_brasyn"]},
+            "identity": {"mask": {"psnr": number["identity_psnr_mask"], "ssim_3d": number["identity_ssim_mask"]}},
+            "lesions": {who: values if values["psnr"] is not None else None for who, values in lesions.items()}}
 
 
 def write_rows(rows: list[dict], path: Path, append: bool = False, date: str = "") -> None:
@@ -219,8 +251,8 @@ def main() -> None:
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="variants to train")
     parser.add_argument("--model", nargs="*", default=[], help="also evaluate these existing run directories")
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
-                        help="also score each --model with this inference step off: raw-output (Translator's "
-                             "standardize_output), single-plane (fuse_planes), no-mirror (mirror)")
+                        help="also score each --model with these inference settings (VARIANTS): a step off, e.g. "
+                             "raw-output (Translator's standardize_output), single-plane, no-mirror, or the refit on")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--csv", default=str(ROOT / "docs" / "quality.csv"),
                         help="the record of every row scored so far, which --append adds to")
@@ -234,13 +266,13 @@ def main() -> None:
     import torch
 
     from mri_translate.train import train
-    from train_default_model import sources
+    from train_default_model import RECIPES, sources
 
     work = Path(args.work)
     runs, train_seconds = [Path(m) for m in args.model], {}
     for name in args.ablations:
         flags, overrides = ABLATIONS[name]
-        t1, t2 = sources(work / "pairs-links", hold_out=ABLATION_HOLD_OUT)
+        t1, t2 = sources(work / "pairs-links", ABLATION_HOLD_OUT, RECIPES["t1-to-t2"])
         start = time.perf_counter()
         run = train(t1, t2, work / name, config=ROOT / "configs" / "default-model.yaml",
                     overrides={**overrides, "train": {"iterations": args.iterations}},
@@ -248,8 +280,7 @@ def main() -> None:
         train_seconds[run.name] = time.perf_counter() - start
         runs.append(run)
     with tempfile.TemporaryDirectory() as tmp:
-        clinical = not args.volumes or any(c.startswith(v) for v in args.volumes for c in CLINICAL)
-        pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs", clinical)
+        pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs", only=args.volumes)
                  if not args.volumes or any(pair["name"].startswith(name) for name in args.volumes)]
         rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), None, args.directions)]
         for variant in args.variants:

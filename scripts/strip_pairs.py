@@ -115,15 +115,15 @@ def _montage(arrays: dict, mask: np.ndarray, path: Path, columns: int = 8) -> No
     Image.fromarray((np.concatenate(rows, 0) * 255).astype(np.uint8)).save(path)
 
 
-def clinical_pairs(out: Path) -> list[dict]:
+def clinical_pairs(out: Path, only=None) -> list[dict]:
     """The skull-stripped versions of the whole-head pairs of scripts/train_default_model.py and of brainix
     (a spin-echo T1w / TSE T2w pair whose licence allows development use only: measured, never trained on);
-    those present in ../shared/data."""
+    those present in ../shared/data whose names start with one of ``only`` (default: all)."""
     from train_default_model import REAL, WHOLE_HEAD_PAIRS
 
     pairs = {**WHOLE_HEAD_PAIRS, "brainix": (REAL / "brainix_T1w.nii.gz", REAL / "brainix_T2w.nii.gz")}
     return [stripped_pair(subject, t1, t2, out) for subject, (t1, t2) in pairs.items()
-            if Path(t1).exists() and Path(t2).exists()]
+            if Path(t1).exists() and Path(t2).exists() and (not only or subject.startswith(tuple(only)))]
 
 
 def main() -> None:

@@ -23,13 +23,22 @@ def row(model: str, volume: str, psnr: float) -> dict:
 
 
 def test_rows_go_to_csv_and_read_back_as_the_same_rows(tmp_path):
-    # a volume name with commas and a model name with a space survive the CSV
-    rows = [row("model-a", "brats23_gli_00000 (1 mm, skull-stripped)", 17.184), row("model b", "avg152", 12.0)]
+    # a volume name with commas and a model name with a space survive the CSV; lesion and BraSyn scores too
+    lesioned = row("model-a", "mslub_p07 (MS lesions)", 18.0)
+    lesioned["model_scores"]["ssim_brasyn"], lesioned["baseline"]["ssim_brasyn"] = 0.9412, 0.9011
+    lesioned["lesions"] = {"model": {"psnr": 9.114, "ssim_3d": 0.4004, "contrast_ratio": 0.912},
+                           "baseline": {"psnr": 7.75, "ssim_3d": 0.386, "contrast_ratio": 0.56}}
+    rows = [row("model-a", "brats23_gli_00000 (1 mm, skull-stripped)", 17.184), row("model b", "avg152", 12.0),
+            lesioned]
     path = tmp_path / "quality.csv"
     write_rows(rows, path, date="2026-12-02")
     back = read_rows(path)
     assert [(r["model"], r["volume"], r["date"]) for r in back] == [
-        ("model-a", rows[0]["volume"], "2026-12-02"), ("model b", "avg152", "2026-12-02")]
+        ("model-a", rows[0]["volume"], "2026-12-02"), ("model b", "avg152", "2026-12-02"),
+        ("model-a", lesioned["volume"], "2026-12-02")]
+    assert back[2]["lesions"]["model"] == {"psnr": 9.11, "ssim_3d": 0.4, "contrast_ratio": 0.91}
+    assert back[2]["model_scores"]["ssim_brasyn"] == 0.941 and back[0]["lesions"]["model"] is None
+    assert "9.11 / 0.400 / 0.91 (7.75 / 0.386 / 0.56)" in table(back)
     assert back[0]["model_scores"]["mask"]["psnr"] == 17.18 and back[0]["baseline"]["mask"]["ssim_3d"] == 0.478
     assert back[1]["reference_consistency"] == 0.64 and back[1]["identity"]["mask"]["psnr"] == 6.64
     assert table(back) == table(rows)  # what the record keeps is what was printed

@@ -279,3 +279,21 @@ def test_region_contrast_and_metrics_on_a_constructed_case():
     assert same["contrast_ratio"] == 1.0 and same["psnr"] == 100.0 and same["ssim_3d"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no contrast"):
         metrics.region_contrast(ref, brain, brain)  # no brain left outside the region
+
+
+def test_brasyn_ssim_clips_each_volume_to_its_own_percentiles_and_scores_the_whole_volume():
+    """A prediction that is the truth under an increasing affine map scores 1 (each volume is clipped to its own
+    0.5-99.5th brain percentiles and scaled); noise lowers it; the background counts (whole volume): one as bright as
+    the brain scores lower than a dark one, which clips to 0 like the truth's."""
+    x = smooth_volume((28, 28, 20), seed=4, sigma=1.5) + 0.2
+    brain = ball(x.shape, 9)
+    truth = np.where(brain, x, 0.0)
+    assert metrics.brasyn_ssim(3.0 * truth + 0.0, truth, brain) == pytest.approx(1.0, abs=1e-6)
+    noisy = truth + np.random.default_rng(0).normal(0, 0.05, x.shape) * brain
+    score = metrics.brasyn_ssim(noisy, truth, brain)
+    assert 0.3 < score < 0.99
+    assert metrics.brasyn_ssim(noisy + 0.9 * ~brain, truth, brain) < score - 0.05
+    assert metrics.brasyn_ssim(noisy - 0.1 * ~brain, truth, brain) == pytest.approx(score)
+    assert metrics.paired_metrics(noisy, truth, brain)["ssim_brasyn"] == pytest.approx(score)
+    with pytest.raises(ValueError, match="constant"):
+        metrics.brasyn_ssim(np.ones(x.shape), truth, brain)
