@@ -79,7 +79,7 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
             raise InputError(path, f"is constant inside the mask (every voxel is {inside[0]:g}); nothing to compare")
         if np.percentile(inside, 99.5) <= 0:
             raise InputError(path, "is blank (99.5th percentile <= 0) inside the mask; nothing to compare")
-    model = metrics.paired_metrics(p, r, brain, slice_axis)
+    model = _paired_scores(p, r, brain, slice_axis)
     report = {"pred": str(pred_path), "ref": str(ref_path), "normalisation": model.pop("normalisation"),
               "mask": "auto (foreground of the reference)" if mask == "auto" else str(mask), "model": model,
               "per_slice": metrics.per_slice_metrics(p, r, brain, slice_axis)}
@@ -100,7 +100,7 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
             report["baselines"] = {
                 "histogram_target": "the reference itself (optimistic)" if target_example is None
                 else str(target_example),
-                **{name: _without_normalisation(metrics.paired_metrics(image, r, brain, slice_axis))
+                **{name: _without_normalisation(_paired_scores(image, r, brain, slice_axis))
                    for name, image in images.items()},
             }
             if inside is not None:
@@ -109,6 +109,12 @@ def evaluate(pred, ref, mask="auto", source=None, baselines: bool = False, targe
     elif baselines:
         raise InputError(pred_path, "--baselines needs --input (the volume that was translated)")
     return report
+
+
+def _paired_scores(image, r, brain, slice_axis) -> dict:
+    """:func:`~mri_translate.metrics.paired_metrics` of ``image`` against the reference ``r`` and, beside it,
+    ``ssim_brasyn``: the 3D SSIM the BraSyn way (:func:`~mri_translate.metrics.brasyn_ssim`, its own scaling)."""
+    return {**metrics.paired_metrics(image, r, brain, slice_axis), "ssim_brasyn": metrics.brasyn_ssim(image, r, brain)}
 
 
 def _region(path, shape) -> np.ndarray:

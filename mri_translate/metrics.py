@@ -209,8 +209,7 @@ def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
         slice_axis: axis of the (X, Y, Z) volume along which 2D slices are taken for ``ssim_2d``.
 
     Returns:
-        ``{"normalisation": str, "mask": {...}, "whole": {...}, "mask_voxels": int, "ssim_brasyn": float}``
-        (the last: :func:`brasyn_ssim`, its own normalisation) where each region holds
+        ``{"normalisation": str, "mask": {...}, "whole": {...}, "mask_voxels": int}`` where each region holds
         plain floats: ``psnr`` (dB, data range 1, capped at 100 dB, so identical images report 100),
         ``ssim_3d`` (mean of the 3D SSIM map over the region), ``ssim_2d`` (mean over the region of the
         per-slice 2D SSIM maps, i.e. per-slice SSIM weighted by region voxels per slice), ``mae``,
@@ -226,7 +225,6 @@ def paired_metrics(pred, ref, mask, slice_axis: int = 2) -> dict:
         "mask": _region_metrics(p[m], r[m], ssim_3d[m], ssim_2d[m]),
         "whole": _region_metrics(p, r, ssim_3d, ssim_2d),
         "mask_voxels": int(m.sum()),
-        "ssim_brasyn": brasyn_ssim(pred, ref, m),
     }
 
 

@@ -85,6 +85,7 @@ def test_noise_gives_the_psnr_its_mse_implies(tmp_path):
     assert report["model"]["mask"]["mae"] == pytest.approx(np.mean(np.abs(scaled_p[m] - scaled_r[m])), rel=1e-6)
     assert report["model"]["mask_voxels"] == int(m.sum())
     assert 0.8 < report["model"]["mask"]["ssim_3d"] < 1
+    assert report["model"]["ssim_brasyn"] == pytest.approx(metrics.brasyn_ssim(p, r, m))
 
 
 def test_flipped_volume_has_low_ssim(shared_data, tmp_path):
