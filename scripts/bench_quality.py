@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 
 
-def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = True, only=None) -> list[dict]:
+def held_out_pairs(work: Path, stripped: Path | None = None, only=None) -> list[dict]:
     """Paired test volumes: name, T1w, T2w, and a target-contrast example from another subject per direction;
-    the clinical pairs (unless ``clinical`` is false; only those whose names start with one of ``only`` if given)
-    are registered and skull-stripped into ``stripped`` (default ``work/stripped``) once and reused from there (registration is not exactly repeatable, so every model is
-    scored on the same files)."""
+    the clinical pairs (only those whose names start with one of ``only`` if given) are registered and
+    skull-stripped into ``stripped`` (default ``work/stripped``) once and reused from there (registration is not
+    exactly repeatable, so every model is scored on the same files)."""
     from mri_translate.io import load_volume, voxel_spacing
     from mri_translate.synthetic import write_dataset
 
@@ -70,7 +70,7 @@ def held_out_pairs(work: Path, stripped: Path | None = None, clinical: bool = Tr
         from strip_pairs import clinical_pairs
 
         # the baseline matches the histograms of a BraTS-style subject, as for tcga_du_7294
-        for pair in clinical_pairs(stripped or work / "stripped", only) if clinical else []:
+        for pair in clinical_pairs(stripped or work / "stripped", only):
             spacing = " x ".join(f"{s:.3g}" for s in voxel_spacing(load_volume(pair["t2"]).affine))
             pairs.append({**pair, "name": f"{pair['name']} (clinical, {spacing} mm, stripped here, fat out)",
                           "example_t1": brats / "t1.nii.gz", "example_t2": brats / "t2.nii.gz"})
@@ -180,7 +180,8 @@ CSV_COLUMNS = ["model", "direction", "volume", "seen", "psnr_mask", "ssim_mask",
                "lesion_contrast_ratio", "baseline_lesion_psnr", "baseline_lesion_ssim", "baseline_lesion_contrast_ratio"]
 #: what a row scores: a new row replaces a kept one with the same values of these columns
 CSV_KEY = ("model", "direction", "volume")
-_LESION_COLUMNS = {"psnr": ".2f", "ssim_3d": ".3f", "contrast_ratio": ".2f"}
+#: a lesion score's key -> (its CSV column without the ``lesion_`` / ``baseline_lesion_`` prefix, its format)
+_LESION_COLUMNS = {"psnr": ("psnr", ".2f"), "ssim_3d": ("ssim", ".3f"), "contrast_ratio": ("contrast_ratio", ".2f")}
 
 
 def record(row: dict, date: str = "") -> dict[str, str]:
@@ -194,7 +195,7 @@ def record(row: dict, date: str = "") -> dict[str, str]:
     values += [_number(row["model_scores"].get("ssim_brasyn"), ".3f"), _number(row["baseline"].get("ssim_brasyn"), ".3f")]
     for who in ("model", "baseline"):
         lesion = _lesions(row, who) or {}
-        values += [_number(lesion.get(key), spec) for key, spec in _LESION_COLUMNS.items()]
+        values += [_number(lesion.get(key), spec) for key, (_, spec) in _LESION_COLUMNS.items()]
     return dict(zip(CSV_COLUMNS, values))
 
 
@@ -206,8 +207,7 @@ def row_from_record(rec: dict[str, str]) -> dict:
     """A docs/quality.csv record back as a row (the fields :func:`table` and :func:`record` read)."""
     number = {k: float(v) if v else None for k, v in rec.items()
               if k not in ("model", "direction", "volume", "seen", "date")}
-    lesions = {who: {key: number[f"{prefix}lesion_{column}"] for key, column in
-                     (("psnr", "psnr"), ("ssim_3d", "ssim"), ("contrast_ratio", "contrast_ratio"))}
+    lesions = {who: {key: number[f"{prefix}lesion_{column}"] for key, (column, _) in _LESION_COLUMNS.items()}
                for who, prefix in (("model", ""), ("baseline", "baseline_"))}
     return {"model": rec["model"], "direction": rec["direction"], "volume": rec["volume"], "seen": rec["seen"],
             "date": rec["date"],
