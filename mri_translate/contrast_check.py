@@ -257,11 +257,13 @@ def head_area_cm2(mask, spacing) -> float:
     (mm), in cm^2: the 98th percentile over axial slices of the area spanned row by row (holes and sulci filled)."""
     import torch
 
+    from .transforms import sample_quantiles
+
     index = torch.arange(mask.shape[1])[None, :, None]
     first = torch.where(mask, index, mask.shape[1]).amin(1)
     last = torch.where(mask, index, -1).amax(1)
     area = (last - first + 1).clamp_min(0).sum(0).float() * float(spacing[0] * spacing[1]) / 100
-    return float(torch.quantile(area, 0.98))
+    return float(sample_quantiles(area, 0.98))
 
 
 def check_skull_stripping(canonical, trained_on_brains: bool | None, source, strict: bool = False) -> dict | None:

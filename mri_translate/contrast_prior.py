@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .standardize import piecewise_linear
-from .transforms import strided_sample
+from .transforms import sample_quantiles
 
 #: Normalised intensity above which a voxel is foreground (tissue); the background sits at -1.
 FOREGROUND = -0.8
@@ -49,12 +49,12 @@ def weight_map(x: torch.Tensor, edge: int = EDGE) -> torch.Tensor:
 def foreground_quantiles(slabs: torch.Tensor, levels: int = 256, edge: int = EDGE) -> torch.Tensor:
     """Quantiles ``(levels,)`` of the brain values of ``slabs`` ``(N, k, H, W)`` in [-1, 1]: voxels whose
     :func:`weight_map` is above 1/2, or all foreground voxels when heads are too small for that (of a strided
-    subsample, :func:`~mri_translate.transforms.strided_sample`)."""
+    subsample, :func:`~mri_translate.transforms.sample_quantiles`)."""
     values = slabs[weight_map(slabs, edge) > 0.5]
     values = (values if values.numel() else slabs[slabs > FOREGROUND]).float()
     if values.numel() == 0:
         raise ValueError("no foreground voxels to take quantiles of")
-    return torch.quantile(strided_sample(values), torch.linspace(0, 1, levels))
+    return sample_quantiles(values, torch.linspace(0, 1, levels, dtype=torch.float64))
 
 
 class ContrastPrior(nn.Module):

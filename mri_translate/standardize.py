@@ -19,7 +19,7 @@ import torch
 from monai.data import MetaTensor
 
 from .errors import ConstantImageError
-from .transforms import RANGE_KEY, foreground_mask, strided_sample
+from .transforms import RANGE_KEY, foreground_mask, sample_quantiles
 
 #: Foreground percentiles used as landmarks.
 PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
@@ -29,12 +29,14 @@ LANDMARKS_KEY = "standardize_landmarks"
 
 def piecewise_linear(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, extrapolate: bool = True) -> torch.Tensor:
     """``fp(xp)`` at ``x``, linear between the points (``xp`` increasing); beyond the ends continued with the
-    end segments' slopes (``extrapolate``) or held constant, like ``np.interp``."""
+    end segments' slopes (``extrapolate``) or held constant, like ``np.interp``. Each segment as a slope and an
+    intercept, so a voxel costs one lookup and one multiply-add."""
     xp, fp = xp.to(x.device, torch.float32), fp.to(x.device, torch.float32)
-    index = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
-    x0, x1, f0, f1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
-    weight = (x - x0) / (x1 - x0).clamp_min(1e-12)
-    return f0 + (weight if extrapolate else weight.clamp(0, 1)) * (f1 - f0)
+    slope = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1]).clamp_min(1e-12)
+    intercept = fp[:-1] - slope * xp[:-1]
+    x = x if extrapolate else x.clamp(float(xp[0]), float(xp[-1]))
+    segment = torch.bucketize(x, xp[1:-1])  # the segment ending at xp[j] holds x == xp[j]
+    return torch.addcmul(intercept[segment], slope[segment], x)
 
 
 def volume_landmarks(volume: torch.Tensor, percentiles=PERCENTILES) -> torch.Tensor:
@@ -46,13 +48,12 @@ def volume_landmarks(volume: torch.Tensor, percentiles=PERCENTILES) -> torch.Ten
         ConstantImageError: the volume has no contrast.
     """
     data = torch.as_tensor(volume).float()
-    low = torch.quantile(strided_sample(data.reshape(-1)), 0.005)
+    low = sample_quantiles(data, 0.005)
     foreground = data[foreground_mask(data)]
     if foreground.numel() == 0 or not float(foreground.max()) > float(low):
         name = volume.meta.get("filename_or_obj", "image") if isinstance(volume, MetaTensor) else "image"
         raise ConstantImageError(name, "image is constant; no landmarks to standardise")
-    levels = torch.tensor(percentiles, dtype=torch.float32) / 100
-    landmarks = torch.cat([low[None], torch.quantile(strided_sample(foreground), levels)])
+    landmarks = torch.cat([low[None], sample_quantiles(foreground, [p / 100 for p in percentiles])])
     step = float(landmarks[-1] - landmarks[0]) * 1e-4  # ties (e.g. uint8 data) would make the map a step
     return landmarks.cummax(0).values + step * torch.arange(len(landmarks))
 

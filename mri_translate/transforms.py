@@ -85,8 +85,7 @@ def resample_onto(volume: torch.Tensor, shape, axis: int) -> torch.Tensor:
 def foreground_mask(image: torch.Tensor) -> torch.Tensor:
     """Voxels above 10 % of the way from the 1st to the 99th percentile: the head/brain, not the background
     (also for images whose values are all negative, and unmoved by a few outlier voxels)."""
-    flat = strided_sample(image.detach().reshape(-1).float())
-    low, high = torch.quantile(flat, torch.tensor([0.01, 0.99]))
+    low, high = sample_quantiles(image.detach(), (0.01, 0.99))
     return image > low + 0.1 * (high - low)
 
 
@@ -106,8 +105,17 @@ def largest_pieces(mask: np.ndarray, min_voxels: float = float("inf")) -> np.nda
 
 
 def strided_sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
-    """A deterministic strided subsample (torch.quantile refuses more than 16 M elements)."""
+    """A deterministic strided subsample of at most ``limit`` of a flat tensor's values."""
     return flat if flat.numel() <= limit else flat[:: flat.numel() // limit + 1]
+
+
+def sample_quantiles(values: torch.Tensor, q) -> torch.Tensor:
+    """Quantiles ``q`` (a float or a sequence, in [0, 1]) of ``values`` (any shape, a :func:`strided_sample` of
+    them), interpolated linearly between order statistics as ``torch.quantile`` does. Computed by numpy's
+    selection, which partitions where ``torch.quantile`` sorts: about 8x faster on 2 M values. Returns float32,
+    ``q``'s shape."""
+    sample = strided_sample(torch.as_tensor(values).detach().reshape(-1).float()).cpu().numpy()
+    return torch.from_numpy(np.asarray(np.quantile(sample, np.asarray(q, dtype=np.float64)), dtype=np.float32))
 
 
 class RobustNormalize(Transform):
@@ -133,9 +141,9 @@ class RobustNormalize(Transform):
         image = image if isinstance(image, MetaTensor) else MetaTensor(image)
         data = image.as_tensor().float()
         flat = data.reshape(-1)
-        low = float(torch.quantile(strided_sample(flat), self.lower / 100))
+        low = float(sample_quantiles(flat, self.lower / 100))
         foreground = data[foreground_mask(data)]
-        high = float(torch.quantile(strided_sample(foreground), self.upper / 100)) if foreground.numel() else low
+        high = float(sample_quantiles(foreground, self.upper / 100)) if foreground.numel() else low
         if not high > low:
             value = float(flat[0]) if flat.numel() else float("nan")
             name = image.meta.get("filename_or_obj", "image")

@@ -21,6 +21,7 @@ from mri_translate.model_file import DEFAULT_MODEL, resolve_model_path, sha256
 from mri_translate.io import load_volume
 from mri_translate.standardize import volume_landmarks
 from mri_translate.networks import ModifiedUNet
+from mri_translate.runtime import cpu_has_bf16
 from mri_translate.slabs import slicing_axes
 from mri_translate.transforms import RobustNormalize, to_canonical
 
@@ -337,6 +338,55 @@ def test_slab_inferer_batch_size_does_not_change_the_result():
     np.testing.assert_allclose(one.numpy(), eight.numpy(), rtol=0, atol=1e-5)
 
 
+class CountingNet(ModifiedUNet):
+    """A generator that counts the slabs it is given."""
+
+    slabs = 0
+
+    def forward(self, x):
+        self.slabs += len(x)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_only_the_slabs_that_hold_a_wanted_slice_are_run(axis):
+    """wanted: the slabs holding no wanted slice are not run, the wanted slices are exactly what a full run gives
+    (mirrored too: along x mirroring reverses which slices are wanted) and the others are -1."""
+    torch.manual_seed(0)
+    volume = torch.rand(1, 1, 14, 12, 10) * 2 - 1
+    n = volume.shape[2 + axis]
+    wanted = torch.zeros(n, dtype=torch.bool)
+    wanted[3:6] = True  # slices 3-5: slabs 2-6 hold one of them
+    full_net, net = CountingNet(3, (8, 16), 1).eval(), CountingNet(3, (8, 16), 1).eval()
+    net.load_state_dict(full_net.state_dict())
+    full = SlabInferer(k=3, axis=axis, mirror=True)(volume, full_net).movedim(2 + axis, 2)
+    part = SlabInferer(k=3, axis=axis, mirror=True)(volume, net, wanted=wanted).movedim(2 + axis, 2)
+    assert (full_net.slabs, net.slabs) == (2 * n, 2 * 5)
+    torch.testing.assert_close(part[:, :, wanted], full[:, :, wanted], rtol=0, atol=1e-5)
+    assert bool((part[:, :, :2] == -1).all()) and bool((part[:, :, 7:] == -1).all())
+
+
+def test_the_network_skips_the_slices_outside_the_head_and_translates_the_same():
+    """A head that fills part of the field of view: along every plane only the slabs that cut it go through the
+    generator, and the translation is the one of a run over every slab."""
+    torch.manual_seed(0)
+    head_only = isotropic_volume()
+    volume = MetaTensor(torch.nn.functional.pad(head_only.as_tensor(), (6, 4, 0, 8, 10, 2)), meta=head_only.meta)
+    net = CountingNet(3, (8, 16), 1).eval()
+    translator = Translator(net, 3, (0.0, 1.0), "cpu", mirror=True)
+    x = translator.prepare(volume)
+    head = translator.head(x)
+    assert translator.axes((1.0, 1.0, 1.0), head.shape) == [2, 1, 0]
+    out = translator.run_network(x, head).as_tensor()[0]
+    skipping, net.slabs = net.slabs, 0
+    everywhere = translator.run_network(x, torch.ones_like(head)).as_tensor()[0]
+    cut = [int(head.any(dim=tuple(a for a in range(3) if a != axis)).sum()) for axis in range(3)]
+    assert net.slabs == 2 * sum(head.shape) and 2 * sum(cut) <= skipping <= 2 * sum(c + 2 for c in cut)
+    assert skipping < 0.8 * net.slabs
+    torch.testing.assert_close(out[head], everywhere[head], rtol=0, atol=1e-5)
+    assert bool((out[~head] == -1).all())
+
+
 def test_parameterless_generator_is_accepted(synthetic_nifti):
     volume = load_volume(synthetic_nifti)
     translator = Translator(torch.nn.Identity(), k=3, target_range=normalisation_range(volume), device="cpu")
@@ -351,14 +401,17 @@ def saved_state(run: Path) -> dict:
 
 
 def assert_same_weights(module: torch.nn.Module, state: dict):
+    """The module holds ``state``'s weights, in bf16 for a translator on a CPU that computes bf16
+    (:meth:`~mri_translate.runtime.Precision.for_inference`)."""
     loaded = module.state_dict()
     assert loaded.keys() == state.keys()
     for key, value in state.items():
-        assert torch.equal(loaded[key].cpu(), value), key
+        assert torch.equal(loaded[key].cpu(), value.to(loaded[key].dtype)), key
 
 
 def test_from_run_directory(tiny_run):
     translator = Translator.from_run(tiny_run, device="cpu")
+    assert next(translator.generator.parameters()).dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
     assert translator.k == 3
     assert translator.direction == "t1-to-t2"
     assert translator.target_range == tuple(TINY_NORMALIZATION["B"])
@@ -838,3 +891,21 @@ def test_bf16_on_the_cpu_translates_as_fp32_does(shared_data):
         assert translator.precision.describe() == ("bf16" if amp else "off")
         scores[amp] = metrics.paired_metrics(translator(t1)[0].numpy(), t2[0].numpy(), mask)["mask"]["psnr"]
     assert abs(scores[True] - scores[False]) < 0.05
+
+
+@pytest.mark.skipif(not __import__("mri_translate.runtime", fromlist=["x"]).cpu_has_bf16(),
+                    reason="this CPU does not compute bf16 natively: translation runs in fp32")
+def test_a_translator_s_bf16_weights_translate_exactly_as_bf16_autocast(tiny_standardized_run):
+    """On a bf16 CPU a translator loaded from a file keeps its generator's weights in bf16 (cast once, not in every
+    pass), which gives bit for bit what bf16 autocast of the fp32 weights gives (as during training validation)."""
+    from mri_translate.runtime import read_checkpoint
+
+    volume = isotropic_volume()
+    loaded = Translator.from_run(tiny_standardized_run, device="cpu")
+    state = read_checkpoint(tiny_standardized_run / "models" / "model.pt")
+    fp32 = inference.load_generator(state).to(memory_format=torch.channels_last)  # as from_run lays it out
+    autocast = Translator.from_state(state, "t1-to-t2", fp32, "cpu")
+    assert next(loaded.generator.parameters()).dtype == torch.bfloat16
+    assert next(autocast.generator.parameters()).dtype == torch.float32
+    assert loaded.precision.describe() == autocast.precision.describe() == "bf16"
+    torch.testing.assert_close(loaded(volume), autocast(volume), rtol=0, atol=0)
