@@ -230,8 +230,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench_speed.json"))
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
-    parser.add_argument("--part", choices=("all", "speed", "training", "data"), default="all",
-                        help="speed: training, loader and convert rows; training: the training and loader rows")
+    parser.add_argument("--part", choices=("all", "speed", "training", "convert", "data"), default="all",
+                        help="speed: training, loader and convert rows; training: the training and loader rows; "
+                             "convert: the convert rows")
     parser.add_argument("--generator", choices=("", "default", "light"), default="",
                         help="only this generator's rows (default: both)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
@@ -269,7 +270,7 @@ def main() -> None:
             if device == "cuda" and amp:
                 variants += [{"batch": 8, "channels_last": True}] + (
                     [{"batch": 8, "compiled": True}] if name.startswith("light") else [])
-            for variant in variants:
+            for variant in variants if args.part != "convert" else ():
                 specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
             if args.part == "training":
@@ -283,7 +284,7 @@ def main() -> None:
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": 8 if device == "cpu" else 64,
                               "mirror": True, "fuse_planes": True, "files": 10})
-    if REAL.is_dir() and args.device != "cuda":  # the loader alone, in the main process and in workers
+    if REAL.is_dir() and args.device != "cuda" and args.part != "convert":  # the loader alone, in the main process and in workers
         specs += [{"kind": "loader", "workers": workers, "device": "cpu", "amp": False} for workers in (0, 2, 4)]
     # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
