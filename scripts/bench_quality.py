@@ -103,7 +103,8 @@ def seen(pair: dict, sources: set[Path] | None) -> str:
 VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_planes": False},
             "no-mirror": {"mirror": False}, "no-inverted": {"inverted_weight": 0.0},
             "no-guided": {"guided_radius_mm": 0.0}, "refit": {"guided_radius_mm": 6.0},
-            "refit-inverted": {"guided_radius_mm": 6.0, "inverted_weight": 0.3}}
+            "refit-inverted": {"guided_radius_mm": 6.0, "inverted_weight": 0.3},
+            "network-alone": {"guided_radius_mm": 0.0, "inverted_weight": 0.0}}
 
 
 DIRECTIONS = {"t1-to-t2": ("t1", "t2"), "t2-to-t1": ("t2", "t1")}

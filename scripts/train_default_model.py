@@ -76,6 +76,8 @@ RECIPES = {"t1-to-t2": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T
                               ["brats23_gli_00000", "tcga_du_7294"]),
            "t2-to-t1": Recipe(ROOT / "configs" / "default-model-t2-to-t1.yaml", BRATS18_T1W + WHOLE_HEAD_T1W,
                               ["brats23_gli_00000", "tcga_du_7294", "adi_brain", "tcga_fg_6692"]),
+           # 0.5.0's T1w -> T2w recipe with the skull-stripped MSLUB pairs added (multiple-sclerosis lesions)
+           "t1-to-t2-mslub": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T1W, [*PAIRS]),
            "all-subjects": Recipe(ROOT / "configs" / "all-subjects.yaml", BRATS18_T1W + WHOLE_HEAD_T1W,
                                   [*PAIRS, *WHOLE_HEAD_PAIRS], UNPAIRED_T2W)}
 
