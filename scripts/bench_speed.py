@@ -324,7 +324,7 @@ def write_speed_section(saved: Path, markdown: str) -> None:
         device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "") + \
             (", channels_last" if r.get("channels_last") else "") + \
             (f", torch.compile ({r['warmup_s']} s to compile)" if r.get("compiled") else "")
-        lines.append(f"| {r['generator']} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
+        lines.append(f"| {r.get('generator', '-')} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
                      f"{r.get('peak_gpu_mb', '')} |")
     gpu = any(r["device"].startswith("cuda") for r in results)
     training = all(r["kind"] in ("train", "loader") for r in results)  # a --part training run: its own section

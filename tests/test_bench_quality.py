@@ -76,3 +76,24 @@ def test_sections_of_the_page_are_replaced_and_read_back(tmp_path):
     assert read_section("bench_speed", page).strip() == "## Speed\n\nfaster"
     assert page.read_text().startswith("# Benchmarks\n\nintro | with a pipe\n")
     assert read_section("bench_checks", page) == ""
+
+
+def test_a_training_speed_run_with_loader_rows_renders_into_its_own_section(tmp_path):
+    """bench_speed --part training: train rows and loader rows (which name no generator) become the table of the
+    page's bench_speed_training section, leaving the convert section as it was."""
+    import json
+
+    from bench_speed import write_speed_section
+
+    page = tmp_path / "benchmarks.md"
+    replace_section("bench_speed", "## Speed\n\nconvert rows\n", page)
+    saved = tmp_path / "speed.json"
+    saved.write_text(json.dumps({"machine": {"date": "2026-12-02"}, "results": [
+        {"kind": "train", "generator": "light", "size": 128, "batch": 8, "device": "cpu", "amp": True,
+         "s_per_iteration": 1.0751, "iterations_per_s": 0.93, "slabs_per_s": 7.4, "precision": "bf16"},
+        {"kind": "loader", "workers": 2, "device": "cpu", "amp": False, "slabs_per_s": 234.2}]}))
+    write_speed_section(saved, str(page))
+    section = read_section("bench_speed_training", page)
+    assert "| light | train 128x128, batch 8 | cpu | 1.0751 s/it, 7.4 slabs/s, bf16 |" in section
+    assert "| - | the training loader alone, batch 8, 2 workers | cpu | 234.2 slabs/s |" in section
+    assert read_section("bench_speed", page).strip() == "## Speed\n\nconvert rows"
