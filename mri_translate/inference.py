@@ -4,9 +4,9 @@ what ``convert --profile`` prints):
 
 ``volume (1, X, Y, Z)`` -> canonical (RAS) and standardise to [-1, 1] (:meth:`Translator.prepare`) -> head mask
 (:meth:`Translator.head`) -> the network (:meth:`Translator.run_network`: per plane resampled to the model's
-spacing, 2.5D slabs through the generator, batched, ``inference_mode``, bf16 autocast on GPUs and on CPUs that
-compute it natively, each slice's k predictions averaged, mirrored and planes averaged, background outside the
-head) -> refit on the inverted input (:meth:`Translator.refit`, :func:`guided_filter`, :func:`inverted_input`)
+spacing, the 2.5D slabs that cut the head through the generator, batched, ``inference_mode``, bf16 on GPUs and on
+CPUs that compute it natively, each slice's k predictions averaged, mirrored and planes averaged, background
+outside the head) -> refit on the inverted input (:meth:`Translator.refit`, :func:`guided_filter`, :func:`inverted_input`)
 -> target intensities, original orientation and affine (:meth:`Translator.restore`)."""
 
 from __future__ import annotations
