@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "volumes"
 REAL = SHARED / "train_real"
 REGISTERED = ROOT / "runs" / "registered"
+STRIPPED = ROOT / "runs" / "stripped-pairs"
 BRATS18_T1W = sorted(REAL.glob("brats18_*_T1w.nii.gz"))
 WHOLE_HEAD_T1W = [REAL / "seg3d_mr_T1w.nii.gz", REAL / "uih_T1w.nii.gz", REAL / "nichart_trio_T1w.nii.gz"]
 #: pair name -> (T1w, T2w): skull-stripped, co-registered on one grid
@@ -64,12 +65,13 @@ UNPAIRED_T2W = [REAL / "mslub_p03s1_T2w.nii.gz"]
 @dataclass
 class Recipe:
     """One run's training: preset, unpaired T1w, the pairs it trains on (names of PAIRS / WHOLE_HEAD_PAIRS) and
-    unpaired T2w."""
+    unpaired T2w; ``strip``: the whole-head pairs skull-stripped (scripts/strip_pairs.py) rather than whole."""
 
     config: Path
     t1: list
     pairs: list
     t2: list = field(default_factory=list)
+    strip: bool = False
 
 
 RECIPES = {"t1-to-t2": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T1W,
@@ -78,6 +80,9 @@ RECIPES = {"t1-to-t2": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T
                               ["brats23_gli_00000", "tcga_du_7294", "adi_brain", "tcga_fg_6692"]),
            # 0.5.0's T1w -> T2w recipe with the skull-stripped MSLUB pairs added (multiple-sclerosis lesions)
            "t1-to-t2-mslub": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T1W, [*PAIRS]),
+           # every shippable pair, brains only: the whole-head visits skull-stripped as for evaluation
+           "stripped-subjects": Recipe(ROOT / "configs" / "default-model.yaml", BRATS18_T1W,
+                                       [*PAIRS, *WHOLE_HEAD_PAIRS], strip=True),
            "all-subjects": Recipe(ROOT / "configs" / "all-subjects.yaml", BRATS18_T1W + WHOLE_HEAD_T1W,
                                   [*PAIRS, *WHOLE_HEAD_PAIRS], UNPAIRED_T2W)}
 
@@ -108,6 +113,27 @@ def registered(pair: str) -> tuple[Path, Path]:
     return Path(done["t1"]), Path(done["t2"])
 
 
+#: the least intracranial volume (ml) a skull-stripped whole-head pair keeps when its mask worked
+MIN_BRAIN_ML = 800.0
+
+
+def stripped(pair: str) -> tuple[Path, Path] | None:
+    """The whole-head ``pair`` registered and skull-stripped into ``STRIPPED`` (scripts/strip_pairs.py; kept there);
+    ``None`` (said) when the mask kept less than :data:`MIN_BRAIN_ML` (it failed, e.g. on MSLUB p01's visits)."""
+    import nibabel as nib
+    import numpy as np
+
+    from strip_pairs import stripped_pair
+
+    done = stripped_pair(pair, *WHOLE_HEAD_PAIRS[pair], STRIPPED)
+    image = nib.load(str(done["t2"]))
+    kept_ml = float((np.asarray(image.dataobj) > 0).sum() * np.prod(image.header.get_zooms()[:3])) / 1000
+    if kept_ml < MIN_BRAIN_ML:
+        print(f"{pair}: left out, its skull-stripping mask kept {kept_ml:.0f} ml (< {MIN_BRAIN_ML:.0f} ml)")
+        return None
+    return Path(done["t1"]), Path(done["t2"])
+
+
 def sources(folder: Path, hold_out=(), recipe: Recipe = RECIPES["all-subjects"]) -> tuple[list[Path], list[Path]]:
     """The T1w and T2w lists of ``recipe`` without the ``hold_out`` people; each pair linked into ``folder`` as
     ``<pair>_T1w/_T2w`` (whole-head ones registered) so that ``--paired`` matches them by name."""
@@ -117,7 +143,9 @@ def sources(folder: Path, hold_out=(), recipe: Recipe = RECIPES["all-subjects"])
     for pair in recipe.pairs:
         if subject_of(pair) in hold_out:
             continue
-        files = PAIRS[pair] if pair in PAIRS else registered(pair)
+        files = PAIRS[pair] if pair in PAIRS else stripped(pair) if recipe.strip else registered(pair)
+        if files is None:
+            continue
         for original, contrast, domain in zip(files, ("T1w", "T2w"), (t1, t2)):
             link = folder / f"{pair}_{contrast}.nii.gz"
             if not link.exists():
