@@ -120,16 +120,12 @@ MIN_BRAIN_ML = 800.0
 def stripped(pair: str) -> tuple[Path, Path] | None:
     """The whole-head ``pair`` registered and skull-stripped into ``STRIPPED`` (scripts/strip_pairs.py; kept there);
     ``None`` (said) when the mask kept less than :data:`MIN_BRAIN_ML` (it failed, e.g. on MSLUB p01's visits)."""
-    import nibabel as nib
-    import numpy as np
-
-    from strip_pairs import stripped_pair
+    from strip_pairs import kept_ml, stripped_pair
 
     done = stripped_pair(pair, *WHOLE_HEAD_PAIRS[pair], STRIPPED)
-    image = nib.load(str(done["t2"]))
-    kept_ml = float((np.asarray(image.dataobj) > 0).sum() * np.prod(image.header.get_zooms()[:3])) / 1000
-    if kept_ml < MIN_BRAIN_ML:
-        print(f"{pair}: left out, its skull-stripping mask kept {kept_ml:.0f} ml (< {MIN_BRAIN_ML:.0f} ml)")
+    kept = kept_ml(done["t2"])
+    if kept < MIN_BRAIN_ML:
+        print(f"{pair}: left out, its skull-stripping mask kept {kept:.0f} ml (< {MIN_BRAIN_ML:.0f} ml)")
         return None
     return Path(done["t1"]), Path(done["t2"])
 
