@@ -13,7 +13,8 @@ from .contrast_prior import ContrastPrior
 class ModifiedUNet(nn.Module):
     """2.5D generator: k neighbouring slices in, the same k slices translated out.
 
-    A U-Net built from MONAI blocks. Encoder: one ``ResidualUnit`` per level (instance norm, LeakyReLU),
+    A U-Net built from MONAI blocks. Encoder: one ``ResidualUnit`` per level (instance norm as
+    :func:`channel_group_norms` computes it, LeakyReLU),
     each halving the resolution. Decoder: bilinear ``UpSample`` + convolution (``nontrainable`` mode, which
     avoids the checkerboard artefacts of transposed convolutions), concatenation with the skip connection of
     the same resolution (at the top: the input slices themselves), and a ``ResidualUnit`` to fuse; a final
@@ -42,6 +43,7 @@ class ModifiedUNet(nn.Module):
                     ResidualUnit(in_channels=up_width + widths[i], out_channels=widths[i], **block))
             stages.append(_DecoderStage(up, fuse))
         self.stages = nn.ModuleList(reversed(stages))  # deepest first
+        channel_group_norms(self)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The output before the tanh: ``(B, k, H, W)`` for ``x`` ``(B, k, H, W)`` in [-1, 1]."""
@@ -96,6 +98,21 @@ class PriorResidualUNet(ModifiedUNet):
         return torch.tanh(torch.atanh(base) + self.logits(x))
 
 
+def channel_group_norms(module: nn.Module) -> nn.Module:
+    """Replace, in place, every parameter-free instance norm of ``module`` (``InstanceNorm2d``, no affine, no
+    running statistics) with a group norm of one group per channel: the same function (each item's channels
+    normalised over H and W), the same state dict (neither has parameters or buffers), but a kernel that keeps
+    ``channels_last`` tensors in that layout, where PyTorch's instance norm reshapes to ``(1, B * C, H, W)`` and
+    copies twice per layer. On this project's CPU in bf16 that makes the generator's forward pass 2.5x faster
+    (scripts/bench_speed.py); in fp32 the outputs agree to float rounding (1e-6)."""
+    for name, child in module.named_children():
+        if (isinstance(child, nn.InstanceNorm2d) and not child.affine and not child.track_running_stats):
+            setattr(module, name, nn.GroupNorm(child.num_features, child.num_features, child.eps, affine=False))
+        else:
+            channel_group_norms(child)
+    return module
+
+
 class _DecoderStage(nn.Module):
     """Upsample, concatenate the skip connection, fuse."""
 
@@ -117,6 +134,7 @@ class PatchGAN(nn.Module):
         super().__init__()
         self.net = PatchDiscriminator(spatial_dims=2, channels=channels, in_channels=k, out_channels=1,
                                       num_layers_d=layers, norm="INSTANCE")
+        channel_group_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, k, H, W)`` in [-1, 1]. Returns: patch scores ``(B, 1, H', W')``."""

@@ -263,13 +263,13 @@ def main() -> None:
         if not name.startswith(args.generator):
             continue
         for device, amp in devices:
-            # batches of 1, 8 and 32 slabs (128 px on the CPU, 256 on a GPU) with AMP, 1 and 8 without; on the GPU
-            # with AMP also NHWC memory format and (for the shipped light generator) torch.compile at batch 8
+            # batches of 1, 8 and 32 slabs (128 px on the CPU, 256 on a GPU) with AMP, 1 and 8 without; with AMP
+            # also NHWC memory format at batch 8, and on the GPU (for the shipped light generator) torch.compile
             size = 128 if device == "cpu" else 256
             variants = [{"batch": batch} for batch in ((1, 8, 32) if amp else (1, 8))]
-            if device == "cuda" and amp:
+            if amp:
                 variants += [{"batch": 8, "channels_last": True}] + (
-                    [{"batch": 8, "compiled": True}] if name.startswith("light") else [])
+                    [{"batch": 8, "compiled": True}] if device == "cuda" and name.startswith("light") else [])
             for variant in variants if args.part != "convert" else ():
                 specs.append({"kind": "train", "generator": name, "channels": channels, "res_units": res_units,
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})

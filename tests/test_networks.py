@@ -100,3 +100,38 @@ def test_prior_residual_generator_starts_as_the_prior_and_carries_its_map():
         torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
     net(x).mean().backward()
     assert net.stages[-1].fuse.conv.weight.grad.abs().sum() > 0
+
+
+def instance_norm_twin(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` with every one-group-per-channel group norm turned back into the instance norm that MONAI
+    builds (``InstanceNorm2d``, no affine, no running statistics)."""
+    import copy
+
+    twin = copy.deepcopy(net)
+    for module in list(twin.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.GroupNorm) and child.num_groups == child.num_channels:
+                setattr(module, name, torch.nn.InstanceNorm2d(child.num_channels, child.eps))
+    return twin
+
+
+@pytest.mark.parametrize("make", [lambda: ModifiedUNet(3, channels=(8, 16, 32), res_units=2), lambda: PatchGAN(3, 16)])
+def test_norms_are_instance_norms_that_keep_channels_last(make):
+    """The generator and discriminator normalise each item's channels over H and W like MONAI's instance norm,
+    with no parameters of their own (0.5.0's model files load unchanged), give the same numbers in fp32, and keep
+    a channels_last input in that layout through every norm."""
+    torch.manual_seed(0)
+    net = make().eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels and not m.affine for m in norms)
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+    twin = instance_norm_twin(net)
+    assert twin.state_dict().keys() == net.state_dict().keys()
+    x = torch.randn(2, 3, 64, 64) * 0.5
+    layouts = []
+    for m in norms:
+        m.register_forward_hook(lambda _, __, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        assert (net(x) - twin(x)).abs().max() < 1e-5
+        net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert len(layouts) == 2 * len(norms) and all(layouts[len(norms):])
