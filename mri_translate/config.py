@@ -50,14 +50,16 @@ class LossConfig:
     (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), and the size of the history pool of fakes
     shown to each discriminator.
 
-    Defaults: the prior on over the whole run and no identity term, which would pull ``G_AB(T2w)`` towards
-    the T2w itself and so fight the contrast inversion the prior asks for."""
+    Defaults: the prior at full weight over the whole run, as the shipped recipes keep it (on the case study's
+    folders a run that lets it fade ends level with the no-learning baseline, one that keeps it above it:
+    docs/benchmarks.md), and no identity term, which would pull ``G_AB(T2w)`` towards the T2w itself and so
+    fight the contrast inversion the prior asks for."""
 
     adversarial: float = 1.0
     lambda_cycle: float = 10.0
     identity: float = 0.0
     prior: float = 10.0
-    prior_fraction: float = 1.0
+    prior_fraction: float = float("inf")
     paired: float = 10.0
     pool_size: int = 50
 

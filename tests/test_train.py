@@ -300,7 +300,7 @@ def test_extending_a_run_continues_its_schedules_instead_of_restarting_them(sour
     their values at iteration 4 (no jump back up) and reach 0 at 16, as the stated rule (engine.Plan) says."""
     from mri_translate.engine import Plan
 
-    config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0})
+    config = tiny_config(optim={"decay_fraction": 0.75}, loss={"prior": 5.0, "prior_fraction": 1.0})
     run_interrupted(monkeypatch, sources, tmp_path / "run", config)
     lrs, weights = [], []
     from mri_translate import engine
