@@ -51,8 +51,8 @@ class LossConfig:
     shown to each discriminator.
 
     Defaults: the prior at full weight over the whole run, as the shipped recipes keep it (on the case study's
-    folders a run that lets it fade ends level with the no-learning baseline, one that keeps it above it:
-    docs/benchmarks.md), and no identity term, which would pull ``G_AB(T2w)`` towards the T2w itself and so
+    folders a run that lets it fade ends level with the no-learning baseline's SSIM T1w -> T2w, one that keeps
+    it above it: docs/benchmarks.md), and no identity term, which would pull ``G_AB(T2w)`` towards the T2w itself and so
     fight the contrast inversion the prior asks for."""
 
     adversarial: float = 1.0
