@@ -28,7 +28,7 @@ from .io import load_volume, voxel_spacing
 from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
 from .runtime import precision_for, read_checkpoint, resolve_device
-from .slabs import slabs_to_volume, slicing_axes, through_plane_axis, volume_to_slabs
+from .slabs import SliceAverage, pad_slices, slab_index, slicing_axes, through_plane_axis
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, largest_pieces,
                          resample_inplane, resample_onto, to_canonical)
@@ -54,6 +54,8 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
 #: the smallest separate piece of foreground that counts as head (mm^3): an ear or a slab of scalp does; the specks
 #: that a noisy background scatters above the foreground threshold (a few voxels each) do not
 HEAD_PIECE_MM3 = 500.0
+#: the network sees the head's bounding box grown by this much (mm) on every side, not the whole field of view
+HEAD_MARGIN_MM = 16.0
 
 
 def head_of(volume: torch.Tensor, spacing=(1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -66,6 +68,19 @@ def head_of(volume: torch.Tensor, spacing=(1.0, 1.0, 1.0)) -> torch.Tensor:
     foreground = foreground_mask(torch.as_tensor(volume).cpu() + 1).numpy()
     head = largest_pieces(foreground, HEAD_PIECE_MM3 / float(np.prod(spacing)))
     return torch.from_numpy(ndimage.binary_fill_holes(head))
+
+
+def head_box(head: torch.Tensor, spacing, margin_mm: float = HEAD_MARGIN_MM) -> tuple[slice, slice, slice]:
+    """The bounding box of ``head`` ``(X, Y, Z)`` bool grown by ``margin_mm`` on every side (clipped to the volume),
+    as slices of voxel ``spacing`` (mm); the whole volume when the head is empty."""
+    box = []
+    for axis, step in enumerate(spacing):
+        present = torch.nonzero(head.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        if not len(present):
+            return (slice(None),) * 3
+        grow = int(np.ceil(margin_mm / float(step)))
+        box.append(slice(max(int(present[0]) - grow, 0), min(int(present[-1]) + grow + 1, head.shape[axis])))
+    return tuple(box)
 
 
 def inverted_input(volume: torch.Tensor, head: torch.Tensor, standardizer: LandmarkStandardizer) -> torch.Tensor:
@@ -180,21 +195,23 @@ class SlabInferer(Inferer):
     def _translate(self, data: torch.Tensor, network, axis: int, device, dtype: torch.dtype,
                    wanted: torch.Tensor | None) -> torch.Tensor:
         """One ``(X, Y, Z)`` volume through the network (weights of ``dtype``) slab by slab (only the slabs holding a
-        ``wanted`` slice), each slice's k predictions averaged."""
-        slabs, layout = volume_to_slabs(data, self.k, axis)
-        run = torch.arange(len(slabs))
+        ``wanted`` slice), each slice's k predictions averaged. The slices go to ``device`` once, in ``dtype``; each
+        batch of slabs is cut from them there and its predictions summed there (:class:`SliceAverage`)."""
+        slices, layout = pad_slices(data, self.k, axis)
+        slices = slices.to(device, dtype)
+        run = torch.arange(len(slices))
         if wanted is not None:  # slab i holds slices i - k//2 .. i + k//2
             held = torch.nn.functional.max_pool1d(wanted.float()[None, None], self.k, 1, self.k // 2)[0, 0]
             run = run[held > 0]
-        predictions = torch.full(slabs.shape, -1.0, dtype=torch.float32)
+        average = SliceAverage(layout, device)
         precision = precision_for(device, bool(self.amp))
         for start in range(0, len(run), self.batch_size):
-            index = run[start: start + self.batch_size]
-            batch = slabs[index].to(device, dtype, non_blocking=True)
+            centres = run[start: start + self.batch_size].to(device)
             with precision.autocast():
+                batch = slices[slab_index(centres, len(slices), self.k)]
                 batch = batch.contiguous(memory_format=torch.channels_last)  # the fast layout of oneDNN and cuDNN
-                predictions[index] = network(batch).float().cpu()
-        out = slabs_to_volume(predictions, layout)
+                average.add(centres, network(batch).float())
+        out = average.volume().cpu()
         if wanted is not None:
             out.movedim(axis, 0)[~wanted] = -1.0
         return out
@@ -366,8 +383,8 @@ class Translator:
 
     @torch.inference_mode()
     def run_network(self, x: MetaTensor, head: torch.Tensor | None = None) -> MetaTensor:
-        """The generator alone on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: along each of
-        :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
+        """The generator alone on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: the head's
+        bounding box (:func:`head_box`, :data:`HEAD_MARGIN_MM` around it) along each of :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
         resampled back onto ``x``'s grid; those translations averaged, everything outside the head
         (``head``: :meth:`head`, computed when not given) set to exactly -1, with ``standardize_output``
         standardised onto the target domain's scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
@@ -375,7 +392,9 @@ class Translator:
         spacing = voxel_spacing(x.affine)
         axes = self.axes(spacing, data.shape)
         head = self.head(x) if head is None else head
-        out = sum(self._translate_along(data, spacing, axis, head) for axis in axes) / len(axes)
+        box = head_box(head, spacing)
+        out = torch.full_like(data, -1.0)
+        out[box] = sum(self._translate_along(data[box], spacing, axis, head[box]) for axis in axes) / len(axes)
         with self.clock("background and standardise output"):
             out[~head] = -1.0  # all outside the head is background, noisy or not (on x's grid)
             if self.standardizes_output:

@@ -61,9 +61,9 @@ class SlabLayout:
     pad: tuple[tuple[int, int], tuple[int, int]]
 
 
-def volume_to_slabs(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: int = 16,
-                    pad_value: float = -1.0) -> tuple[torch.Tensor, SlabLayout]:
-    """Cut a volume into 2.5D slabs.
+def pad_slices(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: int = 16,
+               pad_value: float = -1.0) -> tuple[torch.Tensor, SlabLayout]:
+    """A volume as the slices slabs are cut from: moved to ``(N, H', W')`` along ``axis``, in-plane padded.
 
     Args:
         volume: ``(X, Y, Z)`` or ``(1, X, Y, Z)``, normalised (background -1).
@@ -72,7 +72,7 @@ def volume_to_slabs(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: i
         multiple: pad the two in-plane sizes up to a multiple of this (centred, ``pad_value``).
 
     Returns:
-        ``(N, k, H', W')`` slabs, N = number of slices, and the :class:`SlabLayout` to undo it.
+        ``(N, H', W')`` slices, N = number of slices, and the :class:`SlabLayout` to undo it.
     """
     _check_k(k)
     volume = torch.as_tensor(volume)
@@ -80,12 +80,70 @@ def volume_to_slabs(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: i
     if volume.ndim != 3 or axis not in (0, 1, 2):
         raise ValueError(f"expected a (X, Y, Z) volume and axis 0-2, got shape {tuple(volume.shape)}, axis {axis}")
     slices = volume.movedim(axis, 0)  # (N, H, W)
-    n, h, w = slices.shape
+    h, w = slices.shape[1:]
     pad = tuple(((-s % multiple) // 2, -s % multiple - (-s % multiple) // 2) for s in (h, w))
     slices = torch.nn.functional.pad(slices, (*pad[1], *pad[0]), value=pad_value)
+    return slices, SlabLayout(tuple(int(s) for s in volume.shape), axis, k, pad)
+
+
+def slab_index(centres: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """``(B, k)`` indices of the slices in the slabs centred on ``centres`` ``(B,)`` of ``n`` slices (edges
+    replicated): ``slices[slab_index(...)]`` is a batch of slabs ``(B, k, H', W')``."""
     half = k // 2
-    index = (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)
-    return slices[index], SlabLayout(tuple(int(s) for s in volume.shape), axis, k, pad)
+    return (centres[:, None] + torch.arange(-half, half + 1, device=centres.device)[None]).clamp(0, n - 1)
+
+
+def volume_to_slabs(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: int = 16,
+                    pad_value: float = -1.0) -> tuple[torch.Tensor, SlabLayout]:
+    """Cut a volume into 2.5D slabs, all at once (:func:`pad_slices` and :func:`slab_index`; the inferer cuts
+    them batch by batch).
+
+    Returns:
+        ``(N, k, H', W')`` slabs, N = number of slices, and the :class:`SlabLayout` to undo it.
+    """
+    slices, layout = pad_slices(volume, k, axis, multiple, pad_value)
+    return slices[slab_index(torch.arange(len(slices)), len(slices), k)], layout
+
+
+class SliceAverage:
+    """The k predictions every slice receives, summed batch of slabs by batch (float64, so an identity network
+    returns its input exactly) and averaged by :meth:`volume`.
+
+    Args:
+        layout: how the volume was cut (:func:`pad_slices`).
+        device: where the sums are kept (the network's device).
+    """
+
+    def __init__(self, layout: SlabLayout, device=None):
+        n = layout.shape[layout.axis]
+        in_plane = [s for i, s in enumerate(layout.shape) if i != layout.axis]
+        padded = [s + before + after for s, (before, after) in zip(in_plane, layout.pad)]
+        self.layout, self.n = layout, n
+        self.total = torch.zeros((n, *padded), dtype=torch.float64, device=device)
+        self.count = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def add(self, centres: torch.Tensor, predictions: torch.Tensor) -> None:
+        """``predictions`` ``(B, k, H', W')`` of the slabs centred on slices ``centres`` ``(B,)``: channel c of slab
+        j predicts slice j + c - k // 2 (predictions of replicated slices beyond the edges are dropped)."""
+        k, half = self.layout.k, self.layout.k // 2
+        if predictions.ndim != 4 or predictions.shape[1] != k or tuple(predictions.shape[2:]) != self.total.shape[1:]:
+            raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout "
+                             f"(B, {k}, {self.total.shape[1]}, {self.total.shape[2]})")
+        centres = centres.to(self.total.device)
+        for c in range(k):
+            target = centres + c - half
+            valid = (target >= 0) & (target < self.n)
+            self.total.index_add_(0, target[valid], predictions[valid, c].to(self.total))
+            self.count.index_add_(0, target[valid], torch.ones_like(target[valid], dtype=self.count.dtype))
+
+    def volume(self, empty: float = -1.0) -> torch.Tensor:
+        """``(X, Y, Z)`` float32: each slice's mean prediction, padding removed; ``empty`` where a slice received
+        none."""
+        (top, bottom), (left, right) = self.layout.pad
+        hp, wp = self.total.shape[1:]
+        mean = (self.total[:, top: hp - bottom, left: wp - right] / self.count.clamp(min=1)[:, None, None]).float()
+        mean[self.count == 0] = empty
+        return mean.movedim(0, self.layout.axis)
 
 
 def slabs_to_volume(predictions: torch.Tensor, layout: SlabLayout) -> torch.Tensor:
@@ -97,24 +155,11 @@ def slabs_to_volume(predictions: torch.Tensor, layout: SlabLayout) -> torch.Tens
 
     Returns:
         ``(X, Y, Z)`` float32 volume of the original shape. An identity network returns the input exactly
-        (the sum is taken in float64).
+        (:class:`SliceAverage`).
     """
-    n, k, hp, wp = predictions.shape
-    in_plane = [s for i, s in enumerate(layout.shape) if i != layout.axis]
-    padded = tuple(s + before + after for s, (before, after) in zip(in_plane, layout.pad))
-    if k != layout.k or n != layout.shape[layout.axis] or (hp, wp) != padded:
+    average = SliceAverage(layout, predictions.device)
+    if predictions.ndim != 4 or len(predictions) != average.n:
         raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout "
-                         f"({layout.shape[layout.axis]}, {layout.k}, {padded[0]}, {padded[1]})")
-    half = k // 2
-    total = torch.zeros((n, hp, wp), dtype=torch.float64, device=predictions.device)
-    count = torch.zeros(n, dtype=torch.float64, device=predictions.device)
-    for c in range(k):
-        # slab j, channel c predicts slice j + c - half; slices beyond the edges were replicas: drop them.
-        lo, hi = max(0, half - c), min(n, n + half - c)
-        if hi <= lo:
-            continue
-        total[lo + c - half: hi + c - half] += predictions[lo:hi, c].double()
-        count[lo + c - half: hi + c - half] += 1
-    (top, bottom), (left, right) = layout.pad
-    volume = (total / count[:, None, None])[:, top: hp - bottom, left: wp - right]
-    return volume.float().movedim(0, layout.axis)
+                         f"({average.n}, {layout.k}, {average.total.shape[1]}, {average.total.shape[2]})")
+    average.add(torch.arange(average.n), predictions)
+    return average.volume()

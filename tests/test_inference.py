@@ -81,16 +81,16 @@ def assert_identity_output(out, volume, affine=None):
 
 @pytest.fixture
 def slab_axes(monkeypatch):
-    """Records the axis of every volume_to_slabs call made by the inferer (two per volume when it mirrors: the
+    """Records the axis of every pad_slices call made by the inferer (two per volume when it mirrors: the
     volume and its mirror image are cut along the same axis)."""
     axes = []
-    original = inference.volume_to_slabs
+    original = inference.pad_slices
 
     def spy(volume, k, axis, *args, **kwargs):
         axes.append(axis)
         return original(volume, k, axis, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "volume_to_slabs", spy)
+    monkeypatch.setattr(inference, "pad_slices", spy)
     return axes
 
 
@@ -228,7 +228,7 @@ def dicom_translation(shared_data):
     folder = shared_data / SERIES_DIR
     volume = load_volume(folder)
     axes = []
-    original = inference.volume_to_slabs
+    original = inference.pad_slices
 
     def spy(vol, k, axis, *args, **kwargs):
         axes.append(axis)
@@ -237,7 +237,7 @@ def dicom_translation(shared_data):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(inference, "volume_to_slabs", spy)
+        patch.setattr(inference, "pad_slices", spy)
         out = identity_translator(volume)(volume)
     torch.set_num_threads(threads)
     reader = sitk.ImageSeriesReader()
@@ -385,6 +385,65 @@ def test_the_network_skips_the_slices_outside_the_head_and_translates_the_same()
     assert skipping < 0.8 * net.slabs
     torch.testing.assert_close(out[head], everywhere[head], rtol=0, atol=1e-5)
     assert bool((out[~head] == -1).all())
+
+
+def test_head_box_is_the_head_s_bounding_box_grown_by_the_margin_in_mm():
+    head = torch.zeros(30, 40, 20, dtype=torch.bool)
+    head[10:15, 5:30, 18:20] = True
+    assert inference.head_box(head, (1.0, 2.0, 0.5), margin_mm=4.0) == (slice(6, 19), slice(3, 32), slice(10, 20))
+    assert inference.head_box(head, (1.0, 1.0, 1.0), margin_mm=0.0) == (slice(10, 15), slice(5, 30), slice(18, 20))
+    assert inference.head_box(torch.zeros_like(head), (1.0, 1.0, 1.0)) == (slice(None),) * 3
+
+
+class LocalConvolution(torch.nn.Module):
+    """A 3x3 convolution and tanh: its output at a pixel depends on the 3x3 pixels around it only (no statistics
+    over the image, as an instance norm takes); records the in-plane sizes of the slabs it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.sizes = set()
+
+    def forward(self, x):
+        self.sizes.add(tuple(x.shape[2:]))
+        return torch.tanh(self.conv(x))
+
+
+def test_the_network_sees_the_head_s_box_and_translates_the_head_as_in_the_whole_field_of_view(monkeypatch):
+    """A head in a wide field of view: the slabs hold the head's bounding box and HEAD_MARGIN_MM around it, not the
+    field of view, and for a network whose output is local the head comes out as when it sees everything."""
+    torch.manual_seed(0)
+    head_only = isotropic_volume()
+    volume = MetaTensor(torch.nn.functional.pad(head_only.as_tensor(), (30, 30, 30, 30, 30, 30)), meta=head_only.meta)
+    net = LocalConvolution()
+    translator = Translator(net, 3, (0.0, 1.0), "cpu", amp=False, mirror=True)
+    x = translator.prepare(volume)
+    head = translator.head(x)
+    out = translator.run_network(x, head).as_tensor()[0]
+    boxed, net.sizes = net.sizes, set()
+    monkeypatch.setattr(inference, "head_box", lambda head, spacing: (slice(None),) * 3)
+    everywhere = translator.run_network(x, head).as_tensor()[0]
+    box = [int(head.any(dim=tuple(a for a in range(3) if a != axis)).sum()) + 2 * 16 for axis in range(3)]
+    assert max(max(size) for size in boxed) <= max(box) + 15 < min(min(size) for size in net.sizes)
+    torch.testing.assert_close(out[head], everywhere[head], rtol=0, atol=1e-6)
+    assert bool((out[~head] == -1).all())
+
+
+def test_the_translation_of_a_head_does_not_depend_on_the_empty_field_of_view_around_it():
+    """The generator's instance norms take statistics over the whole slab, so a network that saw the whole field of
+    view would translate the same head differently in a scan with more empty space around it; seeing the head's
+    box, it translates it the same."""
+    torch.manual_seed(0)
+    head_only = isotropic_volume()
+    net = ModifiedUNet(3, (8, 16), 1).eval()
+    translator = Translator(net, 3, (0.0, 1.0), "cpu", amp=False, mirror=False)
+    heads = []
+    for pad in (20, 36):
+        volume = MetaTensor(torch.nn.functional.pad(head_only.as_tensor(), (pad,) * 6), meta=head_only.meta)
+        x = translator.prepare(volume)
+        head = translator.head(x)
+        heads.append(translator.run_network(x, head).as_tensor()[0][(slice(pad, -pad),) * 3])
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=1e-6)
 
 
 def test_parameterless_generator_is_accepted(synthetic_nifti):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mri_translate.slabs import SlabLayout, slabs_to_volume, through_plane_axis, volume_to_slabs
+from mri_translate.slabs import (SlabLayout, SliceAverage, pad_slices, slab_index, slabs_to_volume, through_plane_axis,
+                                 volume_to_slabs)
 
 SHAPE = (19, 13, 11)  # odd sizes, none a multiple of 16, all different
 
@@ -155,3 +156,29 @@ def test_wrong_in_plane_prediction_size_is_refused(pad):
         slabs_to_volume(bigger, layout)
     with pytest.raises(ValueError, match="do not fit"):
         slabs_to_volume(slabs[:, :, :-1], layout)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_slabs_cut_and_averaged_batch_by_batch_equal_all_at_once(axis, k):
+    """The inferer's way (slabs cut from the padded slices batch by batch with slab_index, their predictions summed
+    by SliceAverage in any order) gives what volume_to_slabs / slabs_to_volume give for the whole volume; a slice
+    that no slab predicted gets the ``empty`` value."""
+    volume = random_volume(seed=axis + k)
+    slabs, layout = volume_to_slabs(volume, k=k, axis=axis)
+    predictions = torch.rand(slabs.shape, generator=torch.Generator().manual_seed(k))
+    slices, cut = pad_slices(volume, k=k, axis=axis)
+    assert cut == layout
+    average = SliceAverage(layout)
+    order = torch.randperm(len(slabs), generator=torch.Generator().manual_seed(axis))
+    for centres in order.split(4):
+        assert torch.equal(slices[slab_index(centres, len(slices), k)], slabs[centres])
+        average.add(centres, predictions[centres])
+    assert torch.equal(average.volume(), slabs_to_volume(predictions, layout))
+
+    partial = SliceAverage(layout)
+    partial.add(torch.tensor([0]), predictions[:1])  # slab 0 predicts slices 0 .. k // 2 only
+    per_slice = partial.volume(empty=7.0).movedim(axis, 0)
+    assert bool((per_slice[k // 2 + 1:] == 7.0).all()) and not bool((per_slice[: k // 2 + 1] == 7.0).any())
+    with pytest.raises(ValueError, match="do not fit"):
+        partial.add(torch.tensor([0]), predictions[:1, :, :-1])
