@@ -6,7 +6,8 @@ import torch
 
 from mri_translate.config import ModelConfig
 from mri_translate.contrast_prior import ContrastPrior
-from mri_translate.networks import ModifiedUNet, PatchGAN, PriorResidualUNet, build_generator, build_networks
+from mri_translate.networks import (ChannelNorm, ModifiedUNet, PatchGAN, PriorResidualUNet, build_generator,
+                                   build_networks)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -115,6 +116,21 @@ def instance_norm_twin(net: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(26, 30), (40, 40)])  # below and above PyTorch's 1024-pixel switch
+def test_channel_norm_is_an_instance_norm_in_either_layout(size, dtype):
+    """ChannelNorm normalises each item's channels over H and W whatever the layout and map size (a small
+    channels_last map goes through a contiguous copy) and gives a channels_last input back channels_last."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 64, *size) * 3 + 1).to(dtype)
+    norm = ChannelNorm(64)
+    expected = torch.nn.functional.instance_norm(x.float(), eps=norm.eps)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = norm(x.contiguous(memory_format=layout))
+        assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-5 if dtype == torch.float32 else 3e-2)
+
+
 @pytest.mark.parametrize("make", [lambda: ModifiedUNet(3, channels=(8, 16, 32), res_units=2), lambda: PatchGAN(3, 16)])
 def test_norms_are_instance_norms_that_keep_channels_last(make):
     """The generator and discriminator normalise each item's channels over H and W like MONAI's instance norm,
@@ -123,7 +139,8 @@ def test_norms_are_instance_norms_that_keep_channels_last(make):
     torch.manual_seed(0)
     net = make().eval()
     norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
-    assert norms and all(m.num_groups == m.num_channels and not m.affine for m in norms)
+    assert norms and all(isinstance(m, ChannelNorm) and m.num_groups == m.num_channels and not m.affine
+                         for m in norms)
     assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
     twin = instance_norm_twin(net)
     assert twin.state_dict().keys() == net.state_dict().keys()
