@@ -98,25 +98,29 @@ class PriorResidualUNet(ModifiedUNet):
         return torch.tanh(torch.atanh(base) + self.logits(x))
 
 
+#: below this many pixels per map PyTorch's CPU group norm on a channels_last tensor takes its per-group path, which
+#: is unvectorised when a group is one channel (:class:`ChannelNorm`)
+SMALL_MAP_PIXELS = 1024
+
+
 class ChannelNorm(nn.GroupNorm):
     """Instance norm as a group norm of one group per ``num_channels`` channel, no affine: each item's channels
     normalised over H and W, ``channels_last`` kept. PyTorch's CPU kernel for a ``channels_last`` map of fewer than
-    1024 pixels (H x W < 32 x 32) loops over each channel's pixels one strided element at a time when a group is one
-    channel, 15x slower than its contiguous kernel on (8, 64, 26, 30) bf16 here, so such a map is normalised in a
-    contiguous copy and returned ``channels_last``."""
-
-    #: PyTorch's CPU channels_last group norm takes its per-group (here: per-channel, unvectorised) path below this
-    SMALL_MAP_PIXELS = 1024
+    :data:`SMALL_MAP_PIXELS` pixels loops over each channel's pixels one strided element at a time when a group is
+    one channel, 15x slower than its contiguous kernel on (8, 64, 26, 30) bf16 here, so such a map is normalised in a
+    contiguous copy and returned ``channels_last``. TorchScript-able (the bundle's ``ckpt_export``)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__(num_channels, num_channels, eps, affine=False)
+        self.small_map_pixels = SMALL_MAP_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, H, W)``; returns its instance norm in x's layout."""
-        if (x.device.type == "cpu" and x.ndim == 4 and x.shape[2] * x.shape[3] < self.SMALL_MAP_PIXELS
+        if (x.device.type == "cpu" and x.dim() == 4 and x.shape[2] * x.shape[3] < self.small_map_pixels
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+            normed = nn.functional.group_norm(x.contiguous(), self.num_groups, None, None, self.eps)
+            return normed.contiguous(memory_format=torch.channels_last)
+        return nn.functional.group_norm(x, self.num_groups, None, None, self.eps)
 
 
 def channel_group_norms(module: nn.Module) -> nn.Module:

@@ -93,18 +93,6 @@ def slab_index(centres: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return (centres[:, None] + torch.arange(-half, half + 1, device=centres.device)[None]).clamp(0, n - 1)
 
 
-def volume_to_slabs(volume: torch.Tensor, k: int = 3, axis: int = 2, multiple: int = 16,
-                    pad_value: float = -1.0) -> tuple[torch.Tensor, SlabLayout]:
-    """Cut a volume into 2.5D slabs, all at once (:func:`pad_slices` and :func:`slab_index`; the inferer cuts
-    them batch by batch).
-
-    Returns:
-        ``(N, k, H', W')`` slabs, N = number of slices, and the :class:`SlabLayout` to undo it.
-    """
-    slices, layout = pad_slices(volume, k, axis, multiple, pad_value)
-    return slices[slab_index(torch.arange(len(slices)), len(slices), k)], layout
-
-
 class SliceAverage:
     """The k predictions every slice receives, summed batch of slabs by batch (float64, so an identity network
     returns its input exactly) and averaged by :meth:`volume`.
@@ -126,9 +114,10 @@ class SliceAverage:
         """``predictions`` ``(B, k, H', W')`` of the slabs centred on slices ``centres`` ``(B,)``: channel c of slab
         j predicts slice j + c - k // 2 (predictions of replicated slices beyond the edges are dropped)."""
         k, half = self.layout.k, self.layout.k // 2
-        if predictions.ndim != 4 or predictions.shape[1] != k or tuple(predictions.shape[2:]) != self.total.shape[1:]:
+        if (predictions.ndim != 4 or len(predictions) != len(centres) or predictions.shape[1] != k
+                or tuple(predictions.shape[2:]) != self.total.shape[1:]):
             raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout "
-                             f"(B, {k}, {self.total.shape[1]}, {self.total.shape[2]})")
+                             f"({len(centres)}, {k}, {self.total.shape[1]}, {self.total.shape[2]})")
         centres = centres.to(self.total.device)
         for c in range(k):
             target = centres + c - half
@@ -144,22 +133,3 @@ class SliceAverage:
         mean = (self.total[:, top: hp - bottom, left: wp - right] / self.count.clamp(min=1)[:, None, None]).float()
         mean[self.count == 0] = empty
         return mean.movedim(0, self.layout.axis)
-
-
-def slabs_to_volume(predictions: torch.Tensor, layout: SlabLayout) -> torch.Tensor:
-    """Average the k predictions every slice received and undo the padding.
-
-    Args:
-        predictions: ``(N, k, H', W')`` as produced for the slabs of :func:`volume_to_slabs`.
-        layout: the layout returned with those slabs.
-
-    Returns:
-        ``(X, Y, Z)`` float32 volume of the original shape. An identity network returns the input exactly
-        (:class:`SliceAverage`).
-    """
-    average = SliceAverage(layout, predictions.device)
-    if predictions.ndim != 4 or len(predictions) != average.n:
-        raise ValueError(f"predictions {tuple(predictions.shape)} do not fit the layout "
-                         f"({average.n}, {layout.k}, {average.total.shape[1]}, {average.total.shape[2]})")
-    average.add(torch.arange(average.n), predictions)
-    return average.volume()

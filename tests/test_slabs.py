@@ -5,10 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from mri_translate.slabs import (SlabLayout, SliceAverage, pad_slices, slab_index, slabs_to_volume, through_plane_axis,
-                                 volume_to_slabs)
+from mri_translate.slabs import SlabLayout, SliceAverage, pad_slices, slab_index, through_plane_axis
 
 SHAPE = (19, 13, 11)  # odd sizes, none a multiple of 16, all different
+
+
+def volume_to_slabs(volume, k=3, axis=2, **padding):
+    """Every slab of a volume at once: the slices of pad_slices indexed by slab_index for every centre."""
+    slices, layout = pad_slices(volume, k, axis, **padding)
+    return slices[slab_index(torch.arange(len(slices)), len(slices), k)], layout
+
+
+def slabs_to_volume(predictions, layout):
+    """The predictions of every slab (one per slice, in order) averaged by one SliceAverage."""
+    average = SliceAverage(layout)
+    average.add(torch.arange(layout.shape[layout.axis]), predictions)
+    return average.volume()
 
 
 def random_volume(shape=SHAPE, seed=0):
