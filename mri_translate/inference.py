@@ -384,8 +384,9 @@ class Translator:
     @torch.inference_mode()
     def run_network(self, x: MetaTensor, head: torch.Tensor | None = None) -> MetaTensor:
         """The generator alone on a canonical normalised volume ``x`` ``(1, X, Y, Z)`` in [-1, 1]: the head's
-        bounding box (:func:`head_box`, :data:`HEAD_MARGIN_MM` around it) along each of :meth:`axes`, resampled in-plane to the model's ``spacing`` (as in training), translated slab by slab and
-        resampled back onto ``x``'s grid; those translations averaged, everything outside the head
+        bounding box (:func:`head_box`, :data:`HEAD_MARGIN_MM` around it) along each of :meth:`axes`, resampled
+        in-plane to the model's ``spacing`` (as in training), translated slab by slab and resampled back onto ``x``'s
+        grid; those translations averaged, everything outside the head
         (``head``: :meth:`head`, computed when not given) set to exactly -1, with ``standardize_output``
         standardised onto the target domain's scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
         data = x.as_tensor()[0].float()
