@@ -74,7 +74,7 @@ def brain_mask_path(source: Path, bids_dir, masks_dir) -> Path:
 
 def run_bids_app(bids_dir, output_dir, analysis_level: str = "participant", participant_labels=None,
                  session_labels=None, model=None, direction: str = "t1-to-t2", device: str = "auto",
-                 batch_size: int = 8, overwrite: bool = False, progress: bool = True, force: bool = False,
+                 batch_size: int | None = None, overwrite: bool = False, progress: bool = True, force: bool = False,
                  qc: bool = False, strict: bool = False, brain_masks=None):
     """Run the BIDS App at one analysis level.
 

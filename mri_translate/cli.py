@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-plane", action="store_true",
                    help="slice a near-isotropic scan along its through-plane axis only instead of averaging its "
                         "axial, coronal and sagittal translations (3x faster)")
-    p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
+    p.add_argument("--batch-size", type=int, help="slabs per forward pass (default: 64 on a GPU, 8 on a CPU; "
+                                                   "lower it on GPU OOM)")
     p.add_argument("--no-mirror", action="store_true",
                    help="translate once instead of averaging with the left-right mirrored translation (2x faster)")
     p.add_argument("--no-amp", action="store_true",
@@ -241,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sessions to process (with or without ses-; default: all)")
     p.add_argument("--model", help="run directory or model.pt (default: the model shipped with the package)")
     p.add_argument("--direction", default="t1-to-t2", choices=["t1-to-t2", "t2-to-t1"])
-    p.add_argument("--batch-size", type=int, default=8, help="slabs per forward pass (lower it on GPU OOM)")
+    p.add_argument("--batch-size", type=int, help="slabs per forward pass (default: 64 on a GPU, 8 on a CPU; "
+                                                   "lower it on GPU OOM)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--force", action="store_true",
                    help="translate even a scan that does not look like the --direction's source contrast")

@@ -27,7 +27,7 @@ from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
 from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
-from .runtime import precision_for, read_checkpoint, resolve_device
+from .runtime import inference_batch_size, precision_for, read_checkpoint, resolve_device
 from .slabs import SliceAverage, pad_slices, slab_index, slicing_axes, through_plane_axis
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, largest_pieces,
@@ -296,15 +296,16 @@ class Translator:
         self.inferer = SlabInferer(k, axis, batch_size, amp, mirror)
 
     @classmethod
-    def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int = 8,
+    def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int | None = None,
                  amp: bool = True, axis: int | None = None, mirror: bool = True,
                  standardize_output: bool = True, fuse_planes: bool = True,
                  inverted_weight: float | None = None, guided_radius_mm: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
-        the shipped default model when ``model`` is ``None``.
+        the shipped default model when ``model`` is ``None``; the other arguments as :meth:`from_state`.
 
         Raises:
-            InputError: no such file. ModelError: not an mri-translate model, or unknown direction.
+            InputError: no such file. ModelError: not an mri-translate model, unknown direction, or a batch size
+            below 1.
         """
         if direction not in DIRECTIONS:
             raise ModelError(f"unknown direction '{direction}' (expected {' or '.join(DIRECTIONS)})")
@@ -319,18 +320,19 @@ class Translator:
 
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
-                   batch_size: int = 8, amp: bool = True, axis: int | None = None,
+                   batch_size: int | None = None, amp: bool = True, axis: int | None = None,
                    path: Path | None = None, mirror: bool = True, standardize_output: bool = True,
                    fuse_planes: bool = True, inverted_weight: float | None = None,
                    guided_radius_mm: float | None = None) -> Translator:
         """A translator from what a model file holds besides weights (``normalization``, see
         :func:`~mri_translate.bundle.export_state`) and a generator: the one home of how a model translates,
-        shared by :meth:`from_run` and validation during training.
+        shared by :meth:`from_run` and validation during training. ``batch_size`` ``None``: the device's
+        (:func:`~mri_translate.runtime.inference_batch_size`: 64 on a GPU, 8 on a CPU).
 
         Raises:
             ModelError: the state holds no normalisation for the target domain, or ``inverted_weight`` (given or
                 the model's) is outside [0, 1), ``guided_radius_mm`` negative, or either set for a model that does
-                not standardise.
+                not standardise, or ``batch_size`` below 1.
         """
         source, target = ("A", "B") if direction == "t1-to-t2" else ("B", "A")
         state = direction_state(state, direction)
@@ -338,6 +340,7 @@ class Translator:
         if normalization is None or target not in normalization:
             raise ModelError(f"{path or 'model'}: holds no intensity normalisation (a checkpoint of an older "
                              "version?); use the run's models/model.pt")
+        batch_size = inference_batch_size(torch.device(device), batch_size)
         translator = cls(generator, generator.k, normalization[target], device, batch_size, amp, direction, path,
                          axis, mirror, standardize_output, fuse_planes)
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])

@@ -17,6 +17,24 @@ from .config import is_amp_choice
 from .errors import InputError, ModelError
 
 
+#: slabs per forward pass in translation when none is given, by device type: a GPU's slab loop is launch-bound at
+#: small batches (bench_speed converts at 64 there); on 2 CPU cores 8 was as fast as 4, 16 or 32 (docs/benchmarks.md)
+INFERENCE_BATCH = {"cuda": 64, "cpu": 8}
+
+
+def inference_batch_size(device: torch.device, batch_size: int | None = None) -> int:
+    """``batch_size`` when given, else :data:`INFERENCE_BATCH` for ``device``'s type (8 for any other type).
+
+    Raises:
+        ModelError: ``batch_size`` below 1.
+    """
+    if batch_size is None:
+        return INFERENCE_BATCH.get(device.type, 8)
+    if batch_size < 1:
+        raise ModelError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is present (this torchrun process's ``LOCAL_RANK`` GPU), else ``cpu``;
     anything else as given.

@@ -101,6 +101,18 @@ def test_sidecar(capsys, tmp_path, synthetic_nifti, tiny_run):
     assert facts["Parameters"]["k"] == 3 and facts["Parameters"]["dtype"] == "float32"
     assert facts["Parameters"]["mirror"] is True and facts["Parameters"]["standardize_output"] is False  # no landmarks
     assert facts["Parameters"]["output_intensity_range"] == TINY_NORMALIZATION["B"]
+    assert facts["Parameters"]["batch_size"] == 8  # the CPU's default (runtime.inference_batch_size)
+
+
+def test_batch_size_is_recorded_and_a_batch_size_below_one_is_refused(capsys, tmp_path, synthetic_nifti, tiny_run):
+    out = tmp_path / "b.nii.gz"
+    assert cli(capsys, "convert", synthetic_nifti, out, "--model", tiny_run, "--batch-size", "3", "--no-progress",
+               "--single-plane", "--no-mirror")[0] == 0
+    assert json.loads((tmp_path / "b.json").read_text())["Parameters"]["batch_size"] == 3
+    refused = tmp_path / "refused.nii.gz"
+    code, _, err = cli(capsys, "convert", synthetic_nifti, refused, "--model", tiny_run, "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1, got 0" in err and len(err.strip().splitlines()) == 1
+    assert not refused.exists()
 
 
 def test_int16_output(capsys, tmp_path, synthetic_nifti, tiny_run):

@@ -10,7 +10,7 @@ import torch
 
 from mri_translate.config import RunConfig
 from mri_translate.errors import InputError, ModelError
-from mri_translate.runtime import precision_for
+from mri_translate.runtime import inference_batch_size, precision_for
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -103,3 +103,11 @@ def test_numbers_written_as_text_are_read_as_numbers():
     config = RunConfig.from_dict({"optim": {"lr": "1e-4"}, "model": {"channels": [8, 16]},
                                   "data": {"spacing": None}, "loss": {"prior_fraction": float("inf")}})
     assert config.optim.lr == 1e-4 and config.model.channels == (8, 16) and config.data.spacing is None
+
+
+def test_inference_batch_size_is_the_device_s_unless_given():
+    assert inference_batch_size(torch.device("cpu")) == 8
+    assert inference_batch_size(torch.device("cuda", 1)) == 64  # a device object needs no GPU
+    assert inference_batch_size(torch.device("cuda"), 5) == 5
+    with pytest.raises(ModelError, match="at least 1, got 0"):
+        inference_batch_size(torch.device("cpu"), 0)
