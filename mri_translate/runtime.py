@@ -23,13 +23,13 @@ INFERENCE_BATCH = {"cuda": 64, "cpu": 8}
 
 
 def inference_batch_size(device: torch.device, batch_size: int | None = None) -> int:
-    """``batch_size`` when given, else :data:`INFERENCE_BATCH` for ``device``'s type (8 for any other type).
+    """``batch_size`` when given, else :data:`INFERENCE_BATCH` for ``device``'s type (the CPU's for any other type).
 
     Raises:
         ModelError: ``batch_size`` below 1.
     """
     if batch_size is None:
-        return INFERENCE_BATCH.get(device.type, 8)
+        return INFERENCE_BATCH.get(device.type, INFERENCE_BATCH["cpu"])
     if batch_size < 1:
         raise ModelError(f"--batch-size must be at least 1, got {batch_size}")
     return batch_size

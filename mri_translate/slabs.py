@@ -122,8 +122,9 @@ class SliceAverage:
         for c in range(k):
             target = centres + c - half
             valid = (target >= 0) & (target < self.n)
-            self.total.index_add_(0, target[valid], predictions[valid, c].to(self.total))
-            self.count.index_add_(0, target[valid], torch.ones_like(target[valid], dtype=self.count.dtype))
+            target = target[valid]
+            self.total.index_add_(0, target, predictions[valid, c].to(self.total))
+            self.count.index_add_(0, target, torch.ones_like(target, dtype=self.count.dtype))
 
     def volume(self, empty: float = -1.0) -> torch.Tensor:
         """``(X, Y, Z)`` float32: each slice's mean prediction, padding removed; ``empty`` where a slice received

@@ -249,6 +249,8 @@ def main() -> None:
         return
     import torch
 
+    from mri_translate.runtime import INFERENCE_BATCH
+
     if args.part in ("all", "data"):
         bench_data_memory(args.markdown)
     if args.part == "data":
@@ -275,14 +277,15 @@ def main() -> None:
                               "size": size, "iterations": args.iterations, "device": device, "amp": amp, **variant})
             if args.part == "training":
                 continue
-            for batch_size, mirror, fuse in ([(8, True, True), (8, True, False), (8, False, False)]
-                                             if device == "cpu" else [(64, True, True), (64, False, False)]):
+            batch_size = INFERENCE_BATCH[device]  # convert's default on this device
+            for mirror, fuse in ([(True, True), (True, False), (False, False)] if device == "cpu"
+                                 else [(True, True), (False, False)]):
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror,
                               "fuse_planes": fuse})
             if amp:  # a cohort: 10 files in a batch, default settings
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
-                              "device": device, "amp": amp, "batch_size": 8 if device == "cpu" else 64,
+                              "device": device, "amp": amp, "batch_size": batch_size,
                               "mirror": True, "fuse_planes": True, "files": 10})
     if REAL.is_dir() and args.device != "cuda" and args.part != "convert":  # the loader alone, in the main process and in workers
         specs += [{"kind": "loader", "workers": workers, "device": "cpu", "amp": False} for workers in (0, 2, 4)]
