@@ -100,35 +100,55 @@ def inverted_input(volume: torch.Tensor, head: torch.Tensor, standardizer: Landm
 GUIDED_EPS = 1e-3
 
 
+def box_mean(x: torch.Tensor, size) -> torch.Tensor:
+    """The mean of ``x`` ``(X, Y, Z)`` over a box of odd ``size`` voxels per axis centred on each voxel, borders
+    mirrored (``d c b a | a b c d``): :func:`scipy.ndimage.uniform_filter`'s numbers, in torch on ``x``'s device.
+    One cumulative sum per axis instead of a sum over each window. Returns float32, ``x``'s shape."""
+    out = x.float()
+    for axis, n in enumerate(size):
+        if n == 1:
+            continue
+        length, r = out.shape[axis], n // 2
+        if r <= length:  # the axis with its ends mirrored once: three copied pieces (a gather is 3x slower)
+            mirrored = torch.cat([out.narrow(axis, 0, r).flip(axis), out,
+                                  out.narrow(axis, length - r, r).flip(axis)], axis)
+        else:  # a box wider than the axis: mirrored as often as it needs
+            index = torch.arange(-r, length + r, device=x.device).remainder(2 * length)
+            mirrored = out.index_select(axis, torch.where(index < length, index, 2 * length - 1 - index))
+        totals = mirrored.cumsum_(axis)  # the running sums along the mirrored axis
+        out = totals.narrow(axis, n - 1, length).clone()  # the first window's sum; then each window's difference
+        out.narrow(axis, 1, length - 1).sub_(totals.narrow(axis, 0, length - 1))
+        out.div_(n)
+    return out
+
+
 def guided_filter(values: torch.Tensor, guide: torch.Tensor, mask: torch.Tensor, spacing,
                   radius_mm: float, eps: float = GUIDED_EPS) -> torch.Tensor:
     """``values`` refitted as a local linear function of ``guide`` (the guided filter of He, Sun and Tang, 2013):
     in every window of ``radius_mm`` (per axis, in voxels of ``spacing`` mm, at least the voxel itself) the least
     squares ``a * guide + b`` of ``values``, ``a`` shrunk by ``eps``; each voxel averages the fits of the windows
     that hold it. Only voxels in ``mask`` take part and change. Where ``values`` is locally linear in ``guide``
-    it is kept; elsewhere it takes ``guide``'s edges. All ``(X, Y, Z)``; returns ``values``' shape, float32.
-    Computed on the mask's bounding box grown by two window radii (what the windows of mask voxels and their
-    fits reach), the same result as on the whole volume for a fraction of the work."""
-    from scipy import ndimage
-
+    it is kept; elsewhere it takes ``guide``'s edges. All ``(X, Y, Z)`` on one device (the work stays there,
+    :func:`box_mean`); returns ``values``' shape, float32. Computed on the mask's bounding box grown by two window
+    radii (what the windows of mask voxels and their fits reach), the same result as on the whole volume for a
+    fraction of the work."""
     size = tuple(2 * round(radius_mm / s) + 1 for s in spacing)
     if not bool(mask.any()):
         return values.float()
     inside = torch.nonzero(mask)
     box = tuple(slice(max(0, int(lo) - (n - 1)), min(extent, int(hi) + n)) for lo, hi, n, extent
                 in zip(inside.min(0).values, inside.max(0).values, size, mask.shape))
-    m = mask[box].numpy().astype(np.float32)  # float32 throughout: 3x faster than float64, the same within 1e-6
-    v, g = values[box].numpy().astype(np.float32), guide[box].numpy().astype(np.float32)
-    share = np.maximum(ndimage.uniform_filter(m, size), 1e-12)
+    m, v, g = mask[box].float(), values[box].float(), guide[box].float()
+    share = box_mean(m, size).clamp_min(1e-12)
 
     def mean(x):  # the window mean over mask voxels
-        return ndimage.uniform_filter(x * m, size) / share
+        return box_mean(x * m, size) / share
 
     mean_g, mean_v = mean(g), mean(v)
     a = (mean(g * v) - mean_g * mean_v) / (mean(g * g) - mean_g ** 2 + eps)
     b = mean_v - a * mean_g
     out = values.float().clone()
-    out[box] = torch.where(mask[box], torch.from_numpy(mean(a) * g + mean(b)), out[box])
+    out[box] = torch.where(mask[box], mean(a) * g + mean(b), out[box])
     return out
 
 
@@ -414,13 +434,13 @@ class Translator:
         if not (self.inverted_weight or self.guided_radius_mm):
             return network
         head = self.head(x) if head is None else head
-        with self.clock("refit"):
-            data, out, spacing = x.as_tensor()[0].float(), network.as_tensor()[0], voxel_spacing(x.affine)
+        with self.clock("refit"):  # on the network's device, in torch
+            data, out, head = (t.to(self.device) for t in (x.as_tensor()[0].float(), network.as_tensor()[0], head))
             inverted = inverted_input(data, head, self.target_standardizer)
             if self.guided_radius_mm:
-                out = guided_filter(out, inverted, head, spacing, self.guided_radius_mm).clamp(-1, 1)
+                out = guided_filter(out, inverted, head, voxel_spacing(x.affine), self.guided_radius_mm).clamp(-1, 1)
             out = torch.where(head, (1 - self.inverted_weight) * out + self.inverted_weight * inverted, out)
-        return MetaTensor(out[None], meta=dict(network.meta))
+        return MetaTensor(out[None].to(network.device), meta=dict(network.meta))
 
     def _translate_along(self, data: torch.Tensor, spacing, axis: int, head: torch.Tensor) -> torch.Tensor:
         """``(X, Y, Z)`` in [-1, 1] translated in slabs along ``axis``, at the model's in-plane spacing; only the
