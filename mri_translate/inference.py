@@ -411,11 +411,12 @@ class Translator:
         in-plane to the model's ``spacing`` (as in training), translated slab by slab and resampled back onto ``x``'s
         grid; those translations averaged, everything outside the head
         (``head``: :meth:`head`, computed when not given) set to exactly -1, with ``standardize_output``
-        standardised onto the target domain's scale. Returns ``(1, X, Y, Z)`` in [-1, 1] with ``x``'s meta."""
-        data = x.as_tensor()[0].float()
+        standardised onto the target domain's scale; all of it on the network's device. Returns ``(1, X, Y, Z)``
+        in [-1, 1] on ``x``'s device with its meta."""
         spacing = voxel_spacing(x.affine)
+        head = (self.head(x) if head is None else head).to(self.device)
+        data = x.as_tensor()[0].float().to(self.device)
         axes = self.axes(spacing, data.shape)
-        head = self.head(x) if head is None else head
         box = head_box(head, spacing)
         out = torch.full_like(data, -1.0)
         out[box] = sum(self._translate_along(data[box], spacing, axis, head[box]) for axis in axes) / len(axes)
@@ -423,7 +424,7 @@ class Translator:
             out[~head] = -1.0  # all outside the head is background, noisy or not (on x's grid)
             if self.standardizes_output:
                 out = self.target_standardizer(out[None]).as_tensor()[0]  # background (-1) stays -1
-        return MetaTensor(out[None], meta=dict(x.meta))
+        return MetaTensor(out[None].to(x.device), meta=dict(x.meta))
 
     @torch.inference_mode()
     def refit(self, x: MetaTensor, network: MetaTensor, head: torch.Tensor | None = None) -> MetaTensor:
