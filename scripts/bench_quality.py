@@ -2,7 +2,8 @@
 (--model) and short ablations trained with one budget, each row marked by whether the model saw that volume.
 
     python scripts/bench_quality.py --model runs/default-model runs/loo-tcga_du_7294 [--ablations default unpaired
-                                    no-prior k1] [--iterations 1000] [--append [--csv docs/quality.csv]]
+                                    no-prior k1] [--iterations 1000] [--average-with RUN]
+                                    [--append [--csv docs/quality.csv]]
 
 Prints the rows as a markdown table and keeps them in WORK/quality.csv; ``--append`` adds them to
 docs/quality.csv, the record of every model variant scored (one row per model, direction and volume, with the
@@ -110,33 +111,57 @@ VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_
 DIRECTIONS = {"t1-to-t2": ("t1", "t2"), "t2-to-t1": ("t2", "t1")}
 
 
+def averaged_translation(translators: list, source, output) -> Path:
+    """Write to ``output`` the mean of several models' translations of ``source`` (one direction), taken where each
+    is in [-1, 1] on its target domain's standardised scale and mapped to intensities as the first model maps its
+    own (:meth:`~mri_translate.inference.Translator.restore`); each model with its own inference settings."""
+    from monai.data import MetaTensor
+
+    from mri_translate.io import load_volume, save_volume
+
+    volume = load_volume(source)
+    outputs = [translator.run_normalized(translator.prepare(volume)) for translator in translators]
+    mean = MetaTensor(sum(out.as_tensor() for out in outputs) / len(outputs), meta=dict(outputs[0].meta))
+    return save_volume(translators[0].restore(mean, volume), output)
+
+
 def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None = None,
-                   directions=tuple(DIRECTIONS)) -> list[dict]:
+                   directions=tuple(DIRECTIONS), average_with: Path | None = None) -> list[dict]:
     """Translate every held-out pair both ways and score it (and the baselines) against the truth; with a
     ``variant`` (an inference ablation of :data:`VARIANTS`) the rows are named ``<run> <variant>``, and a
-    direction the variant does not change (e.g. no-inverted where the model's weight is 0) is skipped."""
+    direction the variant does not change (e.g. no-inverted where the model's weight is 0) is skipped. With
+    ``average_with`` (another run, at its own settings) the translation is the mean of the two
+    (:func:`averaged_translation`), the rows are named ``<run>[ <variant>] + <other run>``, and a volume counts as
+    seen when either trained on it."""
     from mri_translate.convert import convert_file
     from mri_translate.evaluate import evaluate
     from mri_translate.inference import Translator
 
     rows, name = [], run.name if variant is None else f"{run.name} {variant}"
+    name += f" + {average_with.name}" if average_with else ""
     for direction in directions:
         source, target = DIRECTIONS[direction]
         translator = Translator.from_run(run, direction, device="auto", **VARIANTS.get(variant, {}))
         if variant and all(getattr(Translator.from_run(run, direction, device="cpu"), option, None) == value
                            for option, value in VARIANTS[variant].items()):
             continue
+        other = Translator.from_run(average_with, direction, device="auto") if average_with else None
         for pair in pairs:
             stem = Path(pair[source]).name.split('.')[0]
             output = work / f"{name.replace(' ', '-')}-{direction}-{stem}-{len(rows)}.nii.gz"
             start = time.perf_counter()
-            convert_file(translator, pair[source], output, overwrite=True)
+            if other is None:
+                convert_file(translator, pair[source], output, overwrite=True)
+            else:
+                averaged_translation([translator, other], pair[source], output)
             seconds = time.perf_counter() - start
+            seen_by = {seen(pair, trained_on(model)) for model in (run, average_with) if model is not None}
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
                               target_example=pair[f"example_{target}"], region=pair.get("lesions"))
             region = report.get("region", {})
             rows.append({"model": name, "direction": direction, "volume": pair["name"],
-                         "seen": seen(pair, trained_on(run)), "convert_s": seconds,
+                         "seen": next(s for s in ("trained on", "not recorded", "unseen") if s in seen_by),
+                         "convert_s": seconds,
                          "model_scores": report["model"], "consistency": report["interslice_consistency"],
                          "reference_consistency": report["reference_interslice_consistency"],
                          "identity": report["baselines"]["identity"],
@@ -254,6 +279,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="also score each --model with these inference settings (VARIANTS): a step off, e.g. "
                              "raw-output (Translator's standardize_output), single-plane, no-mirror, or the refit on")
+    parser.add_argument("--average-with", metavar="RUN",
+                        help="score each --model (and variant) averaged with this run's translation, at its own "
+                             "settings (e.g. bundles/mri_cyclegan: the shipped model)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-quality"))
     parser.add_argument("--csv", default=str(ROOT / "docs" / "quality.csv"),
                         help="the record of every row scored so far, which --append adds to")
@@ -283,9 +311,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = [pair for pair in held_out_pairs(Path(tmp), Path(args.work) / "stripped-pairs", only=args.volumes)
                  if not args.volumes or any(pair["name"].startswith(name) for name in args.volumes)]
-        rows = [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), None, args.directions)]
-        for variant in args.variants:
-            rows += [row for run in runs for row in evaluate_model(run, pairs, Path(tmp), variant, args.directions)]
+        average_with = Path(args.average_with) if args.average_with else None
+        rows = [row for run in runs for variant in [None, *args.variants]
+                for row in evaluate_model(run, pairs, Path(tmp), variant, args.directions, average_with)]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     budget = ", ".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in train_seconds.items())
