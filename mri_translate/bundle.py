@@ -12,9 +12,10 @@ import torch
 
 from . import __version__
 from .config import RunConfig
-from .errors import InputError
+from .errors import InputError, ModelError
 from .io import NIFTI_SUFFIXES, atomic_path, list_images_2d, suffix
-from .model_file import MODEL_FORMAT, TEMPLATE, direction_state, resolve_model_path, sha256
+from .model_file import (DIRECTIONS, MEMBERS_KEY, MODEL_FORMAT, TEMPLATE, direction_state, resolve_model_path,
+                         sha256)
 
 
 
@@ -119,7 +120,8 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
 
     paths = {"t1-to-t2": resolve_model_path(t1_to_t2), "t2-to-t1": resolve_model_path(t2_to_t1)}
     first, second = (read_checkpoint(path) for path in paths.values())
-    state = {k: v for k, v in first.items() if k not in ("directions", "composed_from", CHECKS_KEY)}
+    state = {k: v for k, v in first.items()
+             if k not in ("directions", "composed_from", CHECKS_KEY, MEMBERS_KEY, "averaged_with")}
     reverse = direction_state(second, "t2-to-t1")
     state["G_BA"] = reverse["G_BA"]
     state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
@@ -130,6 +132,40 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
         if unknown:
             raise ValueError(f"not inference settings of a model: {sorted(unknown)}")
         configs[direction]["model"].update({key: float(value) for key, value in settings.items()})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return out
+
+
+def average_models(model, others, out) -> Path:
+    """The model file ``model`` (a run or model file) written to ``out`` with ``others`` as its members in both
+    directions: each direction's generator and :data:`DIRECTION_KEYS` of each other model (its own inference
+    settings included) under :data:`~mri_translate.model_file.MEMBERS_KEY`, and the files' SHA-256 under
+    ``averaged_with``. :class:`~mri_translate.inference.Translator` then averages their translations with this
+    model's (:meth:`~mri_translate.inference.Translator.average_members`): two models trained on different data
+    err in different places. The weights are untouched.
+
+    Raises:
+        InputError: a path that is no run or model file. ModelError: not an mri-translate model, or a model
+        that has members itself.
+    """
+    from .runtime import read_checkpoint
+
+    state = read_checkpoint(resolve_model_path(model))
+    members, checksums = dict(state.get(MEMBERS_KEY) or {}), list(state.get("averaged_with") or [])
+    for other in others:
+        path = resolve_model_path(other)
+        member = read_checkpoint(path)
+        if member.get(MEMBERS_KEY):
+            raise ModelError(f"{path}: has members of its own; average with the models it was made of")
+        for direction, generator in DIRECTIONS.items():
+            own = direction_state(member, direction)
+            members.setdefault(direction, []).append(
+                {generator: own[generator], **{k: own[k] for k in DIRECTION_KEYS if k in own}})
+        checksums.append(sha256(path))
+    state.update({MEMBERS_KEY: members, "averaged_with": checksums})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -25,7 +25,7 @@ from .config import RunConfig
 from .contrast_check import ContrastVerdict, check_direction, check_skull_stripping
 from .errors import InputError, ModelError
 from .io import load_volume, voxel_spacing
-from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
+from .model_file import DIRECTIONS, MEMBERS_KEY, direction_state, resolve_model_path, sha256
 from .networks import ModifiedUNet, build_generator
 from .runtime import inference_batch_size, precision_for, read_checkpoint, resolve_device
 from .slabs import SliceAverage, pad_slices, slab_index, slicing_axes, through_plane_axis
@@ -313,6 +313,7 @@ class Translator:
         self.inverted_weight, self.guided_radius_mm = inverted_weight, guided_radius_mm
         self.spacing = None  # in-plane pixel size (mm) the model was trained at; None: the scan's own
         self.trained_on_brains = None  # whether every source-domain training scan was skull-stripped (from_state)
+        self.members: list[Translator] = []  # models whose translations are averaged in (average_members)
         self.inferer = SlabInferer(k, axis, batch_size, amp, mirror)
 
     @classmethod
@@ -321,7 +322,10 @@ class Translator:
                  standardize_output: bool = True, fuse_planes: bool = True,
                  inverted_weight: float | None = None, guided_radius_mm: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
-        the shipped default model when ``model`` is ``None``; the other arguments as :meth:`from_state`.
+        the shipped default model when ``model`` is ``None``; the other arguments as :meth:`from_state`. A model
+        file with members for ``direction`` (:func:`~mri_translate.bundle.average_models`) gives a translator
+        whose :attr:`members` are translated too and averaged in, each at its own inference settings
+        (``inverted_weight`` and ``guided_radius_mm`` set this model's alone).
 
         Raises:
             InputError: no such file. ModelError: not an mri-translate model, unknown direction, or a batch size
@@ -332,11 +336,18 @@ class Translator:
         path = resolve_model_path(model)
         state = read_checkpoint(path)
         device = resolve_device(device)
-        generator = load_generator(state, direction, path).to(memory_format=torch.channels_last)  # oneDNN's layout
-        generator = precision_for(device, bool(amp)).for_inference(generator)
-        return cls.from_state(state, direction, generator, device,
-                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight,
-                              guided_radius_mm)
+
+        def translator(state: dict, **settings) -> Translator:
+            generator = load_generator(state, direction, path).to(memory_format=torch.channels_last)  # oneDNN's
+            generator = precision_for(device, bool(amp)).for_inference(generator)
+            return cls.from_state(state, direction, generator, device, batch_size, amp, axis, path, mirror,
+                                  standardize_output, fuse_planes, **settings)
+
+        main = translator(state, inverted_weight=inverted_weight, guided_radius_mm=guided_radius_mm)
+        main.members = [translator(member) for member in (state.get(MEMBERS_KEY) or {}).get(direction, [])]
+        for member in main.members:
+            member.clock = main.clock
+        return main
 
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
@@ -480,9 +491,22 @@ class Translator:
             return self.normalize(canonical, volume_landmarks(model_grid, self.normalize.percentiles))
 
     def translate_normalized(self, volume: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
-        """Canonical normalised input and translated output, both ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
+        """Canonical normalised input and translated output (:meth:`average_members` included), both
+        ``(1, X, Y, Z)`` in RAS and in [-1, 1]."""
         canonical = self.prepare(volume)
-        return canonical, self.run_normalized(canonical)
+        return canonical, self.average_members(volume, self.run_normalized(canonical))
+
+    def average_members(self, volume: MetaTensor, normalized: MetaTensor) -> MetaTensor:
+        """This model's translation ``normalized`` ``(1, X, Y, Z)`` in [-1, 1] of the loaded ``volume``, averaged
+        with each of :attr:`members`' own translation of it (prepared, translated and refitted as that model
+        does; the mean taken where all are in [-1, 1] on the target's standardised scale, mapped to intensities
+        by :meth:`restore` as this model maps its own); ``normalized`` itself without members."""
+        if not self.members:
+            return normalized
+        outputs = [member.run_normalized(member.prepare(volume)).as_tensor().to(normalized.device)
+                   for member in self.members]
+        mean = (normalized.as_tensor() + sum(outputs)) / (1 + len(outputs))
+        return MetaTensor(mean, meta=dict(normalized.meta))
 
     def __call__(self, volume) -> MetaTensor:
         """Translate one volume.
@@ -545,5 +569,5 @@ def translate_checked(translator: Translator, volume, source, force: bool = Fals
         skull = check_skull_stripping(canonical, translator.trained_on_brains, source, strict)
     head = translator.head(canonical)
     network = translator.run_network(canonical, head)
-    normalized = translator.refit(canonical, network, head)
+    normalized = translator.average_members(volume, translator.refit(canonical, network, head))
     return CheckedTranslation(contrast, skull, canonical, network, normalized, translator.restore(normalized, volume))

@@ -18,6 +18,9 @@ MODEL_FORMAT = "mri-translate-generators/1"
 DIRECTIONS = {"t1-to-t2": "G_AB", "t2-to-t1": "G_BA"}
 #: (source, target) BIDS suffixes of each direction
 CONTRASTS = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
+#: key of a model file's members: ``{direction: [state, ...]}``, each state one direction of another model (its
+#: generator and what it translates with), whose translations are averaged in (bundle.average_models)
+MEMBERS_KEY = "members"
 
 
 def direction_state(state: dict, direction: str) -> dict:

@@ -111,49 +111,33 @@ VARIANTS = {"raw-output": {"standardize_output": False}, "single-plane": {"fuse_
 DIRECTIONS = {"t1-to-t2": ("t1", "t2"), "t2-to-t1": ("t2", "t1")}
 
 
-def averaged_translation(translators: list, source, output) -> Path:
-    """Write to ``output`` the mean of several models' translations of ``source`` (one direction), taken where each
-    is in [-1, 1] on its target domain's standardised scale and mapped to intensities as the first model maps its
-    own (:meth:`~mri_translate.inference.Translator.restore`); each model with its own inference settings."""
-    from monai.data import MetaTensor
-
-    from mri_translate.io import load_volume, save_volume
-
-    volume = load_volume(source)
-    outputs = [translator.run_normalized(translator.prepare(volume)) for translator in translators]
-    mean = MetaTensor(sum(out.as_tensor() for out in outputs) / len(outputs), meta=dict(outputs[0].meta))
-    return save_volume(translators[0].restore(mean, volume), output)
-
-
 def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None = None,
                    directions=tuple(DIRECTIONS), average_with: Path | None = None) -> list[dict]:
     """Translate every held-out pair both ways and score it (and the baselines) against the truth; with a
     ``variant`` (an inference ablation of :data:`VARIANTS`) the rows are named ``<run> <variant>``, and a
     direction the variant does not change (e.g. no-inverted where the model's weight is 0) is skipped. With
     ``average_with`` (another run, at its own settings) the translation is the mean of the two
-    (:func:`averaged_translation`), the rows are named ``<run>[ <variant>] + <other run>``, and a volume counts as
-    seen when either trained on it."""
+    (:func:`~mri_translate.bundle.average_models`, the variant applied to ``run``'s own), the rows are named
+    ``<run>[ <variant>] + <other run>``, and a volume counts as seen when either trained on it."""
+    from mri_translate.bundle import average_models
     from mri_translate.convert import convert_file
     from mri_translate.evaluate import evaluate
     from mri_translate.inference import Translator
 
     rows, name = [], run.name if variant is None else f"{run.name} {variant}"
     name += f" + {average_with.name}" if average_with else ""
+    model = average_models(run, [average_with], work / f"{name.replace(' ', '-')}.pt") if average_with else run
     for direction in directions:
         source, target = DIRECTIONS[direction]
-        translator = Translator.from_run(run, direction, device="auto", **VARIANTS.get(variant, {}))
+        translator = Translator.from_run(model, direction, device="auto", **VARIANTS.get(variant, {}))
         if variant and all(getattr(Translator.from_run(run, direction, device="cpu"), option, None) == value
                            for option, value in VARIANTS[variant].items()):
             continue
-        other = Translator.from_run(average_with, direction, device="auto") if average_with else None
         for pair in pairs:
             stem = Path(pair[source]).name.split('.')[0]
             output = work / f"{name.replace(' ', '-')}-{direction}-{stem}-{len(rows)}.nii.gz"
             start = time.perf_counter()
-            if other is None:
-                convert_file(translator, pair[source], output, overwrite=True)
-            else:
-                averaged_translation([translator, other], pair[source], output)
+            convert_file(translator, pair[source], output, overwrite=True)
             seconds = time.perf_counter() - start
             seen_by = {seen(pair, trained_on(model)) for model in (run, average_with) if model is not None}
             report = evaluate(output, pair[target], source=pair[source], baselines=True,

@@ -98,34 +98,3 @@ def test_a_training_speed_run_with_loader_rows_renders_into_its_own_section(tmp_
     assert "| - | the training loader alone, batch 8, 2 workers | cpu | 234.2 slabs/s |" in section
     assert read_section("bench_speed", page).strip() == "## Speed\n\nconvert rows"
 
-
-def test_a_model_averaged_with_itself_writes_what_convert_writes_and_two_models_their_mean(synthetic_nifti, tmp_path,
-                                                                                          tiny_run,
-                                                                                          tiny_standardized_run):
-    """bench_quality's ``--average-with``: the mean of one model's translation with itself is that translation
-    (as ``convert`` writes it), and two models' mean is the mean of their translations in [-1, 1], in the first
-    model's intensities, on the input's grid."""
-    import nibabel as nib
-    import numpy as np
-    import torch
-    from monai.data import MetaTensor
-
-    from bench_quality import averaged_translation
-    from mri_translate.convert import convert_file
-    from mri_translate.inference import Translator
-    from mri_translate.io import load_volume
-
-    first = Translator.from_run(tiny_standardized_run, device="cpu")
-    other = Translator.from_run(tiny_run, device="cpu")
-    converted = tmp_path / "converted.nii.gz"
-    convert_file(first, synthetic_nifti, converted)
-    itself = averaged_translation([first, first], synthetic_nifti, tmp_path / "itself.nii.gz")
-    np.testing.assert_allclose(nib.load(itself).get_fdata(), nib.load(converted).get_fdata(), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(nib.load(itself).affine, nib.load(synthetic_nifti).affine)
-
-    volume = load_volume(synthetic_nifti)
-    a, b = (t.run_normalized(t.prepare(volume)) for t in (first, other))
-    assert not torch.allclose(a.as_tensor(), b.as_tensor(), atol=0.05)  # two different models
-    expected = first.restore(MetaTensor((a.as_tensor() + b.as_tensor()) / 2, meta=dict(a.meta)), volume)
-    both = averaged_translation([first, other], synthetic_nifti, tmp_path / "both.nii.gz")
-    np.testing.assert_allclose(nib.load(both).get_fdata(), np.asarray(expected[0]), rtol=1e-5, atol=1e-4)

@@ -4,6 +4,7 @@ slice thickness of the shared data, a DICOM series and a synthetic volume; the t
 ``axis`` override are honoured; models load from a run directory or a file, and foreign or malicious files
 are refused without being executed."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -992,3 +993,40 @@ def test_a_translator_s_bf16_weights_translate_exactly_as_bf16_autocast(tiny_sta
     assert next(autocast.generator.parameters()).dtype == torch.float32
     assert loaded.precision.describe() == autocast.precision.describe() == "bf16"
     torch.testing.assert_close(loaded(volume), autocast(volume), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("direction", ["t1-to-t2", "t2-to-t1"])
+def test_a_model_averaged_with_another_translates_as_the_mean_of_the_two(direction, tiny_run, tiny_standardized_run,
+                                                                         synthetic_nifti, tmp_path):
+    """``average_models``: the file holds the other model as a member of each direction, and its translation (called
+    or through convert's checked sequence) is the mean of the two models' own translations in [-1, 1], mapped to
+    intensities as the first model maps its own; a model averaged with itself translates as itself."""
+    from mri_translate.bundle import average_models
+    from mri_translate.convert import convert_file
+
+    averaged = Translator.from_run(average_models(tiny_standardized_run, [tiny_run], tmp_path / "avg.pt"), direction,
+                                   device="cpu")
+    first, other = (Translator.from_run(run, direction, device="cpu") for run in (tiny_standardized_run, tiny_run))
+    assert len(averaged.members) == 1 and not first.members
+    volume = load_volume(synthetic_nifti)
+    a, b = (t.run_normalized(t.prepare(volume)) for t in (first, other))
+    assert (a.as_tensor() - b.as_tensor()).abs().max() > 0.1  # two different models
+    expected = first.restore(MetaTensor((a.as_tensor() + b.as_tensor()) / 2, meta=dict(a.meta)), volume)
+    torch.testing.assert_close(averaged(volume).as_tensor(), expected.as_tensor(), rtol=1e-5, atol=1e-5)
+    convert_file(averaged, synthetic_nifti, tmp_path / "converted.nii.gz", force=True)
+    np.testing.assert_allclose(nib.load(tmp_path / "converted.nii.gz").get_fdata(), np.asarray(expected[0]),
+                               rtol=1e-5, atol=1e-4)
+    assert json.loads((tmp_path / "converted.json").read_text())["Parameters"]["averaged_models"] == 2
+
+    itself = Translator.from_run(average_models(tiny_run, [tiny_run], tmp_path / "self.pt"), direction, device="cpu")
+    torch.testing.assert_close(itself(volume).as_tensor(), other(volume).as_tensor(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_members_is_not_averaged_in_again(tiny_run, tmp_path):
+    """Members are single models: averaging with a file that has members of its own is refused, naming it."""
+    from mri_translate.bundle import average_models
+
+    averaged = average_models(tiny_run, [tiny_run], tmp_path / "avg.pt")
+    with pytest.raises(ModelError, match=r"avg\.pt: has members of its own"):
+        average_models(tiny_run, [averaged], tmp_path / "again.pt")
+    assert not (tmp_path / "again.pt").exists()
