@@ -97,4 +97,3 @@ def test_a_training_speed_run_with_loader_rows_renders_into_its_own_section(tmp_
     assert "| light | train 128x128, batch 8 | cpu | 1.0751 s/it, 7.4 slabs/s, bf16 |" in section
     assert "| - | the training loader alone, batch 8, 2 workers | cpu | 234.2 slabs/s |" in section
     assert read_section("bench_speed", page).strip() == "## Speed\n\nconvert rows"
-
