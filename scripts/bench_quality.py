@@ -127,6 +127,7 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None
     rows, name = [], run.name if variant is None else f"{run.name} {variant}"
     name += f" + {average_with.name}" if average_with else ""
     model = average_models(run, [average_with], work / f"{name.replace(' ', '-')}.pt") if average_with else run
+    sources = [trained_on(member) for member in (run, average_with) if member is not None]  # read once, not per pair
     for direction in directions:
         source, target = DIRECTIONS[direction]
         translator = Translator.from_run(model, direction, device="auto", **VARIANTS.get(variant, {}))
@@ -139,7 +140,7 @@ def evaluate_model(run: Path, pairs: list[dict], work: Path, variant: str | None
             start = time.perf_counter()
             convert_file(translator, pair[source], output, overwrite=True)
             seconds = time.perf_counter() - start
-            seen_by = {seen(pair, trained_on(model)) for model in (run, average_with) if model is not None}
+            seen_by = {seen(pair, trained) for trained in sources}
             report = evaluate(output, pair[target], source=pair[source], baselines=True,
                               target_example=pair[f"example_{target}"], region=pair.get("lesions"))
             region = report.get("region", {})
