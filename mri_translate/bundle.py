@@ -107,7 +107,8 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     """One model file whose two directions come from two runs: ``G_AB`` and the top level (configuration,
     normalisation, standardisers, skull-stripping record, iteration) from the run or model file ``t1_to_t2``,
     ``G_BA`` from ``t2_to_t1`` with that run's own :data:`DIRECTION_KEYS` under ``directions["t2-to-t1"]``, and
-    both files' SHA-256 under ``composed_from``. For when one recipe suits each direction best.
+    both files' SHA-256 under ``composed_from``, stamped with this package's version. For when one recipe suits
+    each direction best.
     ``inference_settings`` (``{direction: {key: value}}``, keys of ``model`` used at inference only:
     ``inverted_weight``, ``guided_radius_mm``) sets them for a direction, chosen after training (e.g. by
     leave-one-out); the weights are untouched.
@@ -126,6 +127,7 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     state["G_BA"] = reverse["G_BA"]
     state["directions"] = {"t2-to-t1": {k: v for k, v in reverse.items() if k in DIRECTION_KEYS}}
     state["composed_from"] = {direction: sha256(path) for direction, path in paths.items()}
+    state["version"] = __version__
     configs = {"t1-to-t2": state["config"], "t2-to-t1": state["directions"]["t2-to-t1"]["config"]}
     for direction, settings in (inference_settings or {}).items():
         unknown = set(settings) - INFERENCE_SETTINGS
@@ -142,8 +144,8 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
 def average_models(model, others, out) -> Path:
     """The model file ``model`` (a run or model file) written to ``out`` with ``others`` as its members in both
     directions: each direction's generator and :data:`DIRECTION_KEYS` of each other model (its own inference
-    settings included) under :data:`~mri_translate.model_file.MEMBERS_KEY`, and the files' SHA-256 under
-    ``averaged_with``. :class:`~mri_translate.inference.Translator` then averages their translations with this
+    settings included) under :data:`~mri_translate.model_file.MEMBERS_KEY`, the files' SHA-256 under
+    ``averaged_with``, and this package's version. :class:`~mri_translate.inference.Translator` then averages their translations with this
     model's (:meth:`~mri_translate.inference.Translator.average_members`): two models trained on different data
     err in different places. The weights are untouched.
 
@@ -165,7 +167,7 @@ def average_models(model, others, out) -> Path:
             members.setdefault(direction, []).append(
                 {generator: own[generator], **{k: own[k] for k in DIRECTION_KEYS if k in own}})
         checksums.append(sha256(path))
-    state.update({MEMBERS_KEY: members, "averaged_with": checksums})
+    state.update({MEMBERS_KEY: members, "averaged_with": checksums, "version": __version__})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -172,6 +172,9 @@ def main() -> None:
                         help="write --out as one model whose directions come from these runs, and stop")
     parser.add_argument("--settings", type=json.loads, help="with --compose: inference settings per direction "
                         "(default: each recipe preset's), e.g. '{\"t1-to-t2\": {\"guided_radius_mm\": 6}}'")
+    parser.add_argument("--average-with", nargs="+", metavar="MODEL",
+                        help="with --compose: average the composed model's translations with these models' "
+                        "(bundle.average_models), e.g. a model file of an earlier release")
     parser.add_argument("--install", action="store_true", help="copy models/model.pt into the bundle template")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--install-only", action="store_true", help="install an already trained --out and stop")
@@ -181,8 +184,10 @@ def main() -> None:
     if args.install_only:
         install(out)
         return
+    if args.average_with and not args.compose:
+        parser.error("--average-with needs --compose")
     if args.compose:
-        compose(*map(Path, args.compose), out, args.settings)
+        compose(*map(Path, args.compose), out, args.settings, args.average_with)
     else:
         if args.hold_out and args.install:
             parser.error("a model trained with --hold-out is for evaluation, not for shipping")
@@ -205,20 +210,24 @@ def train_run(recipe: Recipe, out: Path, args) -> None:
           overwrite=not args.resume, progress_bar=False, paired=True, register=True)
 
 
-def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = None) -> None:
+def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = None,
+            average_with: list | None = None) -> None:
     """``out`` as a run folder holding the composed ``models/model.pt`` (:func:`~mri_translate.bundle.compose_model`:
     G_AB from the first run, G_BA from the second, with the inference settings ``{direction: {setting: value}}``,
     by default those of each direction's recipe preset), the first run's ``configs/metadata.json`` and a
     ``configs/train.json`` whose sources are both runs' (so a benchmark marks a volume seen when either direction
-    trained on it)."""
-    from mri_translate.bundle import INFERENCE_SETTINGS, compose_model
+    trained on it). ``average_with``: model files or runs whose translations the composed model averages with its
+    own (:func:`~mri_translate.bundle.average_models`)."""
+    from mri_translate.bundle import INFERENCE_SETTINGS, average_models, compose_model
     from mri_translate.config import load_config
 
     if settings is None:
         models = {direction: load_config(RECIPES[direction].config).model for direction in ("t1-to-t2", "t2-to-t1")}
         settings = {direction: {key: getattr(model, key) for key in INFERENCE_SETTINGS}
                     for direction, model in models.items()}
-    compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inference_settings=settings)
+    model = compose_model(t1_to_t2, t2_to_t1, out / "models" / "model.pt", inference_settings=settings)
+    if average_with:
+        average_models(model, average_with, model)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(t1_to_t2 / "configs" / "metadata.json", out / "configs" / "metadata.json")
     runs = {"t1-to-t2": t1_to_t2, "t2-to-t1": t2_to_t1}
@@ -229,7 +238,8 @@ def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = N
          "sources": {domain: sorted({path for train_json in recorded.values()
                                      for path in train_json["sources"][domain]}) for domain in ("t1", "t2")}},
         indent=2) + "\n")
-    print(f"composed {out / 'models' / 'model.pt'}: G_AB from {t1_to_t2}, G_BA from {t2_to_t1}")
+    print(f"composed {model}: G_AB from {t1_to_t2}, G_BA from {t2_to_t1}"
+          + (f", averaged with {', '.join(map(str, average_with))}" if average_with else ""))
 
 
 def install(run: Path) -> None:

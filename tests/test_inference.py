@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from conftest import SYNTHETIC_AFFINE, SYNTHETIC_SHAPE, TINY_NORMALIZATION, sitk_ras_affine
-from mri_translate import inference
+from mri_translate import __version__, inference
 from mri_translate.errors import InputError, ModelError
 from mri_translate.inference import SlabInferer, Translator
 from mri_translate.model_file import DEFAULT_MODEL, resolve_model_path, sha256
@@ -509,6 +509,7 @@ def test_a_composed_model_translates_each_direction_as_its_own_run(tiny_run, tin
     assert saved["composed_from"] == {"t1-to-t2": sha256(tiny_run / "models" / "model.pt"),
                                       "t2-to-t1": sha256(other)}
     assert saved.get("spacing") is None and saved["directions"]["t2-to-t1"]["spacing"] == 2.0
+    assert saved["version"] == __version__  # the package that wrote the file (tiny_run's says 0.1.0)
     assert_same_weights(inference.load_generator(saved, "t2-to-t1"), state["G_BA"])
 
 
@@ -1018,6 +1019,7 @@ def test_a_model_averaged_with_another_translates_as_the_mean_of_the_two(directi
                                rtol=1e-5, atol=1e-4)
     assert json.loads((tmp_path / "converted.json").read_text())["Parameters"]["averaged_models"] == 2
 
+    assert torch.load(tmp_path / "avg.pt", weights_only=True)["version"] == __version__
     itself = Translator.from_run(average_models(tiny_run, [tiny_run], tmp_path / "self.pt"), direction, device="cpu")
     torch.testing.assert_close(itself(volume).as_tensor(), other(volume).as_tensor(), rtol=1e-5, atol=1e-5)
 
