@@ -106,17 +106,19 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
     ``fuse_planes``: translate along all three axes of this isotropic volume and average (the default;
     ``--single-plane`` does a third of the network work); ``files`` > 1: a batch of that many such files (the
     next one read while one is translated), reported as volumes per minute. The shipped model's T1w -> T2w
-    inference settings (the refit on the inverted input) are taken from its file, so the refit is timed too."""
+    inference settings (the refit on the inverted input) are taken from its file, and so are its members (models
+    averaged in, each with its own settings: :func:`~mri_translate.bundle.average_models`), so the refit and the
+    members' work are timed too."""
     import nibabel as nib
     import numpy as np
     import torch
 
-    from mri_translate.bundle import export_state
+    from mri_translate.bundle import average_models, export_state
     from mri_translate.model_file import MODEL_FORMAT
     from mri_translate.config import RunConfig
     from mri_translate.convert import convert_file
     from mri_translate.inference import Translator
-    from mri_translate.model_file import DEFAULT_MODEL, direction_state
+    from mri_translate.model_file import DEFAULT_MODEL, MEMBERS_KEY, direction_state
     from mri_translate.networks import ModifiedUNet
     from mri_translate.runtime import read_checkpoint
     from mri_translate.standardize import LandmarkStandardizer
@@ -127,14 +129,24 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
         volume = np.zeros((256, 256, 150), np.float32)
         volume[40:216, 30:226, 10:140] = rng.uniform(100, 1000, (176, 196, 130))
         nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 1.0, 1.0])), str(tmp / "in.nii.gz"))
-        shipped = direction_state(read_checkpoint(DEFAULT_MODEL), "t1-to-t2")["config"]["model"]
-        refit = {key: shipped[key] for key in ("inverted_weight", "guided_radius_mm")}
-        config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units, **refit}})
+        shipped = read_checkpoint(DEFAULT_MODEL)
         generator = ModifiedUNet(3, channels, res_units)
         fitted = LandmarkStandardizer.fit([torch.from_numpy(volume)[None]])
         state = export_state({"A": [0.0, 1000.0], "B": [0.0, 1000.0]}, spacing=1.0, standardizers=(fitted, fitted))
-        torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
-                    "config": config.to_dict(), **state}, tmp / "model.pt")
+
+        def save_like(settings: dict, path: Path) -> Path:
+            """A model file of ``generator`` with the T1w -> T2w refit settings of ``settings`` (a model's state)."""
+            refit = {key: settings["config"]["model"][key] for key in ("inverted_weight", "guided_radius_mm")}
+            config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units, **refit}})
+            torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
+                        "config": config.to_dict(), **state}, path)
+            return path
+
+        save_like(direction_state(shipped, "t1-to-t2"), tmp / "model.pt")
+        members = (shipped.get(MEMBERS_KEY) or {}).get("t1-to-t2", [])
+        if members:
+            average_models(tmp / "model.pt", [save_like(member, tmp / f"member{i}.pt")
+                                              for i, member in enumerate(members)], tmp / "model.pt")
         translator = Translator.from_run(tmp / "model.pt", device=device, batch_size=batch_size, amp=amp,
                                          mirror=mirror, fuse_planes=fuse_planes)
         # force: the input is noise, which the contrast check refuses (its own cost: scripts/bench_checks.py)

@@ -1,21 +1,22 @@
-"""Train the model that ships in bundles/mri_cyclegan/models/model.pt, and the recipe on every shippable subject
-that is meant to replace it.
+"""Train the model that ships in bundles/mri_cyclegan/models/model.pt, and the recipes it is made of.
 
-The shipped model (0.5.0) is composed of two runs, one recipe per direction (docs/benchmarks.md):
+The shipped model (0.6.0) averages the translations of two models (``bundle.average_models``; docs/benchmarks.md):
 
-- ``t1-to-t2`` (G_AB, configs/default-model.yaml): skull-stripped scans only: the 10 BraTS 2018 T1w and the pairs
-  brats23_gli_00000 and tcga_du_7294, batch 1.
-- ``t2-to-t1`` (G_BA, configs/default-model-t2-to-t1.yaml): the same plus the whole-head T1w seg3d_mr, uih and
-  nichart_trio and the whole-head pairs adi_brain and tcga_fg_6692 (registered).
-  At inference each direction refits its translation on the inverted input (``model.guided_radius_mm``,
-  ``model.inverted_weight`` of its preset, written into the composed file by ``--compose``).
+- ``brains-batched`` (configs/brains-batched.yaml): one run, both directions, on every shippable pair as brains
+  (the clinical whole-head visits registered and skull-stripped by scripts/strip_pairs.py) with the supervised L1 on
+  half the items, and the 10 BraTS 2018 T1w unpaired; batches of 8, 30,000 slabs per direction, weights averaged.
+  Composed with itself with the refit off (``--settings``): the generator alone.
+- 0.5.0, composed of two runs, one recipe per direction:
+  ``t1-to-t2`` (G_AB, configs/default-model.yaml): skull-stripped scans only: the 10 BraTS 2018 T1w and the pairs
+  brats23_gli_00000 and tcga_du_7294, batch 1; ``t2-to-t1`` (G_BA, configs/default-model-t2-to-t1.yaml): the same
+  plus the whole-head T1w seg3d_mr, uih and nichart_trio and the whole-head pairs adi_brain and tcga_fg_6692
+  (registered). At inference each direction refits its translation on the inverted input
+  (``model.guided_radius_mm``, ``model.inverted_weight`` of its preset, written into the composed file by
+  ``--compose``).
 
-``all-subjects`` (configs/all-subjects.yaml): one run, both directions, on every shippable real subject: ten T2w
-subjects, all with a T1w of the same session (supervised L1, mixed mode): the four skull-stripped pairs
-(brats23_gli_00000, tcga_du_7294 and the MSLUB multiple-sclerosis patients mslub_p07 and mslub_p19) and eight
-whole-head visits (adi_brain, tcga_fg_6692, MSLUB p01 x2, p03, p04, p12 x2), plus 13 unpaired T1w and the
-T2w-only MSLUB visit p03s1; batches of 8 in bf16, 2500 iterations = 20,000 slabs per direction. Leave-one-out it
-does not yet beat the shipped model (docs/benchmarks.md), so it does not ship.
+``all-subjects`` (configs/all-subjects.yaml): one run, both directions, on every shippable real subject with the
+whole-head visits left whole, plus 13 unpaired T1w and the T2w-only MSLUB visit p03s1; batches of 8 in bf16, 2500
+iterations = 20,000 slabs per direction. Leave-one-out it scored below 0.5.0 (docs/benchmarks.md): not shipped.
 
 Data: ../shared/data/volumes; sources and licences in its README and in the bundle's docs/data_license.txt. MSLUB:
 CC BY, Lesjak et al. 2016 and 2017. Whole-head pairs (one session on two grids) are registered once, rigidly
@@ -26,16 +27,15 @@ avg152 template (evaluation).
 Leave-one-subject-out: ``--hold-out SUBJECT ...`` trains without those people (a patient's visits go together)
 and ``scripts/bench_quality.py --model RUN`` scores them as unseen.
 
-    python scripts/train_default_model.py --recipe t1-to-t2 --out runs/default-t1-to-t2 [--iterations 2500]
-    python scripts/train_default_model.py --recipe t2-to-t1 --out runs/default-t2-to-t1
-    python scripts/train_default_model.py --compose runs/default-t1-to-t2 runs/default-t2-to-t1 \\
-                                          --out runs/default-model [--settings JSON] [--install]
-    python scripts/train_default_model.py --recipe all-subjects --out runs/loo-a --hold-out mslub_p07 tcga_du_7294 mslub_p12
+    python scripts/train_default_model.py --recipe brains-batched --out runs/brains-batched-all
+    python scripts/train_default_model.py --compose runs/brains-batched-all runs/brains-batched-all \\
+        --settings '{"t1-to-t2": {"inverted_weight": 0, "guided_radius_mm": 0},
+                     "t2-to-t1": {"inverted_weight": 0, "guided_radius_mm": 0}}' \\
+        --average-with runs/model-050.pt --out runs/default-model [--install]
     python scripts/train_default_model.py --recipe brains-batched --out runs/loo-b --hold-out tcga_du_7294 mslub_p07 mslub_p12
 
-``brains-batched`` (configs/brains-batched.yaml): the pairs of ``stripped-subjects`` (every shippable pair as brains)
-in batches of 8, 30,000 slabs per direction, weights averaged; its generator alone is level with the shipped model
-in leave-one-out (docs/benchmarks.md), not shipped yet.
+0.5.0's file (``runs/model-050.pt`` above): ``git show b465ca0:bundles/mri_cyclegan/models/model.pt``, or rebuilt
+with ``--recipe t1-to-t2 --iterations 2500``, ``--recipe t2-to-t1`` and ``--compose`` of the two runs.
 """
 
 from __future__ import annotations
@@ -243,10 +243,10 @@ def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = N
 
 
 def install(run: Path) -> None:
-    """Copy the run's chosen model and its metadata into the bundle template."""
+    """Copy the run's chosen model into the bundle template. The template's ``configs/metadata.json`` (version,
+    changelog, ``eval_metrics``, data source) is the release's own and is edited with it, not copied from a run."""
     template = ROOT / "bundles" / "mri_cyclegan"
     shutil.copyfile(run / "models" / "model.pt", template / "models" / "model.pt")
-    shutil.copyfile(run / "configs" / "metadata.json", template / "configs" / "metadata.json")
     print(f"installed {run / 'models' / 'model.pt'} into {template}")
 
 
