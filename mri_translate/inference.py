@@ -51,6 +51,13 @@ def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> Mo
     return generator
 
 
+def inference_generator(state: dict, direction: str, path, device, amp: bool = True) -> torch.nn.Module:
+    """:func:`load_generator` laid out for inference on ``device``: channels_last (oneDNN's layout) and, where
+    autocast runs bf16 on a CPU, its weights cast to bf16 once (:func:`~mri_translate.runtime.precision_for`)."""
+    generator = load_generator(state, direction, path).to(memory_format=torch.channels_last)
+    return precision_for(torch.device(device), bool(amp)).for_inference(generator)
+
+
 #: the smallest separate piece of foreground that counts as head (mm^3): an ear or a slab of scalp does; the specks
 #: that a noisy background scatters above the foreground threshold (a few voxels each) do not
 HEAD_PIECE_MM3 = 500.0
@@ -322,10 +329,8 @@ class Translator:
                  standardize_output: bool = True, fuse_planes: bool = True,
                  inverted_weight: float | None = None, guided_radius_mm: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
-        the shipped default model when ``model`` is ``None``; the other arguments as :meth:`from_state`. A model
-        file with members for ``direction`` (:func:`~mri_translate.bundle.average_models`) gives a translator
-        whose :attr:`members` are translated too and averaged in, each at its own inference settings
-        (``inverted_weight`` and ``guided_radius_mm`` set this model's alone).
+        the shipped default model when ``model`` is ``None``; the other arguments (members included) as
+        :meth:`from_state`.
 
         Raises:
             InputError: no such file. ModelError: not an mri-translate model, unknown direction, or a batch size
@@ -336,18 +341,9 @@ class Translator:
         path = resolve_model_path(model)
         state = read_checkpoint(path)
         device = resolve_device(device)
-
-        def translator(state: dict, **settings) -> Translator:
-            generator = load_generator(state, direction, path).to(memory_format=torch.channels_last)  # oneDNN's
-            generator = precision_for(device, bool(amp)).for_inference(generator)
-            return cls.from_state(state, direction, generator, device, batch_size, amp, axis, path, mirror,
-                                  standardize_output, fuse_planes, **settings)
-
-        main = translator(state, inverted_weight=inverted_weight, guided_radius_mm=guided_radius_mm)
-        main.members = [translator(member) for member in (state.get(MEMBERS_KEY) or {}).get(direction, [])]
-        for member in main.members:
-            member.clock = main.clock
-        return main
+        return cls.from_state(state, direction, inference_generator(state, direction, path, device, amp), device,
+                              batch_size, amp, axis, path, mirror, standardize_output, fuse_planes, inverted_weight,
+                              guided_radius_mm)
 
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
@@ -357,8 +353,11 @@ class Translator:
                    guided_radius_mm: float | None = None) -> Translator:
         """A translator from what a model file holds besides weights (``normalization``, see
         :func:`~mri_translate.bundle.export_state`) and a generator: the one home of how a model translates,
-        shared by :meth:`from_run` and validation during training. ``batch_size`` ``None``: the device's
-        (:func:`~mri_translate.runtime.inference_batch_size`: 64 on a GPU, 8 on a CPU).
+        shared by :meth:`from_run`, the bundle's inference.json and validation during training. ``batch_size``
+        ``None``: the device's (:func:`~mri_translate.runtime.inference_batch_size`: 64 on a GPU, 8 on a CPU). A
+        state with members for ``direction`` (:func:`~mri_translate.bundle.average_models`) gives a translator whose
+        :attr:`members` are translated too and averaged in, each at its own inference settings
+        (``inverted_weight`` and ``guided_radius_mm`` set this model's alone).
 
         Raises:
             ModelError: the state holds no normalisation for the target domain, or ``inverted_weight`` (given or
@@ -392,6 +391,12 @@ class Translator:
             raise ModelError(f"{path or 'model'}: guided_radius_mm must be >= 0 and needs a model that "
                              f"standardises (data.standardize), got {guided_radius_mm}")
         translator.inverted_weight, translator.guided_radius_mm = inverted_weight, guided_radius_mm
+        translator.members = [
+            cls.from_state(member, direction, inference_generator(member, direction, path, device, amp), device,
+                           batch_size, amp, axis, path, mirror, standardize_output, fuse_planes)
+            for member in (state.get(MEMBERS_KEY) or {}).get(direction, [])]
+        for member in translator.members:
+            member.clock = translator.clock
         return translator
 
     def to_target(self, values: torch.Tensor) -> torch.Tensor:

@@ -1024,6 +1024,29 @@ def test_a_model_averaged_with_another_translates_as_the_mean_of_the_two(directi
     torch.testing.assert_close(itself(volume).as_tensor(), other(volume).as_tensor(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_bundle_s_translator_averages_a_model_s_members(tiny_run, tiny_standardized_run, synthetic_nifti,
+                                                            tmp_path):
+    """The bundle's inference.json builds its translator with ``Translator.from_state`` from the model file it
+    reads: a file with members translates there as ``Translator.from_run`` (and so ``convert``) translates it, the
+    members averaged in."""
+    from monai.bundle import ConfigParser
+
+    from mri_translate.bundle import average_models
+    from mri_translate.model_file import TEMPLATE
+
+    averaged = average_models(tiny_standardized_run, [tiny_run], tmp_path / "models" / "model.pt")
+    parser = ConfigParser()
+    parser.read_config(TEMPLATE / "configs" / "inference.json")
+    parser["bundle_root"], parser["device"] = str(tmp_path), "cpu"
+    bundled = parser.get_parsed_content("translator")
+    assert len(bundled.members) == 1
+    volume = load_volume(synthetic_nifti)
+    alone = Translator.from_run(tiny_standardized_run, device="cpu")(volume)
+    expected = Translator.from_run(averaged, device="cpu")(volume)
+    assert (expected.as_tensor() - alone.as_tensor()).abs().max() > 1.0  # the member changes the translation
+    torch.testing.assert_close(bundled(volume).as_tensor(), expected.as_tensor(), rtol=1e-5, atol=1e-4)
+
+
 def test_a_model_with_members_is_not_averaged_in_again(tiny_run, tmp_path):
     """Members are single models: averaging with a file that has members of its own is refused, naming it."""
     from mri_translate.bundle import average_models
