@@ -99,8 +99,9 @@ def export_state(normalization: dict, spacing: float | None = None, standardizer
 
 #: what a model file holds per direction besides the weights: laid over the top level by :func:`direction_state`
 DIRECTION_KEYS = ("config", "normalization", "spacing", "standardize", "skull_stripped")
-#: ``model`` settings used at inference only (chosen after training, set per direction by :func:`compose_model`)
-INFERENCE_SETTINGS = {"inverted_weight", "guided_radius_mm"}
+#: ``model`` settings used at inference only, with their types (chosen after training, set per direction by
+#: :func:`compose_model`)
+INFERENCE_SETTINGS = {"inverted_weight": float, "guided_radius_mm": float, "mirror": bool}
 
 
 def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = None) -> Path:
@@ -110,7 +111,7 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     both files' SHA-256 under ``composed_from``, stamped with this package's version. For when one recipe suits
     each direction best.
     ``inference_settings`` (``{direction: {key: value}}``, keys of ``model`` used at inference only:
-    ``inverted_weight``, ``guided_radius_mm``) sets them for a direction, chosen after training (e.g. by
+    ``inverted_weight``, ``guided_radius_mm``, ``mirror``) sets them for a direction, chosen after training (e.g. by
     leave-one-out); the weights are untouched.
 
     Raises:
@@ -130,10 +131,10 @@ def compose_model(t1_to_t2, t2_to_t1, out, inference_settings: dict | None = Non
     state["version"] = __version__
     configs = {"t1-to-t2": state["config"], "t2-to-t1": state["directions"]["t2-to-t1"]["config"]}
     for direction, settings in (inference_settings or {}).items():
-        unknown = set(settings) - INFERENCE_SETTINGS
+        unknown = set(settings) - set(INFERENCE_SETTINGS)
         if unknown:
             raise ValueError(f"not inference settings of a model: {sorted(unknown)}")
-        configs[direction]["model"].update({key: float(value) for key, value in settings.items()})
+        configs[direction]["model"].update({key: INFERENCE_SETTINGS[key](value) for key, value in settings.items()})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -80,7 +80,7 @@ def convert_entry(args) -> int:
                      overwrite=args.overwrite, shard_spec=args.shard, progress=not args.no_progress, qc=args.qc,
                      dtype=args.dtype, bits=args.bits, gif=args.gif, reference=args.reference, mask=args.mask,
                      series_uid=args.series, dicom=args.dicom, anonymize=args.anonymize, force=args.force,
-                     strict=args.strict, mirror=not args.no_mirror, standardize_output=not args.raw_output,
+                     strict=args.strict, mirror=args.mirror, standardize_output=not args.raw_output,
                      fuse_planes=not args.single_plane, inverted_weight=args.inverted_weight,
                      guided_radius_mm=args.guided_radius, amp=not args.no_amp, profile=args.profile)
     print(report.summary() if len(report.done) != 1 or report.failed or report.skipped
@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "axial, coronal and sagittal translations (3x faster)")
     p.add_argument("--batch-size", type=int, help="slabs per forward pass (default: 64 on a GPU, 8 on a CPU; "
                                                    "lower it on GPU OOM)")
-    p.add_argument("--no-mirror", action="store_true",
-                   help="translate once instead of averaging with the left-right mirrored translation (2x faster)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each translation with that of the left-right mirrored scan (twice the network "
+                        "work); --no-mirror translates once (default: the model's own model.mirror)")
     p.add_argument("--no-amp", action="store_true",
                    help="full fp32 precision instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
     p.add_argument("--profile", action="store_true", help="print each stage's wall time per file to stderr")

@@ -28,7 +28,9 @@ class ModelConfig:
     ``guided_radius_mm``: at inference, before that average, the generator's translation is refitted in windows
     of this radius (mm) as a local linear function of the inverted input (a guided filter,
     :func:`~mri_translate.inference.guided_filter`), so its edges are the acquired scan's; 0: off (needs
-    ``data.standardize``). Chosen the same way.
+    ``data.standardize``). Chosen the same way; ``mirror``: at inference, average each translation with that of
+    the left-right mirrored scan (test-time augmentation, twice the network work), for the model file's members
+    too.
     """
 
     k: int = 3
@@ -39,6 +41,7 @@ class ModelConfig:
     prior_residual: bool = False
     inverted_weight: float = 0.0
     guided_radius_mm: float = 0.0
+    mirror: bool = True
 
 
 @dataclass

@@ -428,7 +428,7 @@ def is_batch_input(source) -> bool:
 
 def convert(source, output, model=None, direction: str = "t1-to-t2", device: str = "auto",
             batch_size: int | None = None, axis: int | None = None, overwrite: bool = False, shard_spec: str | None = None,
-            progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool = True,
+            progress: bool = True, qc: bool = False, strict: bool = False, mirror: bool | None = None,
             standardize_output: bool = True, fuse_planes: bool = True, inverted_weight: float | None = None,
             guided_radius_mm: float | None = None, amp: bool = True, **options) -> BatchReport:
     """Translate a scan (``output`` = file) or a batch (folder, glob or BIDS dataset; ``output`` = folder).

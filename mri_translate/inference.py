@@ -325,7 +325,7 @@ class Translator:
 
     @classmethod
     def from_run(cls, model=None, direction: str = "t1-to-t2", device: str = "auto", batch_size: int | None = None,
-                 amp: bool = True, axis: int | None = None, mirror: bool = True,
+                 amp: bool = True, axis: int | None = None, mirror: bool | None = None,
                  standardize_output: bool = True, fuse_planes: bool = True,
                  inverted_weight: float | None = None, guided_radius_mm: float | None = None) -> Translator:
         """Load a generator from a run directory, ``model.pt``/``checkpoint.pt`` (``weights_only=True``), or
@@ -348,7 +348,7 @@ class Translator:
     @classmethod
     def from_state(cls, state: dict, direction: str, generator: torch.nn.Module, device="cpu",
                    batch_size: int | None = None, amp: bool = True, axis: int | None = None,
-                   path: Path | None = None, mirror: bool = True, standardize_output: bool = True,
+                   path: Path | None = None, mirror: bool | None = None, standardize_output: bool = True,
                    fuse_planes: bool = True, inverted_weight: float | None = None,
                    guided_radius_mm: float | None = None) -> Translator:
         """A translator from what a model file holds besides weights (``normalization``, see
@@ -357,7 +357,8 @@ class Translator:
         ``None``: the device's (:func:`~mri_translate.runtime.inference_batch_size`: 64 on a GPU, 8 on a CPU). A
         state with members for ``direction`` (:func:`~mri_translate.bundle.average_models`) gives a translator whose
         :attr:`members` are translated too and averaged in, each at its own inference settings
-        (``inverted_weight`` and ``guided_radius_mm`` set this model's alone).
+        (``inverted_weight`` and ``guided_radius_mm`` set this model's alone). ``mirror`` ``None``: the model's
+        own ``model.mirror`` (default true), for the members too.
 
         Raises:
             ModelError: the state holds no normalisation for the target domain, or ``inverted_weight`` (given or
@@ -371,6 +372,8 @@ class Translator:
             raise ModelError(f"{path or 'model'}: holds no intensity normalisation (a checkpoint of an older "
                              "version?); use the run's models/model.pt")
         batch_size = inference_batch_size(torch.device(device), batch_size)
+        own = (state.get("config") or {}).get("model", {})
+        mirror = bool(own.get("mirror", True)) if mirror is None else mirror
         translator = cls(generator, generator.k, normalization[target], device, batch_size, amp, direction, path,
                          axis, mirror, standardize_output, fuse_planes)
         translator.normalize = RobustNormalize(normalization["lower"], normalization["upper"])
@@ -381,7 +384,6 @@ class Translator:
             translator.normalize = LandmarkStandardizer.from_dict(state["standardize"][source])
             translator.target_standardizer = LandmarkStandardizer.from_dict(state["standardize"][target])
             translator.target_range = tuple(float(v) for v in translator.to_target(torch.tensor([-1.0, 1.0])))
-        own = (state.get("config") or {}).get("model", {})
         inverted_weight = float(own.get("inverted_weight", 0.0) if inverted_weight is None else inverted_weight)
         guided_radius_mm = float(own.get("guided_radius_mm", 0.0) if guided_radius_mm is None else guided_radius_mm)
         if not 0 <= inverted_weight < 1 or (inverted_weight and translator.target_standardizer is None):

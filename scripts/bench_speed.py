@@ -99,10 +99,11 @@ def bench_loader(workers: int, batches: int = 40, batch_size: int = 8, crop: int
     return {"slabs_per_s": round(count / seconds, 1), "batches": batches, "torch_threads": torch.get_num_threads()}
 
 
-def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fuse_planes=True, files=1) -> dict:
+def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fuse_planes=True, files=1) -> dict:
     """``convert`` of a 256x256x150 NIfTI at 1 mm, file in to file out (load, standardise, translate, standardise
     the translation, save, sidecar), as the shipped model does it (landmark standardisers, 1 mm); ``mirror``: also
-    translate the mirrored volume and average (the default; ``--no-mirror`` halves the network work);
+    translate the mirrored volume and average (``None``: as the shipped model's ``model.mirror`` says; ``False``
+    halves the network work);
     ``fuse_planes``: translate along all three axes of this isotropic volume and average (the default;
     ``--single-plane`` does a third of the network work); ``files`` > 1: a batch of that many such files (the
     next one read while one is translated), reported as volumes per minute. The shipped model's T1w -> T2w
@@ -135,8 +136,10 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=True, fus
         state = export_state({"A": [0.0, 1000.0], "B": [0.0, 1000.0]}, spacing=1.0, standardizers=(fitted, fitted))
 
         def save_like(settings: dict, path: Path) -> Path:
-            """A model file of ``generator`` with the T1w -> T2w refit settings of ``settings`` (a model's state)."""
-            refit = {key: settings["config"]["model"][key] for key in ("inverted_weight", "guided_radius_mm")}
+            """A model file of ``generator`` with the T1w -> T2w inference settings of ``settings`` (a model's
+            state)."""
+            own = settings["config"]["model"]
+            refit = {key: own[key] for key in ("inverted_weight", "guided_radius_mm", "mirror") if key in own}
             config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units, **refit}})
             torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
                         "config": config.to_dict(), **state}, path)
@@ -226,7 +229,7 @@ def _child(spec: dict) -> None:
                              spec.get("batch", 1))
     else:
         result = bench_convert(spec["channels"], spec["res_units"], spec["device"], spec["amp"], spec["batch_size"],
-                               spec.get("mirror", True), spec.get("fuse_planes", True), spec.get("files", 1))
+                               spec.get("mirror"), spec.get("fuse_planes", True), spec.get("files", 1))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if spec["device"].startswith("cuda"):
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -295,15 +298,15 @@ def main() -> None:
             if args.part == "training":
                 continue
             batch_size = INFERENCE_BATCH[device]  # convert's default on this device
-            for mirror, fuse in ([(True, True), (True, False), (False, False)] if device == "cpu"
-                                 else [(True, True), (False, False)]):
+            for mirror, fuse in ([(None, True), (None, False), (False, False)] if device == "cpu"
+                                 else [(None, True), (False, False)]):  # None: the shipped model's own
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": batch_size, "mirror": mirror,
                               "fuse_planes": fuse})
             if amp:  # a cohort: 10 files in a batch, default settings
                 specs.append({"kind": "convert", "generator": name, "channels": channels, "res_units": res_units,
                               "device": device, "amp": amp, "batch_size": batch_size,
-                              "mirror": True, "fuse_planes": True, "files": 10})
+                              "mirror": None, "fuse_planes": True, "files": 10})
     if REAL.is_dir() and args.device != "cuda" and args.part != "convert":  # the loader alone, in the main process and in workers
         specs += [{"kind": "loader", "workers": workers, "device": "cpu", "amp": False} for workers in (0, 2, 4)]
     # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
@@ -328,7 +331,7 @@ def write_speed_section(saved: Path, markdown: str) -> None:
     for r in results:
         # rows saved before fuse_planes existed translated one plane
         flags = ("" if r.get("fuse_planes", False) else ", --single-plane") + \
-            ("" if r.get("mirror", True) else ", --no-mirror")
+            ("" if r.get("mirror") is not False else ", --no-mirror")
         what = f"train {r['size']}x{r['size']}, batch {r.get('batch', 1)}" if r["kind"] == "train" else \
             f"the training loader alone, batch 8, {r['workers']} workers" if r["kind"] == "loader" else \
             f"convert 256x256x150 file to file, batch {r['batch_size']}{flags}" + (

@@ -579,12 +579,14 @@ def test_bundle_inference_refuses_a_scan_of_the_wrong_contrast(tiny_run, tmp_pat
 #: the same switch on the bundle's command line and on convert's
 SWITCHES = {None: ((), ()), "raw": (("--standardize_output", "False"), ("--raw-output",)),
             "single-plane": (("--fuse_planes", "False"), ("--single-plane",)),
+            "no-mirror": (("--mirror", "False"), ("--no-mirror",)),
             "inverted": (("--inverted_weight", "0.5", "--guided_radius_mm", "4"),
                          ("--inverted-weight", "0.5", "--guided-radius", "4"))}
 
 
 @pytest.mark.parametrize("model, switch", [("tiny_run", None), ("tiny_run", "single-plane"),
                                            ("tiny_standardized_run", None), ("tiny_standardized_run", "raw"),
+                                           ("tiny_standardized_run", "no-mirror"),
                                            ("tiny_standardized_run", "inverted")])
 def test_bundle_inference_equals_cli(model, switch, capsys, shared_data, tmp_path, request):
     """``monai.bundle run`` with the run's inference.json over a folder == ``mri-translate convert`` of it,
@@ -592,7 +594,8 @@ def test_bundle_inference_equals_cli(model, switch, capsys, shared_data, tmp_pat
     for a model that resamples in-plane and standardises intensities, with and without standardising the
     translation (``--standardize_output False`` / ``--raw-output``) and with the translation refitted on the
     inverted input and half of it averaged in (``--inverted_weight 0.5 --guided_radius_mm 4`` /
-    ``--inverted-weight 0.5 --guided-radius 4``), and with the isotropic avg152 translated along one
+    ``--inverted-weight 0.5 --guided-radius 4``), translated once instead of mirrored too (``--mirror False`` /
+    ``--no-mirror``), and with the isotropic avg152 translated along one
     plane instead of three (``--fuse_planes False`` / ``--single-plane``)."""
     tiny_run = request.getfixturevalue(model)
     folder = tmp_path / "in"

@@ -534,6 +534,26 @@ def test_composing_sets_each_direction_s_inference_settings(tiny_run, tiny_stand
                       inference_settings={"t1-to-t2": {"k": 1}})
 
 
+def test_a_model_s_own_mirror_setting_applies_to_it_and_its_members_unless_given(tiny_run, tiny_standardized_run,
+                                                                                 synthetic_nifti, tmp_path):
+    """``model.mirror`` (set per direction by compose_model) decides whether a translator averages in the mirrored
+    scan's translation, for the file's members too; the other direction keeps the default (mirrored), and a
+    ``mirror`` given to the translator wins."""
+    from mri_translate.bundle import average_models, compose_model
+
+    composed = compose_model(tiny_run, tiny_run, tmp_path / "model.pt",
+                             inference_settings={"t1-to-t2": {"mirror": False}})
+    averaged = average_models(composed, [tiny_standardized_run], tmp_path / "averaged.pt")
+    forward = Translator.from_run(averaged, "t1-to-t2", "cpu")
+    assert forward.inferer.mirror is False and [m.inferer.mirror for m in forward.members] == [False]
+    assert Translator.from_run(averaged, "t2-to-t1", "cpu").inferer.mirror is True
+    assert Translator.from_run(averaged, "t1-to-t2", "cpu", mirror=True).members[0].inferer.mirror is True
+    volume = load_volume(synthetic_nifti)
+    once, mirrored = (Translator.from_run(tiny_run, device="cpu", mirror=m)(volume) for m in (False, True))
+    assert (once.as_tensor() - mirrored.as_tensor()).abs().max() > 0.1  # mirroring changes this translation
+    assert torch.equal(Translator.from_run(composed, device="cpu")(volume).as_tensor(), once.as_tensor())
+
+
 def test_translated_values_lie_in_the_target_range(tiny_run, synthetic_nifti):
     out = Translator.from_run(tiny_run, device="cpu")(synthetic_nifti)
     low, high = TINY_NORMALIZATION["B"]
