@@ -5,7 +5,7 @@ The shipped model (0.6.0) averages the translations of two models (``bundle.aver
 - ``brains-batched`` (configs/brains-batched.yaml): one run, both directions, on every shippable pair as brains
   (the clinical whole-head visits registered and skull-stripped by scripts/strip_pairs.py) with the supervised L1 on
   half the items, and the 10 BraTS 2018 T1w unpaired; batches of 8, 30,000 slabs per direction, weights averaged.
-  Composed with itself with the refit off (``--settings``): the generator alone.
+  Composed with itself with the refit and the mirrored pass off (``--settings``): the generator alone.
 - 0.5.0, composed of two runs, one recipe per direction:
   ``t1-to-t2`` (G_AB, configs/default-model.yaml): skull-stripped scans only: the 10 BraTS 2018 T1w and the pairs
   brats23_gli_00000 and tcga_du_7294, batch 1; ``t2-to-t1`` (G_BA, configs/default-model-t2-to-t1.yaml): the same
@@ -29,8 +29,8 @@ and ``scripts/bench_quality.py --model RUN`` scores them as unseen.
 
     python scripts/train_default_model.py --recipe brains-batched --out runs/brains-batched-all
     python scripts/train_default_model.py --compose runs/brains-batched-all runs/brains-batched-all \\
-        --settings '{"t1-to-t2": {"inverted_weight": 0, "guided_radius_mm": 0},
-                     "t2-to-t1": {"inverted_weight": 0, "guided_radius_mm": 0}}' \\
+        --settings '{"t1-to-t2": {"inverted_weight": 0, "guided_radius_mm": 0, "mirror": false},
+                     "t2-to-t1": {"inverted_weight": 0, "guided_radius_mm": 0, "mirror": false}}' \\
         --average-with runs/model-050.pt --out runs/default-model [--install]
     python scripts/train_default_model.py --recipe brains-batched --out runs/loo-b --hold-out tcga_du_7294 mslub_p07 mslub_p12
 
