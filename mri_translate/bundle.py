@@ -146,9 +146,9 @@ def average_models(model, others, out) -> Path:
     """The model file ``model`` (a run or model file) written to ``out`` with ``others`` as its members in both
     directions: each direction's generator and :data:`DIRECTION_KEYS` of each other model (its own inference
     settings included) under :data:`~mri_translate.model_file.MEMBERS_KEY`, the files' SHA-256 under
-    ``averaged_with``, and this package's version. :class:`~mri_translate.inference.Translator` then averages their translations with this
-    model's (:meth:`~mri_translate.inference.Translator.average_members`): two models trained on different data
-    err in different places. The weights are untouched.
+    ``averaged_with``, and this package's version. :class:`~mri_translate.inference.Translator` then averages
+    their translations with this model's (:meth:`~mri_translate.inference.Translator.average_members`): two models
+    trained on different data err in different places. The weights are untouched.
 
     Raises:
         InputError: a path that is no run or model file. ModelError: not an mri-translate model, or a model

@@ -41,8 +41,8 @@ def ras_array(path) -> np.ndarray:
 
 
 def make_figure(case: Path, out: Path, z: int = SLICE, model=None) -> Path:
-    """Translate ``case/t1.nii.gz`` with ``model`` (a run or model file; ``None``: the shipped model) and write the three-panel PNG of axial slice ``z`` (RAS
-    index; -1: the slice with the most lesion voxels) to ``out``."""
+    """Translate ``case/t1.nii.gz`` with ``model`` (a run or model file; ``None``: the shipped model) and write
+    the three-panel PNG of axial slice ``z`` (RAS index; -1: the slice with the most lesion voxels) to ``out``."""
     from mri_translate import metrics
     from mri_translate.convert import convert_file
     from mri_translate.inference import Translator
