@@ -137,7 +137,7 @@ def convert_file(translator: Translator, source, output, dtype: str = "float32",
             "ModelSHA256": translator.model_sha256(),
             "Parameters": {"k": translator.k, "planes": [PLANES[axis] for axis in translator.axes(
                                voxel_spacing(checked.canonical.affine), checked.canonical.shape[1:])],
-                           "batch_size": translator.batch_size, "mirror": translator.inferer.mirror,
+                           "batch_size": translator.batch_size, "mirror": translator.mirror,
                            "standardize_output": translator.standardizes_output,
                            "inverted_weight": translator.inverted_weight,
                            "guided_radius_mm": translator.guided_radius_mm,
@@ -330,7 +330,7 @@ def domain_check_options(translator: Translator, qc: bool = False, strict: bool 
         return {}
     reverse = "t2-to-t1" if translator.direction == "t1-to-t2" else "t1-to-t2"
     cycle = Translator.from_run(translator.model_path, reverse, translator.device, translator.batch_size,
-                                axis=translator.axis, mirror=translator.inferer.mirror, amp=translator.inferer.amp,
+                                axis=translator.axis, mirror=translator.mirror, amp=translator.inferer.amp,
                                 standardize_output=translator.standardize_output,
                                 fuse_planes=translator.fuse_planes, inverted_weight=0.0, guided_radius_mm=0.0)
     return {"cycle": cycle, "strict": strict, "checks": model_checks(translator.model_path, translator.direction)}

@@ -479,6 +479,11 @@ class Translator:
         return [self.axis] if self.axis is not None else slicing_axes(spacing, shape, self.fuse_planes)
 
     @property
+    def mirror(self) -> bool:
+        """Whether each translation is averaged with that of the left-right mirrored scan (:class:`SlabInferer`)."""
+        return self.inferer.mirror
+
+    @property
     def standardizes_output(self) -> bool:
         """Whether :meth:`run_normalized` standardises the translation: asked for (``standardize_output``) and
         the model has a target standardiser."""

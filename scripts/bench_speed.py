@@ -114,7 +114,7 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fus
     import numpy as np
     import torch
 
-    from mri_translate.bundle import average_models, export_state
+    from mri_translate.bundle import INFERENCE_SETTINGS, average_models, export_state
     from mri_translate.model_file import MODEL_FORMAT
     from mri_translate.config import RunConfig
     from mri_translate.convert import convert_file
@@ -139,8 +139,8 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fus
             """A model file of ``generator`` with the T1w -> T2w inference settings of ``settings`` (a model's
             state)."""
             own = settings["config"]["model"]
-            refit = {key: own[key] for key in ("inverted_weight", "guided_radius_mm", "mirror") if key in own}
-            config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units, **refit}})
+            inference = {key: own[key] for key in INFERENCE_SETTINGS if key in own}
+            config = RunConfig.from_dict({"model": {"channels": channels, "res_units": res_units, **inference}})
             torch.save({"format": MODEL_FORMAT, "G_AB": generator.state_dict(), "G_BA": generator.state_dict(),
                         "config": config.to_dict(), **state}, path)
             return path

@@ -545,9 +545,9 @@ def test_a_model_s_own_mirror_setting_applies_to_it_and_its_members_unless_given
                              inference_settings={"t1-to-t2": {"mirror": False}})
     averaged = average_models(composed, [tiny_standardized_run], tmp_path / "averaged.pt")
     forward = Translator.from_run(averaged, "t1-to-t2", "cpu")
-    assert forward.inferer.mirror is False and [m.inferer.mirror for m in forward.members] == [False]
-    assert Translator.from_run(averaged, "t2-to-t1", "cpu").inferer.mirror is True
-    assert Translator.from_run(averaged, "t1-to-t2", "cpu", mirror=True).members[0].inferer.mirror is True
+    assert forward.mirror is False and [m.mirror for m in forward.members] == [False]
+    assert Translator.from_run(averaged, "t2-to-t1", "cpu").mirror is True
+    assert Translator.from_run(averaged, "t1-to-t2", "cpu", mirror=True).members[0].mirror is True
     volume = load_volume(synthetic_nifti)
     once, mirrored = (Translator.from_run(tiny_run, device="cpu", mirror=m)(volume) for m in (False, True))
     assert (once.as_tensor() - mirrored.as_tensor()).abs().max() > 0.1  # mirroring changes this translation
