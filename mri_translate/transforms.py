@@ -101,7 +101,7 @@ def largest_pieces(mask: np.ndarray, min_voxels: float = float("inf")) -> np.nda
     sizes = np.bincount(labels.ravel())[1:]
     keep = sizes >= min_voxels
     keep[np.argmax(sizes)] = True  # the first largest piece
-    return np.isin(labels, 1 + np.flatnonzero(keep))
+    return np.concatenate([[False], keep])[labels]  # a lookup per voxel (label 0: not in the mask)
 
 
 def strided_sample(flat: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:

@@ -29,6 +29,8 @@ REAL = ROOT.parent / "shared" / "data" / "volumes" / "train_real"
 DATA_SIZES = ((3, 2), (7, 3), (16, 5))
 #: (T1w, T2w) volumes also measured with ``data.planes`` on (near-isotropic volumes stored along three axes)
 DATA_SIZES_PLANES = ((16, 5),)
+#: convert rows of one file: conversions timed per row (the median is reported)
+CONVERT_REPEATS = 3
 GENERATORS = {"default (32-64-128-256, 2 res units)": [[32, 64, 128, 256], 2],
               "light (16-32-64-128, 2 res units)": [[16, 32, 64, 128], 2]}
 
@@ -99,7 +101,8 @@ def bench_loader(workers: int, batches: int = 40, batch_size: int = 8, crop: int
     return {"slabs_per_s": round(count / seconds, 1), "batches": batches, "torch_threads": torch.get_num_threads()}
 
 
-def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fuse_planes=True, files=1) -> dict:
+def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fuse_planes=True, files=1,
+                  repeats: int = CONVERT_REPEATS) -> dict:
     """``convert`` of a 256x256x150 NIfTI at 1 mm, file in to file out (load, standardise, translate, standardise
     the translation, save, sidecar), as the shipped model does it (landmark standardisers, 1 mm); ``mirror``: also
     translate the mirrored volume and average (``None``: as the shipped model's ``model.mirror`` says; ``False``
@@ -109,7 +112,9 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fus
     next one read while one is translated), reported as volumes per minute. The shipped model's T1w -> T2w
     inference settings (the refit on the inverted input) are taken from its file, and so are its members (models
     averaged in, each with its own settings: :func:`~mri_translate.bundle.average_models`), so the refit and the
-    members' work are timed too."""
+    members' work are timed too. A single file is converted ``repeats`` times after the warm-up and the run of
+    median wall time is reported, its stages with it, beside the fastest and slowest (``wall_s_range``): on a
+    shared 2-core machine one conversion's time varies by up to 1.7x from run to run."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -166,13 +171,17 @@ def bench_convert(channels, res_units, device, amp, batch_size, mirror=None, fus
             assert len(report.done) == files, report.failed
             return {"wall_s": round(seconds, 3), "volumes_per_min": round(60 * files / seconds, 2),
                     "precision": translator.precision.describe()}
-        start = time.perf_counter()
-        convert_file(translator, tmp / "in.nii.gz", tmp / "out.nii.gz", force=True)
-        _sync(device)
-        seconds = time.perf_counter() - start
-        stages = {name: round(value, 3) for name, value in translator.clock.seconds.items()}  # convert --profile's
-    return {"wall_s": round(seconds, 3), "slices_per_s": round(150 / seconds, 1),
-            "precision": translator.precision.describe(), "stages_s": stages}
+        timed = []  # (wall seconds, stages) per run
+        for _ in range(repeats):
+            start = time.perf_counter()
+            convert_file(translator, tmp / "in.nii.gz", tmp / "out.nii.gz", force=True, overwrite=True)
+            _sync(device)
+            timed.append((time.perf_counter() - start, dict(translator.clock.seconds)))  # convert --profile's
+        seconds, stages = sorted(timed, key=lambda run: run[0])[len(timed) // 2]
+    walls = [wall for wall, _ in timed]
+    return {"wall_s": round(seconds, 3), "wall_s_range": [round(min(walls), 3), round(max(walls), 3)],
+            "repeats": repeats, "slices_per_s": round(150 / seconds, 1), "precision": translator.precision.describe(),
+            "stages_s": {name: round(value, 3) for name, value in stages.items()}}
 
 
 def bench_data(n_t1: int, n_t2: int, planes: bool = False, iterations: int = 50, crop: int = 128,
@@ -342,6 +351,8 @@ def write_speed_section(saved: Path, markdown: str) -> None:
                   + (f", {r['precision']}" if "precision" in r else "") if r["kind"] == "train"
                   else f"{r['wall_s']} s ({r['volumes_per_min']} volumes/min), {r['precision']}" if "volumes_per_min" in r
                   else f"{r['wall_s']} s ({r['slices_per_s']} slices/s)" + (
+                      f", median of {r['repeats']} runs ({r['wall_s_range'][0]}-{r['wall_s_range'][1]} s)"
+                      if "repeats" in r else "") + (
                       f", {r['precision']}; " + ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
                       if "stages_s" in r else ""))
         device = r["device"] + (" AMP" if r["amp"] and r["device"] != "cpu" else "") + \

@@ -97,3 +97,25 @@ def test_a_training_speed_run_with_loader_rows_renders_into_its_own_section(tmp_
     assert "| light | train 128x128, batch 8 | cpu | 1.0751 s/it, 7.4 slabs/s, bf16 |" in section
     assert "| - | the training loader alone, batch 8, 2 workers | cpu | 234.2 slabs/s |" in section
     assert read_section("bench_speed", page).strip() == "## Speed\n\nconvert rows"
+
+
+def test_convert_rows_render_the_median_run_and_the_range(tmp_path):
+    """A convert row timed several times shows its median wall time, how many runs and their range, then that
+    run's stages; a row saved before repeats existed renders as it did."""
+    import json
+
+    from bench_speed import write_speed_section
+
+    page = tmp_path / "benchmarks.md"
+    saved = tmp_path / "speed.json"
+    row = {"kind": "convert", "generator": "light", "device": "cpu", "amp": True, "batch_size": 8, "mirror": None,
+           "fuse_planes": True, "slices_per_s": 17.6, "precision": "bf16", "stages_s": {"network": 4.9, "write": 0.5}}
+    saved.write_text(json.dumps({"machine": {"date": "2026-12-03"}, "results": [
+        {**row, "wall_s": 8.5, "wall_s_range": [8.37, 11.2], "repeats": 3},
+        {**row, "wall_s": 9.5, "fuse_planes": False, "mirror": False}]}))
+    write_speed_section(saved, str(page))
+    section = read_section("bench_speed", page)
+    assert ("| light | convert 256x256x150 file to file, batch 8 | cpu | 8.5 s (17.6 slices/s), median of 3 runs "
+            "(8.37-11.2 s), bf16; network 4.9, write 0.5 |") in section
+    assert ("| convert 256x256x150 file to file, batch 8, --single-plane, --no-mirror | cpu | 9.5 s (17.6 slices/s), "
+            "bf16; network 4.9, write 0.5 |") in section

@@ -16,6 +16,7 @@ from mri_translate.transforms import (
     denormalize,
     foreground_mask,
     from_canonical,
+    largest_pieces,
     to_canonical,
 )
 
@@ -215,6 +216,23 @@ def test_foreground_mask(offset):
     threshold = values.min() + 0.1 * (np.percentile(values, 99) - values.min())
     assert torch.equal(mask, data > threshold)
     assert torch.equal(mask, torch.as_tensor(synthetic_volume()) > 0)  # the ellipsoid, exactly
+
+
+def test_largest_pieces_keeps_the_largest_and_the_big_enough():
+    """The largest 6-connected piece and every piece of at least ``min_voxels`` stay; smaller ones go; pieces
+    touching only at a corner are separate."""
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:6, 1:6, 1:6] = True      # 125 voxels: the largest
+    mask[8:11, 8:11, 8:11] = True   # 27 voxels
+    mask[0, 11, 0] = True           # a speck
+    mask[6, 6, 6] = True            # touches the largest only at a corner: its own piece
+    expected = mask.copy()
+    expected[0, 11, 0] = expected[6, 6, 6] = False
+    assert np.array_equal(largest_pieces(mask, min_voxels=20), expected)
+    only = np.zeros_like(mask)
+    only[1:6, 1:6, 1:6] = True
+    assert np.array_equal(largest_pieces(mask), only)  # no minimum: the largest piece alone
+    assert largest_pieces(only) is only  # one piece: returned as it is
 
 
 def test_foreground_mask_ignores_one_negative_outlier():
