@@ -34,7 +34,7 @@ def train_entry(args) -> int:
     from .train import train
 
     overrides = {"train": {"iterations": args.iterations, "device": args.device, "seed": args.seed,
-                           "log_every": args.log_every}}
+                           "log_every": args.log_every, "init": args.init}}
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of train.epoch_length iterations (instead of --iterations)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, help="random seed (runs on CPU are reproducible)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    start = p.add_mutually_exclusive_group()  # a new run from a model, or this run continued
+    start.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    start.add_argument("--init", metavar="MODEL",
+                       help="fine-tune: start the generators from this model (run directory or .pt; 'default': the "
+                            "shipped model) instead of random weights; it fixes their shape (train.init)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-every", type=int, metavar="N",

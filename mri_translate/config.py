@@ -121,7 +121,11 @@ class TrainConfig:
     (``auto`` = cuda when present) and ``amp`` (mixed precision, one of :data:`AMP_CHOICES`). ``ema``: decay per
     iteration of an exponential moving average of the generators' weights (0: none); when set, the average is
     what validation scores, the montages show and ``models/model.pt`` carries. ``log_every``: log every loss term
-    raw every this many iterations (0: never; the progress bar shows moving averages of G, D_A and D_B)."""
+    raw every this many iterations (0: never; the progress bar shows moving averages of G, D_A and D_B). ``init``:
+    start the generators from a model instead of random weights (fine-tuning; a run directory, ``model.pt`` or
+    ``checkpoint.pt``, or ``default``: the shipped model), which also fixes their shape (``model.k``,
+    ``channels``, ``res_units``, ``prior_residual``); the discriminators start fresh
+    (:func:`~mri_translate.train.initial_networks`)."""
 
     iterations: int = 2000
     epoch_length: int = 100
@@ -133,6 +137,7 @@ class TrainConfig:
     amp: bool | str = True
     ema: float = 0.0
     log_every: int = 0
+    init: str | None = None
 
 
 @dataclass

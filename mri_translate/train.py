@@ -17,8 +17,11 @@ from .contrast_prior import EDGE, ContrastPrior
 from .data import (effective_k, fixed_slabs, load_slices, make_loader, paired_volumes,
                    skull_stripping_mismatch)
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
-from .errors import InputError
+from .errors import InputError, ModelError
+from .inference import load_generator
 from .io import load_volume, remove_stale_temporaries
+from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
+from .networks import build_networks
 from .runtime import read_checkpoint
 from .validation import Validator
 
@@ -89,6 +92,12 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         config = load_config(config, overrides)
     if epochs is not None:
         config.train.iterations = epochs * config.train.epoch_length
+    # a model to start from is read (and refused) before anything is written; a resumed run has its weights
+    nets = initial_networks(config.train.init, config.model) if config.train.init and not resume else None
+    t1, t2 = [str(p) for p in t1], [str(p) for p in t2]
+    k, reason = effective_k(t1, t2, config.model.k)
+    if reason and nets is not None:
+        raise ModelError(f"{config.train.init}: its generators take model.k = {config.model.k} slices, but {reason}")
     context, device = distributed.setup(config.train.device)
     validator = Validator(val) if val and context.main else None  # bad pairs refused before anything is written
     if context.main:
@@ -96,8 +105,9 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         _log_to_console()
     distributed.barrier()
 
-    t1, t2 = [str(p) for p in t1], [str(p) for p in t2]
-    k, reason = effective_k(t1, t2, config.model.k)
+    if nets is not None:
+        path = init_path(config.train.init)
+        log.info("generators start from %s (sha256 %s), discriminators fresh", path, sha256(path)[:12])
     if reason:
         log.warning("%s; recorded as model.k = 1 in this run", reason)
         config.model.k = k
@@ -120,7 +130,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         edge = max(1, round(EDGE / (data.spacing or 1.0)))  # EDGE pixels at 1 mm
         priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs, edge),
                   "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs, edge)}
-    trainer = CycleGANTrainer(config, loader, device, rank=context.rank, priors=priors, distributed=context.active)
+    trainer = CycleGANTrainer(config, loader, device, nets=nets, rank=context.rank, priors=priors,
+                              distributed=context.active)
     trainer.run_dir = out
     if resume:
         trainer.load_checkpoint(out / CHECKPOINT)
@@ -145,6 +156,46 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     finally:
         distributed.teardown()
     return trainer
+
+
+#: the fields of :class:`~mri_translate.config.ModelConfig` that shape a generator: a run started from a model
+#: (``train.init``) takes them from it
+GENERATOR_SHAPE = ("k", "channels", "res_units", "prior_residual")
+
+
+def init_path(init) -> Path:
+    """The model file of ``train.init``: ``default`` is the shipped model (unless a file of that name exists),
+    a run directory its ``models/model.pt`` (else ``checkpoint.pt``)."""
+    return resolve_model_path(None if str(init) == "default" and not Path(init).exists() else init)
+
+
+def initial_networks(init, model) -> dict:
+    """The four networks of a run that starts from the model ``init`` (a run directory, ``model.pt`` or
+    ``checkpoint.pt``, read with ``weights_only=True``; ``default``: the shipped model): each generator with that
+    direction's weights (a composed file's own per direction; an averaged file's members are not trained, only
+    its own generators), the discriminators fresh. ``model`` (the run's :class:`~mri_translate.config.ModelConfig`)
+    takes the file's :data:`GENERATOR_SHAPE`, so the run records and exports the shape it trains.
+
+    Raises:
+        InputError: no such file. ModelError: not an mri-translate model, or its two generators differ in shape.
+    """
+    path = init_path(init)
+    state = read_checkpoint(path)
+    shapes = {}
+    for direction in DIRECTIONS:
+        saved = RunConfig.from_dict({"model": direction_state(state, direction).get("config", {}).get("model", {})},
+                                    str(path)).model
+        shapes[direction] = {key: getattr(saved, key) for key in GENERATOR_SHAPE}
+    first, second = shapes.values()
+    if first != second:
+        differ = ", ".join(f"model.{key} {first[key]!r} and {second[key]!r}" for key in GENERATOR_SHAPE
+                           if first[key] != second[key])
+        raise ModelError(f"{path}: its two generators differ in shape ({differ}); a run trains one shape for both")
+    for key, value in first.items():
+        setattr(model, key, value)
+    nets = build_networks(model)
+    nets.update({name: load_generator(state, direction, path) for direction, name in DIRECTIONS.items()})
+    return nets
 
 
 def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], tuple[str, str]]]:

@@ -726,3 +726,59 @@ def test_a_prior_residual_model_carries_the_training_domains_prior(sources, tiny
     with torch.no_grad():
         whole = ContrastPrior(prior.source, prior.target, edge=1)  # the generator maps all the foreground
         torch.testing.assert_close(translator.generator(x), whole(x).clamp(-0.995, 0.995), rtol=0, atol=1e-5)
+
+
+def _weights(path, name="G_AB"):
+    return torch.cat([v.flatten().float() for v in load(path)[name].values()])
+
+
+def test_a_run_started_from_a_model_trains_on_from_its_generators_and_takes_their_shape(sources, tiny_config,
+                                                                                       tmp_path, caplog):
+    """train.init (mri-translate train --init): the new run's generators start as the model's (a few steps later
+    they are still close to them, where a fresh run's are not), in the model's shape whatever the preset says;
+    its config records where it started; the discriminators start fresh."""
+    from mri_translate.train import initial_networks
+
+    first = run(sources, tmp_path / "first", tiny_config(train={"iterations": 4}))
+    model = first / "models" / "model.pt"
+    other_shape = tiny_config("other.yaml", model={"channels": [4, 8, 12], "res_units": 2},
+                              train={"iterations": 2, "seed": 1}, optim={"lr": 1e-5})
+    with caplog.at_level("INFO", logger="mri_translate.train"):
+        tuned = run(sources, tmp_path / "tuned", other_shape, overrides={"train": {"init": str(first)}})
+    fresh = run(sources, tmp_path / "fresh",  # another seed: other random weights, as the tuned run would have
+                tiny_config("fresh.yaml", train={"iterations": 2, "seed": 1}, optim={"lr": 1e-5}))
+    assert f"generators start from {model}" in caplog.text
+    state = load(tuned / "models" / "model.pt")
+    assert state["config"]["model"]["channels"] == [8, 16] and state["config"]["model"]["res_units"] == 1
+    assert state["config"]["train"]["init"] == str(first)
+    for name in ("G_AB", "G_BA"):
+        start = _weights(model, name)
+        assert (_weights(tuned / "models" / "model.pt", name) - start).norm() < 0.01 * start.norm()
+        assert (_weights(fresh / "models" / "model.pt", name) - start).norm() > 0.5 * start.norm()
+    from mri_translate.config import RunConfig
+    from mri_translate.networks import build_networks
+
+    nets = initial_networks(str(model), RunConfig().model)
+    for name in ("G_AB", "G_BA"):
+        assert all(torch.equal(a, b) for a, b in zip(nets[name].state_dict().values(), load(model)[name].values()))
+    fresh_d = build_networks(RunConfig().model)["D_A"].state_dict()  # the run's own discriminator shape
+    assert [v.shape for v in nets["D_A"].state_dict().values()] == [v.shape for v in fresh_d.values()]
+
+
+def test_a_model_that_cannot_start_a_run_is_refused_in_one_line_before_anything_is_written(sources, tiny_config,
+                                                                                          tmp_path, capsys):
+    from mri_translate.bundle import compose_model
+
+    a = run(sources, tmp_path / "a", tiny_config(train={"iterations": 2}))
+    b = run(sources, tmp_path / "b", tiny_config("b.yaml", model={"k": 1}, train={"iterations": 2}))
+    mixed = compose_model(a, b, tmp_path / "mixed.pt")  # T1w -> T2w with k = 3, T2w -> T1w with k = 1
+    t1, t2 = (str(p[0]) for p in sources)
+    for model, words in ((mixed, ["differ in shape", "model.k 3 and 1"]), (tmp_path / "none.pt", ["not found"])):
+        out = tmp_path / f"run-{model.stem}"
+        code = cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(out), "--init", str(model),
+                         "--config", str(tiny_config()), "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and str(model) in err[0] and all(w in err[0] for w in words), err
+        assert not out.exists()
+    with pytest.raises(SystemExit):  # a new run from a model, or this run continued: not both
+        cli.main(["train", "--t1", t1, "--t2", t2, "--out", str(a), "--init", str(a), "--resume"])
