@@ -33,16 +33,22 @@ from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import (RobustNormalize, denormalize, foreground_mask, from_canonical, largest_pieces,
                          resample_inplane, resample_onto, to_canonical)
 
+def stored_model(state: dict, direction: str = "t1-to-t2", path="model"):
+    """The :class:`~mri_translate.config.ModelConfig` a model file or checkpoint stores for ``direction`` (read
+    with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model)."""
+    return RunConfig.from_dict({"model": direction_state(state, direction)["config"].get("model", {})},
+                               str(path)).model
+
+
 def load_generator(state: dict, direction: str = "t1-to-t2", path="model") -> ModifiedUNet:
     """The generator of ``direction`` rebuilt from the configuration stored in a model file or checkpoint
-    (read with :func:`~mri_translate.runtime.read_checkpoint`; that direction's own, for a composed model).
+    (:func:`stored_model`).
 
     Raises:
         ModelError: the weights do not fit the stored configuration.
     """
+    generator = build_generator(stored_model(state, direction, path))
     state = direction_state(state, direction)
-    model = RunConfig.from_dict({"model": state["config"].get("model", {})}, str(path)).model
-    generator = build_generator(model)
     try:
         generator.load_state_dict(state[DIRECTIONS[direction]])
     except RuntimeError as err:

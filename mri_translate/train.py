@@ -18,9 +18,9 @@ from .data import (effective_k, fixed_slabs, load_slices, make_loader, paired_vo
                    skull_stripping_mismatch)
 from .engine import CHECKPOINT, CycleGANTrainer, attach_handlers
 from .errors import InputError, ModelError
-from .inference import load_generator
+from .inference import load_generator, stored_model
 from .io import load_volume, remove_stale_temporaries
-from .model_file import DIRECTIONS, direction_state, resolve_model_path, sha256
+from .model_file import DIRECTIONS, resolve_model_path, sha256
 from .networks import build_networks
 from .runtime import read_checkpoint
 from .validation import Validator
@@ -181,12 +181,8 @@ def initial_networks(init, model) -> dict:
     """
     path = init_path(init)
     state = read_checkpoint(path)
-    shapes = {}
-    for direction in DIRECTIONS:
-        saved = RunConfig.from_dict({"model": direction_state(state, direction).get("config", {}).get("model", {})},
-                                    str(path)).model
-        shapes[direction] = {key: getattr(saved, key) for key in GENERATOR_SHAPE}
-    first, second = shapes.values()
+    first, second = ({key: getattr(stored_model(state, direction, path), key) for key in GENERATOR_SHAPE}
+                     for direction in DIRECTIONS)
     if first != second:
         differ = ", ".join(f"model.{key} {first[key]!r} and {second[key]!r}" for key in GENERATOR_SHAPE
                            if first[key] != second[key])
