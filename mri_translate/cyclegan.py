@@ -17,6 +17,7 @@ from monai.losses import PatchAdversarialLoss
 from torch import nn
 
 from .config import LossConfig
+from .contrast_prior import weight_map
 
 
 class ImagePool:
@@ -65,20 +66,29 @@ class CycleGANLoss:
     """Loss terms of the CycleGAN; weights come from a :class:`~mri_translate.config.LossConfig`."""
 
     def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity,
-                 paired: float = LossConfig.paired, adversarial: float = LossConfig.adversarial):
+                 paired: float = LossConfig.paired, adversarial: float = LossConfig.adversarial,
+                 paired_focus: float = LossConfig.paired_focus):
         self.lambda_adversarial = adversarial
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = identity * lambda_cycle
         self.lambda_paired = paired
+        self.paired_focus = paired_focus
         # LSGAN: MSE against 1/0 on raw scores; MONAI would otherwise put a LeakyReLU in front.
         self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
         self.l1 = nn.L1Loss()
 
-    def supervised(self, fake: torch.Tensor, real: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
+    def supervised(self, fake: torch.Tensor, real: torch.Tensor, paired: torch.Tensor,
+                   focus: torch.Tensor | None = None) -> torch.Tensor:
         """``lambda_paired`` * mean |fake - real| over the batch items marked ``paired`` (``(B,)`` of 0/1) in the
         global batch (:func:`paired_weights`, a collective under ``torch.distributed``): the L1 to the
-        co-registered truth; 0 when no item is paired."""
-        per_item = (fake.float() - real.float()).abs().flatten(1).mean(1)
+        co-registered truth; 0 when no item is paired. ``focus`` (``(B, k, H, W)``, >= 0, e.g.
+        :func:`focus_weights`) weights each item's pixels in a weighted mean instead of a plain one."""
+        error = (fake.float() - real.float()).abs().flatten(1)
+        if focus is None:
+            per_item = error.mean(1)
+        else:
+            weight = focus.detach().float().flatten(1)
+            per_item = (weight * error).sum(1) / weight.sum(1).clamp_min(1e-8)
         return self.lambda_paired * (paired_weights(paired) * per_item).sum()
 
     def generator(self, score_fake: torch.Tensor) -> torch.Tensor:
@@ -90,6 +100,16 @@ class CycleGANLoss:
         real = self.adversarial(score_real, target_is_real=True, for_discriminator=True)
         fake = self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
         return 0.5 * (real + fake)
+
+
+def focus_weights(prior, source: torch.Tensor, truth: torch.Tensor, focus: float) -> torch.Tensor:
+    """Pixel weights ``1 + focus * w * |truth - prior.mapped(source)|`` of the supervised L1, ``(B, k, H, W)``, no
+    gradient: ``w`` is the prior's brain weight (:func:`~mri_translate.contrast_prior.weight_map` of ``source``),
+    so pixels where the no-learning inverted map misses the co-registered truth (lesions, cysts: what the source
+    contrast does not show the target's way) count up to ``1 + 2 * focus`` times a pixel the map gets right."""
+    source = source.detach()
+    miss = (truth.detach().float() - prior.mapped(source)).abs()
+    return 1 + focus * weight_map(source, prior.edge) * miss
 
 
 def paired_weights(paired: torch.Tensor) -> torch.Tensor:
@@ -167,8 +187,12 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
             prior_a = priors["BA"].loss(fake_a, real_b) * prior_weight
         if paired is not None:  # also on a rank without a pair: the pairs are counted over all the ranks
             paired = paired.to(real_a.device, torch.float32)
-            paired_b = loss.supervised(fake_b, real_b, paired)          # ||G(x) - y||_1 on pairs
-            paired_a = loss.supervised(fake_a, real_a, paired)          # ||F(y) - x||_1 on pairs
+            focus_b = focus_a = None
+            if loss.paired_focus > 0 and priors is not None:
+                focus_b = focus_weights(priors["AB"], real_a, real_b, loss.paired_focus)
+                focus_a = focus_weights(priors["BA"], real_b, real_a, loss.paired_focus)
+            paired_b = loss.supervised(fake_b, real_b, paired, focus_b)  # ||G(x) - y||_1 on pairs
+            paired_a = loss.supervised(fake_a, real_a, paired, focus_a)  # ||F(y) - x||_1 on pairs
         total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b + prior_a + prior_b + paired_a + paired_b
     _backward_step(total_g, optimizers["G"], scaler)
 

@@ -149,7 +149,7 @@ class CycleGANTrainer(Trainer):
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: self.plan.lr_factor(
             self.config.optim.decay_fraction)(step)) for k, o in self.optimizers.items()}
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired,
-                                 config.loss.adversarial)
+                                 config.loss.adversarial, config.loss.paired_focus)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.rank = rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}

@@ -126,7 +126,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         log.warning(mismatch)
     loader = make_loader(domain_a, domain_b, config, context, paired_volumes(domain_a, domain_b, pairs), device)
     priors = None
-    if config.loss.prior > 0 or config.model.prior_residual:
+    if config.loss.prior > 0 or config.loss.paired_focus > 0 or config.model.prior_residual:
         edge = max(1, round(EDGE / (data.spacing or 1.0)))  # EDGE pixels at 1 mm
         priors = {"AB": ContrastPrior.between(domain_a.slabs, domain_b.slabs, edge),
                   "BA": ContrastPrior.between(domain_b.slabs, domain_a.slabs, edge)}

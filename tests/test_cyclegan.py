@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mri_translate.config import ModelConfig
-from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step, set_requires_grad
+from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step, focus_weights, set_requires_grad
 from mri_translate.networks import build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -79,6 +79,7 @@ def test_loss_defaults_are_the_configuration_defaults():
     assert loss.lambda_cycle == config.lambda_cycle
     assert loss.lambda_identity == pytest.approx(config.identity * config.lambda_cycle)
     assert loss.lambda_adversarial == config.adversarial and loss.lambda_paired == config.paired
+    assert loss.paired_focus == config.paired_focus == 0
 
 
 def test_adversarial_weight_scales_only_the_generators_term():
@@ -177,7 +178,8 @@ def test_pool_never_stores_a_non_finite_fake():
     assert len(pool.images) == 1 and torch.equal(pool.images[0], fine)
 
 
-def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time():
+@pytest.mark.parametrize("focus", [0.0, 4.0])
+def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time(focus):
     """Every term is a per-item mean and the networks normalise each item on its own (instance norm), so a batch
     of 8 gives the mean of the 8 items stepped one at a time: batches train the same objective, only faster.
     Learning rate 0 and no pool keep the networks and the discriminators' inputs equal across the calls."""
@@ -187,7 +189,7 @@ def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time():
     paired = torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 0])
     prior = ContrastPrior(torch.linspace(-1, 1, 101), torch.linspace(1, -1, 101))
     priors = {"AB": prior, "BA": prior}
-    loss = CycleGANLoss(identity=0.5)
+    loss = CycleGANLoss(identity=0.5, paired_focus=focus)
 
     def step(a, b, pairs):
         nets, optimizers = tiny_setup(seed=3, lr=0.0)
@@ -203,3 +205,36 @@ def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time():
         paired_items = [item[name] for item, flag in zip(items, paired) if flag]
         assert whole[name] == pytest.approx(sum(paired_items) / len(paired_items), rel=1e-4), name
         assert whole[name] > 0
+
+
+def brain_slab(size: int = 48) -> torch.Tensor:
+    """``(1, 1, size, size)``: a disc of value 0 (brain) on background -1, deep enough for the prior's brain weight."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.45 * size) ** 2
+    return torch.where(disc, 0.0, -1.0)[None, None]
+
+
+def test_focus_weights_rise_where_the_inverted_map_misses_the_truth_inside_the_brain():
+    from mri_translate.contrast_prior import ContrastPrior, weight_map
+
+    prior = ContrastPrior(torch.linspace(-1, 1, 101), torch.linspace(-1, 1, 101), edge=2)  # mapped(x) == -x
+    source = brain_slab()
+    truth = -source
+    assert torch.equal(focus_weights(prior, source, truth, 3.0), torch.ones_like(source))  # the map is right
+    truth[..., 24, 24] += 0.5                            # a "lesion" at the centre, deep in the brain
+    truth[..., 0, 0] += 0.5                              # and a miss on the background, outside the brain
+    weights = focus_weights(prior, source, truth, 3.0)
+    assert weight_map(source, 2)[..., 24, 24] == 1
+    assert weights[..., 24, 24].item() == pytest.approx(1 + 3.0 * 0.5)
+    assert weights[..., 0, 0].item() == 1                # the brain weight is 0 there
+    assert int((weights != 1).sum()) == 1
+
+
+def test_supervised_focus_is_a_weighted_mean_of_each_items_error():
+    loss = CycleGANLoss(paired=2.0)
+    fake, real = torch.zeros(2, 1, 2, 2), torch.tensor([[[[1.0, 0], [0, 0]]], [[[0, 0], [0, 3.0]]]])
+    paired = torch.tensor([1.0, 1.0])
+    assert loss.supervised(fake, real, paired).item() == pytest.approx(2.0 * (0.25 + 0.75) / 2)
+    assert loss.supervised(fake, real, paired, torch.ones_like(real)).item() == pytest.approx(1.0)
+    focus = torch.tensor([[[[3.0, 1], [1, 1]]], [[[1, 1], [1, 1.0]]]])  # the first item's error weighs 3 of 6
+    assert loss.supervised(fake, real, paired, focus).item() == pytest.approx(2.0 * (3 / 6 + 0.75) / 2)

@@ -131,3 +131,16 @@ def test_a_registered_clinical_pair_trains_in_paired_mode(shared_data, tiny_conf
         aligned = np.corrcoef(a.ravel(), b.ravel())[0, 1]
         shifted = np.corrcoef(a.ravel(), np.roll(b, 6, axis=0).ravel())[0, 1]
         assert aligned > shifted + 0.15, (index, aligned, shifted)
+
+
+def test_paired_focus_trains_with_the_prior_map_even_when_its_pull_is_off(shifted_pair, tiny_config, tmp_path):
+    """loss.paired_focus weights the supervised L1 by where the contrast prior's map misses the truth, so a run
+    builds the priors for it even with loss.prior 0 (whose pull then stays 0) and steps on the focused term."""
+    data, _, _ = shifted_pair
+    config = tiny_config(loss={"prior": 0.0, "paired_focus": 5.0}, data={"paired_fraction": 1.0},
+                         train={"iterations": 3, "epoch_length": 3})
+    trainer = train(data["t1"][:2], data["t2"][:2], tmp_path / "run", config=config, progress_bar=False, paired=True)
+    assert set(trainer.priors) == {"AB", "BA"} and trainer.loss.paired_focus == 5.0
+    history = trainer.state.history
+    assert all(value == 0 for _, value in history["prior_B"])
+    assert len(history["paired_B"]) == 3 and all(value > 0 for _, value in history["paired_B"])
