@@ -105,7 +105,11 @@ class ContrastPrior(nn.Module):
         x = x.detach()
         return (x.float() + weight_map(x, self.edge) * (self.mapped(x) - x.float())).to(x.dtype)
 
-    def loss(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Brain-weighted L1 pull ``mean(w * |output - mapped(x)|)`` of a generator's ``output`` for input ``x``,
+    def miss(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel brain-weighted distance ``w * |output - mapped(x)|`` of ``output`` from the map of input ``x``,
         both ``(B, k, H, W)``; zero wherever ``w`` is (background, skull and scalp rim)."""
-        return (weight_map(x, self.edge) * (output.float() - self.mapped(x)).abs()).mean()
+        return weight_map(x, self.edge) * (output.float() - self.mapped(x)).abs()
+
+    def loss(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Brain-weighted L1 pull ``mean(`` :meth:`miss` ``)`` of a generator's ``output`` for input ``x``."""
+        return self.miss(output, x).mean()

@@ -17,7 +17,6 @@ from monai.losses import PatchAdversarialLoss
 from torch import nn
 
 from .config import LossConfig
-from .contrast_prior import weight_map
 
 
 class ImagePool:
@@ -103,13 +102,11 @@ class CycleGANLoss:
 
 
 def focus_weights(prior, source: torch.Tensor, truth: torch.Tensor, focus: float) -> torch.Tensor:
-    """Pixel weights ``1 + focus * w * |truth - prior.mapped(source)|`` of the supervised L1, ``(B, k, H, W)``, no
-    gradient: ``w`` is the prior's brain weight (:func:`~mri_translate.contrast_prior.weight_map` of ``source``),
-    so pixels where the no-learning inverted map misses the co-registered truth (lesions, cysts: what the source
-    contrast does not show the target's way) count up to ``1 + 2 * focus`` times a pixel the map gets right."""
-    source = source.detach()
-    miss = (truth.detach().float() - prior.mapped(source)).abs()
-    return 1 + focus * weight_map(source, prior.edge) * miss
+    """Pixel weights ``1 + focus * prior.miss(truth, source)`` of the supervised L1, ``(B, k, H, W)``, no gradient
+    (:meth:`~mri_translate.contrast_prior.ContrastPrior.miss`: brain-weighted), so pixels where the no-learning
+    inverted map misses the co-registered truth (lesions, cysts: what the source contrast does not show the
+    target's way) count up to ``1 + 2 * focus`` times a pixel the map gets right."""
+    return 1 + focus * prior.miss(truth.detach(), source)
 
 
 def paired_weights(paired: torch.Tensor) -> torch.Tensor:
