@@ -39,7 +39,8 @@ def train_entry(args) -> int:
         return _relaunch_with_torchrun(args.nproc, args.argv)
     trainer = train(args.t1, args.t2, args.out, config=args.config, overrides=overrides, epochs=args.epochs,
                     resume=args.resume, overwrite=args.overwrite, progress_bar=not args.no_progress, val=args.val,
-                    paired=args.paired or args.register, register=args.register)
+                    paired=args.paired or args.register or bool(args.region_masks), register=args.register,
+                    regions=args.region_masks or ())
     if os.environ.get("RANK", "0") == "0":
         print(f"run bundle: {trainer.run_dir}")
     return EXIT_OK
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="with --paired: align each pair that is not already on one grid (rigid, mutual information) "
                         "instead of refusing it")
+    p.add_argument("--region-masks", nargs="+", metavar="MASK",
+                   help="with --paired: masks of regions the supervised L1 weighs loss.paired_region more (e.g. expert "
+                        "lesion masks), each on its pair's T1w grid and named after its subject (sub-01_lesions.nii.gz)")
     p.add_argument("--val", nargs=2, action="append", metavar=("T1", "T2"),
                    help="a co-registered T1w/T2w pair never trained on (repeatable): scored every train.val_every "
                         "iterations; the best checkpoint becomes models/model.pt")

@@ -52,8 +52,10 @@ class LossConfig:
     iterations (``.inf`` in YAML: constant), the supervised L1 weight ``paired`` of co-registered pairs
     (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), ``paired_focus``: that L1 weighted per pixel by
     ``1 + paired_focus * |y - prior(x)|`` inside the brain (:func:`~mri_translate.cyclegan.focus_weights`: where the
-    no-learning map misses the truth, as on lesions; 0 = unweighted), and the size of the history pool of fakes shown
-    to each discriminator.
+    no-learning map misses the truth, as on lesions; 0 = unweighted), ``paired_region``: that L1's pixels inside a
+    pair's region mask (``train --region-masks``, e.g. expert lesion masks) weighted ``paired_region`` more (on top
+    of the focus; 0 = the masks are not used), and the size of the history pool of fakes shown to each
+    discriminator.
 
     Defaults: the prior at full weight over the whole run, as the shipped recipes keep it (on the case study's
     folders a run that lets it fade ends level with the no-learning baseline's SSIM T1w -> T2w, one that keeps
@@ -67,6 +69,7 @@ class LossConfig:
     prior_fraction: float = float("inf")
     paired: float = 10.0
     paired_focus: float = 0.0
+    paired_region: float = 0.0
     pool_size: int = 50
 
 

@@ -66,12 +66,13 @@ class CycleGANLoss:
 
     def __init__(self, lambda_cycle: float = LossConfig.lambda_cycle, identity: float = LossConfig.identity,
                  paired: float = LossConfig.paired, adversarial: float = LossConfig.adversarial,
-                 paired_focus: float = LossConfig.paired_focus):
+                 paired_focus: float = LossConfig.paired_focus, paired_region: float = LossConfig.paired_region):
         self.lambda_adversarial = adversarial
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = identity * lambda_cycle
         self.lambda_paired = paired
         self.paired_focus = paired_focus
+        self.paired_region = paired_region
         # LSGAN: MSE against 1/0 on raw scores; MONAI would otherwise put a LeakyReLU in front.
         self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
         self.l1 = nn.L1Loss()
@@ -99,6 +100,20 @@ class CycleGANLoss:
         real = self.adversarial(score_real, target_is_real=True, for_discriminator=True)
         fake = self.adversarial(score_fake, target_is_real=False, for_discriminator=True)
         return 0.5 * (real + fake)
+
+
+def pixel_weights(loss: CycleGANLoss, prior, source: torch.Tensor, truth: torch.Tensor,
+                  region: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The supervised L1's pixel weights ``(B, k, H, W)`` for translating ``source`` into ``truth``:
+    :func:`focus_weights` with ``loss.paired_focus`` (when on and a ``prior`` is given; else 1) plus
+    ``loss.paired_region`` inside ``region`` (``(B, k, H, W)`` 0/1, e.g. lesion masks); ``None`` when both are
+    off (a plain mean)."""
+    focus = loss.paired_focus > 0 and prior is not None
+    extra = loss.paired_region > 0 and region is not None
+    if not (focus or extra):
+        return None
+    weights = focus_weights(prior, source, truth, loss.paired_focus) if focus else torch.ones_like(truth.float())
+    return weights + loss.paired_region * region.to(weights) if extra else weights
 
 
 def focus_weights(prior, source: torch.Tensor, truth: torch.Tensor, focus: float) -> torch.Tensor:
@@ -136,7 +151,8 @@ def set_requires_grad(networks, flag: bool) -> None:
 def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                   real_a: torch.Tensor, real_b: torch.Tensor, loss: CycleGANLoss,
                   pools: dict[str, ImagePool], autocast=None, scaler=None, priors=None,
-                  prior_weight: float = 0.0, paired: torch.Tensor | None = None) -> dict[str, float]:
+                  prior_weight: float = 0.0, paired: torch.Tensor | None = None,
+                  region: torch.Tensor | None = None) -> dict[str, float]:
     """One CycleGAN iteration: update both generators, then both discriminators.
 
     Args:
@@ -154,6 +170,8 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
             those items add the supervised L1 (:meth:`CycleGANLoss.supervised`) in both directions, averaged over
             the paired items of the global batch (:func:`paired_weights`; under ``torch.distributed`` every rank
             passes ``paired`` or none does).
+        region: ``(B, k, H, W)`` 1 inside a paired item's region mask (e.g. its lesions), else 0: those pixels of
+            the supervised L1 weigh ``loss.paired_region`` more (:func:`pixel_weights`).
 
     Returns:
         Loss values as floats: ``G`` (total), ``G_adv_AB``, ``G_adv_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``,
@@ -184,10 +202,9 @@ def cyclegan_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.
             prior_a = priors["BA"].loss(fake_a, real_b) * prior_weight
         if paired is not None:  # also on a rank without a pair: the pairs are counted over all the ranks
             paired = paired.to(real_a.device, torch.float32)
-            focus_b = focus_a = None
-            if loss.paired_focus > 0 and priors is not None:
-                focus_b = focus_weights(priors["AB"], real_a, real_b, loss.paired_focus)
-                focus_a = focus_weights(priors["BA"], real_b, real_a, loss.paired_focus)
+            region = None if region is None else region.to(real_a.device)
+            focus_b = pixel_weights(loss, priors and priors["AB"], real_a, real_b, region)
+            focus_a = pixel_weights(loss, priors and priors["BA"], real_b, real_a, region)
             paired_b = loss.supervised(fake_b, real_b, paired, focus_b)  # ||G(x) - y||_1 on pairs
             paired_a = loss.supervised(fake_a, real_a, paired, focus_a)  # ||F(y) - x||_1 on pairs
         total_g = adv_ab + adv_ba + cycle_a + cycle_b + idt_a + idt_b + prior_a + prior_b + paired_a + paired_b

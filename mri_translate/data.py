@@ -30,6 +30,7 @@ from .distributed import Context
 from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2, head_mask
 from .errors import ConstantImageError, InputError
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
+from .pairing import same_grid
 from .slabs import PLANES, slicing_axes
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, resample_inplane, to_canonical
@@ -72,10 +73,12 @@ class SourceVolume:
     corner: tuple[int, int] = (0, 0)
     path: str = ""
 
-    def slab(self, position: int, k: int) -> torch.Tensor:
-        """The ``(k, H, W)`` float32 slab centred on ``slices[position]`` (edges replicated)."""
-        index = (torch.arange(position - k // 2, position + k // 2 + 1)).clamp(0, len(self.slices) - 1)
-        return self.slices[index].float()
+    def slab(self, position: int, k: int, stack: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(k, H, W)`` float32 slab centred on ``slices[position]`` (edges replicated); of ``stack``
+        instead of ``slices`` when given (a mask stored like them, e.g. :attr:`PairedVolume.region`)."""
+        stack = self.slices if stack is None else stack
+        index = (torch.arange(position - k // 2, position + k // 2 + 1)).clamp(0, len(stack) - 1)
+        return stack[index].float()
 
     @property
     def skull_stripped(self) -> bool:
@@ -321,7 +324,9 @@ class UnpairedSlabDataset(Dataset):
     has a left-right axis (axial and coronal slices: their first in-plane axis is X; sagittal: none) and
     augmented. With ``pairs`` (co-registered subjects, see :func:`paired_volumes`), a fraction ``paired_fraction``
     of the items are instead the SAME slab of one subject in both contrasts (same slice, crop and flip; no
-    augmentation, which would misalign them), marked ``paired = 1``.
+    augmentation, which would misalign them), marked ``paired = 1``. When a pair has a region mask
+    (:attr:`PairedVolume.region`, e.g. an expert lesion mask) every item also carries ``"region"``: ``(k, crop,
+    crop)`` 1 inside the mask, cut like the pair's slab (0 in unpaired items and pairs without a mask).
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
     of workers. The item may be asked for as ``(epoch, i)`` (what :class:`ResumableSampler` yields, so workers that
@@ -338,6 +343,7 @@ class UnpairedSlabDataset(Dataset):
         self.pairs, self.paired_fraction = list(pairs), paired_fraction if pairs else 0.0
         #: how often each paired plane is drawn (:attr:`PairedVolume.share`: each subject equally often)
         self.pair_shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
+        self.regions = any(pair.region is not None for pair in self.pairs)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different samples in each epoch."""
@@ -351,8 +357,9 @@ class UnpairedSlabDataset(Dataset):
         rng = torch.Generator().manual_seed(hash((self.seed, epoch, index)) % 2**62)
         if self.paired_fraction and bool(torch.rand((), generator=rng) < self.paired_fraction):
             return self._draw_pair(rng)
-        return {**{name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))},
+        item = {**{name: self._draw(domain, rng) for name, domain in (("A", self.a), ("B", self.b))},
                 "paired": torch.tensor(0.0)}
+        return {**item, "region": torch.zeros_like(item["A"])} if self.regions else item
 
     def _crop_and_flip(self, slab: torch.Tensor, axis: int, rng: torch.Generator) -> torch.Tensor:
         """Random ``crop`` x ``crop`` window (padded first when smaller) and left-right flip of ``(C, H, W)``."""
@@ -381,32 +388,47 @@ class UnpairedSlabDataset(Dataset):
         (ta, la), (tb, lb) = pair.a.corner, pair.b.corner
         top, left = max(ta, tb), max(la, lb)
         bottom, right = min(ta + a.shape[-2], tb + b.shape[-2]), min(la + a.shape[-1], lb + b.shape[-1])
+        # the region mask is stored like the T1w (same slices and crop): its window is the T1w's
+        region = (pair.a.slab(index - pair.a.first, self.a.k, pair.region) if pair.region is not None
+                  else torch.zeros_like(a)) if self.regions else a[:0]
         both = torch.cat([a[:, top - ta: bottom - ta, left - la: right - la],
-                          b[:, top - tb: bottom - tb, left - lb: right - lb]])
+                          b[:, top - tb: bottom - tb, left - lb: right - lb],
+                          region[:, top - ta: bottom - ta, left - la: right - la]])
         both = self._crop_and_flip(both, pair.a.axis, rng).contiguous()
-        return {"A": both[: self.a.k], "B": both[self.a.k:], "paired": torch.tensor(1.0)}
+        item = {"A": both[: self.a.k], "B": both[self.a.k: self.a.k + self.b.k], "paired": torch.tensor(1.0)}
+        if self.regions:  # padding is -1: outside the mask
+            item["region"] = (both[self.a.k + self.b.k:] > 0.5).float()
+        return item
 
 
 @dataclass
 class PairedVolume:
     """One co-registered subject as stored in both domains along one plane: its :class:`SourceVolume` in A and in
     B, the source slice indices usable in both (``usable``), their sampling ``weights`` (the T1w's foreground
-    areas) and the plane's ``share`` of the subject's paired draws (1 / the subject's planes)."""
+    areas), the plane's ``share`` of the subject's paired draws (1 / the subject's planes) and an optional
+    ``region``: a mask of the subject (e.g. its lesions) stored like ``a.slices``, ``(N, H, W)`` uint8 0/1."""
 
     a: SourceVolume
     b: SourceVolume
     usable: list[int]
     weights: torch.Tensor
     share: float = 1.0
+    region: torch.Tensor | None = None
 
 
-def paired_volumes(a: Slices, b: Slices, pairs) -> list[PairedVolume]:
+def paired_volumes(a: Slices, b: Slices, pairs, regions: dict | None = None, spacing: float | None = None,
+                   planes: bool = False) -> list[PairedVolume]:
     """The stored volumes of co-registered ``pairs`` ``[(t1, t2), ...]`` (already loaded into ``a`` and ``b``,
     found by path), one :class:`PairedVolume` per plane both contrasts were stored along.
 
+    ``regions`` ``{t1: mask file}``: a mask on the grid of the pair's T1w (nonzero inside), prepared as the T1w was
+    (``spacing`` and ``planes`` as given to :func:`load_slices`) and stored with it (:attr:`PairedVolume.region`).
+
     Raises:
-        InputError: a pair's file left no usable slice, or the two share no usable slice.
+        InputError: a pair's file left no usable slice, or the two share no usable slice; a region mask is not on
+            its T1w's grid.
     """
+    regions = {str(t1): mask for t1, mask in (regions or {}).items()}
     by_source = [{(v.path, v.axis): v for v in domain.volumes} for domain in (a, b)]
     found = []
     for t1, t2 in pairs:
@@ -422,10 +444,29 @@ def paired_volumes(a: Slices, b: Slices, pairs) -> list[PairedVolume]:
                 usable_planes.append(PairedVolume(va, vb, [i for i, _ in usable], torch.tensor([w for _, w in usable])))
         if not usable_planes:
             raise InputError(t2, f"shares no usable slice with {t1}")
+        masks = _stored_region(regions[str(t1)], t1, spacing, planes) if str(t1) in regions else {}
         for plane in usable_planes:
             plane.share = 1 / len(usable_planes)
+            if masks:
+                first, (top, left), (n, height, width) = plane.a.first, plane.a.corner, plane.a.slices.shape
+                plane.region = masks[plane.a.axis][first: first + n, top: top + height, left: left + width]
         found.extend(usable_planes)
     return found
+
+
+def _stored_region(mask, t1, spacing: float | None, planes: bool) -> dict[int, torch.Tensor]:
+    """``{axis: (N, H, W) uint8}``: the region ``mask`` file prepared as :func:`load_slices` prepares ``t1``
+    (RAS, in-plane resampling, one stack per slicing axis; 1 where the resampled mask is above 0.5), uncropped.
+
+    Raises:
+        InputError: the mask is not on the grid of ``t1``.
+    """
+    volume = load_volume(mask)
+    differs = same_grid(load_volume(t1), volume)
+    if differs is not None:
+        raise InputError(mask, f"is not on the grid of {t1} ({differs}): a region mask must be drawn on its T1w")
+    return {axis: ((raw > 0.5).movedim(axis, 0).to(torch.uint8).contiguous())
+            for raw, axis, _, _ in _prepare(volume, spacing, planes)}
 
 
 def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:

@@ -149,7 +149,7 @@ class CycleGANTrainer(Trainer):
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: self.plan.lr_factor(
             self.config.optim.decay_fraction)(step)) for k, o in self.optimizers.items()}
         self.loss = CycleGANLoss(config.loss.lambda_cycle, config.loss.identity, config.loss.paired,
-                                 config.loss.adversarial, config.loss.paired_focus)
+                                 config.loss.adversarial, config.loss.paired_focus, config.loss.paired_region)
         rng = random.Random(train.seed + rank)  # pools are local to each rank
         self.rank = rank
         self.pools = {"A": ImagePool(config.loss.pool_size, rng), "B": ImagePool(config.loss.pool_size, rng)}
@@ -192,7 +192,7 @@ class CycleGANTrainer(Trainer):
         iteration = engine.state.iteration
         losses = cyclegan_step(self.step_nets, self.optimizers, real_a, real_b, self.loss, self.pools,
                                self.precision.autocast, self.grad_scaler, self.priors,
-                               self.prior_weight(iteration), batchdata.get("paired"))
+                               self.prior_weight(iteration), batchdata.get("paired"), batchdata.get("region"))
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             self._skip(iteration, ", ".join(bad))

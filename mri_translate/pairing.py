@@ -50,6 +50,29 @@ def check_pair(t1, t2) -> tuple:
     return a, b
 
 
+def match_regions(pairs, masks) -> dict[str, Path]:
+    """``{t1: mask}``: each region mask file (e.g. ``sub-01_lesions.nii.gz``) given to the pair ``(t1, t2)`` whose
+    subject (:func:`subject_key`, same folder) its name starts with, followed by ``_``, ``-`` or ``.`` (the longest
+    such subject).
+
+    Raises:
+        InputError: a mask matches no pair, or two masks match one pair.
+    """
+    keys = {subject_key(t1): str(t1) for t1, _ in pairs}
+    found: dict[str, Path] = {}
+    for mask in map(Path, masks):
+        name = str(mask.parent / mask.name[: -len(suffix(mask))] if suffix(mask) else mask)
+        matches = [key for key in keys if name.startswith(key) and name[len(key): len(key) + 1] in ("_", "-", ".")]
+        if not matches:
+            raise InputError(mask, "matches no T1w/T2w pair: a region mask is named after its pair's subject "
+                                   "(e.g. sub-01_lesions.nii.gz beside sub-01_T1w and sub-01_T2w)")
+        t1 = keys[max(matches, key=len)]
+        if t1 in found:
+            raise InputError(mask, f"is a second region mask for {t1} (the first: {found[t1]})")
+        found[t1] = mask
+    return found
+
+
 def subject_key(path) -> str:
     """A file's subject: its folder and its name without suffix and contrast token."""
     path = Path(path)

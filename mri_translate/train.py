@@ -54,7 +54,8 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: dict | None = None,
           epochs: int | None = None, resume: bool = False, overwrite: bool = False,
-          progress_bar: bool = True, val=None, paired: bool = False, register: bool = False) -> CycleGANTrainer:
+          progress_bar: bool = True, val=None, paired: bool = False, register: bool = False,
+          regions=()) -> CycleGANTrainer:
     """Train a 2.5D CycleGAN T1w <-> T2w.
 
     Args:
@@ -74,6 +75,9 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
             unpaired (mixed mode). Each pair must share one grid, unless ``register``.
         register: with ``paired``, align each pair that is not already on one grid
             (:func:`~mri_translate.pairing.register`, files and checkerboards in ``out/pairs``).
+        regions: with ``paired``, region mask files (e.g. expert lesion masks), each on the grid of its pair's
+            T1w and named after the pair's subject (:func:`~mri_translate.pairing.match_regions`): the supervised
+            L1 weighs their pixels ``loss.paired_region`` more.
 
     Returns:
         The finished trainer: ``run_dir`` is the run directory, ``nets`` the four networks, ``state`` the
@@ -100,6 +104,7 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         raise ModelError(f"{config.train.init}: its generators take model.k = {config.model.k} slices, but {reason}")
     context, device = distributed.setup(config.train.device)
     validator = Validator(val) if val and context.main else None  # bad pairs refused before anything is written
+    masks = pairing.match_regions(pairing.match_subjects(t1, t2)[0], regions) if paired and regions else {}
     if context.main:
         _prepare_run_dir(out, resume, overwrite)
         _log_to_console()
@@ -115,16 +120,21 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if register:  # the registered files replace the originals of each pair
         moved = {original: aligned for pair, aligned_pair in pairs for original, aligned in zip(pair, aligned_pair)}
         t1, t2 = [moved.get(p, p) for p in t1], [moved.get(p, p) for p in t2]
+        masks = {moved.get(t1_file, t1_file): mask for t1_file, mask in masks.items()}
+    if masks and config.loss.paired_region == 0:
+        log.warning("region masks given but loss.paired_region is 0: they change nothing")
     pairs = [aligned for _, aligned in pairs]
     data = config.data
     domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize, data.planes)
     domain_b = load_slices(t2, k, data.min_foreground, data.spacing, data.standardize, data.planes)
-    log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s); %d pair(s)",
-             len(domain_a.names), len(t1), len(domain_b.names), len(t2), len(pairs))
+    log.info("domain A (T1w): %d slices from %d source(s); domain B (T2w): %d slices from %d source(s); %d pair(s)%s",
+             len(domain_a.names), len(t1), len(domain_b.names), len(t2), len(pairs),
+             f", {len(masks)} with a region mask" if masks else "")
     mismatch = skull_stripping_mismatch(domain_a, domain_b)
     if mismatch:
         log.warning(mismatch)
-    loader = make_loader(domain_a, domain_b, config, context, paired_volumes(domain_a, domain_b, pairs), device)
+    loader = make_loader(domain_a, domain_b, config, context,
+                         paired_volumes(domain_a, domain_b, pairs, masks, data.spacing, data.planes), device)
     priors = None
     if config.loss.prior > 0 or config.loss.paired_focus > 0 or config.model.prior_residual:
         edge = max(1, round(EDGE / (data.spacing or 1.0)))  # EDGE pixels at 1 mm

@@ -139,7 +139,8 @@ def stripped(pair: str) -> tuple[Path, Path] | None:
 
 def sources(folder: Path, hold_out=(), recipe: Recipe = RECIPES["all-subjects"]) -> tuple[list[Path], list[Path]]:
     """The T1w and T2w lists of ``recipe`` without the ``hold_out`` people; each pair linked into ``folder`` as
-    ``<pair>_T1w/_T2w`` (whole-head ones registered) so that ``--paired`` matches them by name."""
+    ``<pair>_T1w/_T2w`` (whole-head ones registered) so that ``--paired`` matches them by name, and a pair's expert
+    lesion mask (MSLUB p07, p19) as ``<pair>_lesions`` (:func:`lesion_masks`)."""
     folder.mkdir(parents=True, exist_ok=True)
     t1 = list(recipe.t1)
     t2 = [path for path in recipe.t2 if subject_of(path.name) not in hold_out]
@@ -150,11 +151,22 @@ def sources(folder: Path, hold_out=(), recipe: Recipe = RECIPES["all-subjects"])
         if files is None:
             continue
         for original, contrast, domain in zip(files, ("T1w", "T2w"), (t1, t2)):
-            link = folder / f"{pair}_{contrast}.nii.gz"
-            if not link.exists():
-                os.symlink(original.resolve(), link)
-            domain.append(link)
+            domain.append(_link(original, folder / f"{pair}_{contrast}.nii.gz"))
+        if pair in PAIRS and (PAIRS[pair][0].parent / "lesions.nii.gz").is_file():
+            _link(PAIRS[pair][0].parent / "lesions.nii.gz", folder / f"{pair}_lesions.nii.gz")
     return t1, t2
+
+
+def lesion_masks(folder: Path) -> list[Path]:
+    """The lesion masks :func:`sources` linked into ``folder`` (``train --region-masks``)."""
+    return sorted(folder.glob("*_lesions.nii.gz"))
+
+
+def _link(original: Path, link: Path) -> Path:
+    """``link``, a symbolic link to ``original`` (made once)."""
+    if not link.exists():
+        os.symlink(original.resolve(), link)
+    return link
 
 
 def main() -> None:
@@ -204,10 +216,11 @@ def train_run(recipe: Recipe, out: Path, args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    t1, t2 = sources(out.parent / f"{out.name}-pairs", args.hold_out, recipe)
+    folder = out.parent / f"{out.name}-pairs"
+    t1, t2 = sources(folder, args.hold_out, recipe)
     train(t1, t2, out, config=args.config or recipe.config,
           overrides={"train": {"iterations": args.iterations, "seed": args.seed}}, resume=args.resume,
-          overwrite=not args.resume, progress_bar=False, paired=True, register=True)
+          overwrite=not args.resume, progress_bar=False, paired=True, register=True, regions=lesion_masks(folder))
 
 
 def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = None,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mri_translate.config import ModelConfig
-from mri_translate.cyclegan import CycleGANLoss, ImagePool, cyclegan_step, focus_weights, set_requires_grad
+from mri_translate.cyclegan import (CycleGANLoss, ImagePool, cyclegan_step, focus_weights, pixel_weights,
+                                    set_requires_grad)
 from mri_translate.networks import build_networks
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -79,7 +80,7 @@ def test_loss_defaults_are_the_configuration_defaults():
     assert loss.lambda_cycle == config.lambda_cycle
     assert loss.lambda_identity == pytest.approx(config.identity * config.lambda_cycle)
     assert loss.lambda_adversarial == config.adversarial and loss.lambda_paired == config.paired
-    assert loss.paired_focus == config.paired_focus == 0
+    assert loss.paired_focus == config.paired_focus == 0 and loss.paired_region == config.paired_region == 0
 
 
 def test_adversarial_weight_scales_only_the_generators_term():
@@ -178,8 +179,8 @@ def test_pool_never_stores_a_non_finite_fake():
     assert len(pool.images) == 1 and torch.equal(pool.images[0], fine)
 
 
-@pytest.mark.parametrize("focus", [0.0, 4.0])
-def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time(focus):
+@pytest.mark.parametrize("focus, region", [(0.0, 0.0), (4.0, 0.0), (4.0, 3.0)])
+def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time(focus, region):
     """Every term is a per-item mean and the networks normalise each item on its own (instance norm), so a batch
     of 8 gives the mean of the 8 items stepped one at a time: batches train the same objective, only faster.
     Learning rate 0 and no pool keep the networks and the discriminators' inputs equal across the calls."""
@@ -189,15 +190,17 @@ def test_the_losses_of_a_batch_of_8_are_the_mean_of_its_items_one_at_a_time(focu
     paired = torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 0])
     prior = ContrastPrior(torch.linspace(-1, 1, 101), torch.linspace(1, -1, 101))
     priors = {"AB": prior, "BA": prior}
-    loss = CycleGANLoss(identity=0.5, paired_focus=focus)
+    masks = (torch.rand(real_a.shape, generator=torch.Generator().manual_seed(2)) < 0.2).float()
+    loss = CycleGANLoss(identity=0.5, paired_focus=focus, paired_region=region)
 
-    def step(a, b, pairs):
+    def step(a, b, pairs, mask):
         nets, optimizers = tiny_setup(seed=3, lr=0.0)
         pools = {"A": ImagePool(0), "B": ImagePool(0)}
-        return cyclegan_step(nets, optimizers, a, b, loss, pools, priors=priors, prior_weight=2.0, paired=pairs)
+        return cyclegan_step(nets, optimizers, a, b, loss, pools, priors=priors, prior_weight=2.0, paired=pairs,
+                             region=mask)
 
-    whole = step(real_a, real_b, paired)
-    items = [step(real_a[i: i + 1], real_b[i: i + 1], paired[i: i + 1]) for i in range(8)]
+    whole = step(real_a, real_b, paired, masks)
+    items = [step(real_a[i: i + 1], real_b[i: i + 1], paired[i: i + 1], masks[i: i + 1]) for i in range(8)]
     assert whole["G"] == pytest.approx(sum(v for k, v in whole.items() if k not in ("G", "D_A", "D_B")), rel=1e-5)
     for name in LOSS_KEYS - {"G", "paired_A", "paired_B"}:
         assert whole[name] == pytest.approx(sum(item[name] for item in items) / 8, rel=1e-4, abs=1e-6), name
@@ -228,6 +231,24 @@ def test_focus_weights_rise_where_the_inverted_map_misses_the_truth_inside_the_b
     assert weights[..., 24, 24].item() == pytest.approx(1 + 3.0 * 0.5)
     assert weights[..., 0, 0].item() == 1                # the brain weight is 0 there
     assert int((weights != 1).sum()) == 1
+
+
+def test_pixel_weights_add_the_region_weight_on_top_of_the_focus():
+    from mri_translate.contrast_prior import ContrastPrior
+
+    prior = ContrastPrior(torch.linspace(-1, 1, 101), torch.linspace(-1, 1, 101), edge=2)  # mapped(x) == -x
+    source = brain_slab()
+    truth = -source
+    truth[..., 24, 24] += 0.5                            # a miss of the map, deep in the brain
+    region = torch.zeros_like(source)
+    region[..., 20:23, 20:23] = 1                        # a region mask beside it
+    assert pixel_weights(CycleGANLoss(), prior, source, truth, region) is None  # both off: a plain mean
+    assert pixel_weights(CycleGANLoss(paired_focus=3.0), None, source, truth, None) is None  # no prior, no mask
+    only_region = pixel_weights(CycleGANLoss(paired_region=5.0), prior, source, truth, region)
+    assert torch.equal(only_region, 1 + 5 * region)
+    both = pixel_weights(CycleGANLoss(paired_focus=3.0, paired_region=5.0), prior, source, truth, region)
+    assert torch.equal(both, focus_weights(prior, source, truth, 3.0) + 5 * region)
+    assert both[..., 24, 24].item() == pytest.approx(1 + 3 * 0.5) and both[..., 21, 21].item() == 6
 
 
 def test_supervised_focus_is_a_weighted_mean_of_each_items_error():

@@ -429,6 +429,46 @@ def test_paired_items_are_one_subject_aligned_in_both_contrasts(tmp_path, planes
         paired_volumes(a, b, [(data["t1"][1], data["t2"][1])])
 
 
+@pytest.mark.parametrize("planes", [False, True])
+def test_a_region_mask_is_cut_with_its_pair_and_is_empty_elsewhere(tmp_path, planes):
+    """A region mask on the T1w's grid (here the T1w's brightest half of the head, so the mask can be read off the
+    slab itself) comes with every paired item, cut with the same slice, crop and flip as the slabs, along each
+    plane; unpaired items carry an empty one; a mask on another grid is refused naming the mask."""
+    from mri_translate.data import paired_volumes
+    from mri_translate.synthetic import write_dataset
+
+    data = write_dataset(tmp_path, n_subjects=2, resolution=4.0)
+    pair = (data["t1"][0], data["t2"][0])
+    image = nib.load(pair[0])
+    raw = image.get_fdata()
+    threshold = np.quantile(raw[raw > raw.max() * 0.1], 0.5)
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image((raw > threshold).astype(np.uint8), image.affine), mask)
+    a = load_slices([pair[0], data["t1"][1]], k=3, spacing=None, planes=planes)
+    b = load_slices([pair[1]], k=3, spacing=None, planes=planes)
+    pairs = paired_volumes(a, b, [pair], {pair[0]: mask}, spacing=None, planes=planes)
+    assert all(p.region is not None and p.region.shape == p.a.slices.shape and p.region.dtype == torch.uint8
+               for p in pairs)
+    assert len({p.a.axis for p in pairs}) == (3 if planes else 1)
+    dataset = UnpairedSlabDataset(a, b, crop=32, seed=0, length=40, pairs=pairs, paired_fraction=0.5)
+    agreement, unpaired = [], 0
+    for i in range(40):
+        item = dataset[i]
+        region = item["region"]
+        assert region.shape == item["A"].shape and set(region.unique().tolist()) <= {0.0, 1.0}
+        if float(item["paired"]) == 0:
+            assert not region.any()
+            unpaired += 1
+        elif region.any():  # the mask's pixels are the T1w's bright ones, in this item's own crop and flip
+            bright = item["A"] > float(item["A"][region > 0].min()) - 0.05
+            agreement.append(float((bright == (region > 0)).float().mean()))
+    assert unpaired >= 10 and len(agreement) >= 10
+    assert np.median(agreement) > 0.9, agreement
+    nib.save(nib.Nifti1Image((raw > threshold).astype(np.uint8)[::2], image.affine), tmp_path / "coarse.nii.gz")
+    with pytest.raises(InputError, match=r"coarse\.nii\.gz.*not on the grid of"):
+        paired_volumes(a, b, [pair], {pair[0]: tmp_path / "coarse.nii.gz"}, spacing=None, planes=planes)
+
+
 def test_persistent_loader_workers_return_the_slabs_of_the_main_process_in_every_epoch(real_slices):
     """make_loader with 2 persistent workers: the same batches, bit for bit, as the main process for a fixed seed,
     and new ones in the next epoch although the workers never hear of it (the sampler tags each index with it)."""

@@ -11,7 +11,7 @@ from scipy import ndimage
 from mri_translate import cli
 from mri_translate.cyclegan import CycleGANLoss
 from mri_translate.errors import InputError
-from mri_translate.pairing import match_subjects, register, subject_key
+from mri_translate.pairing import match_regions, match_subjects, register, subject_key
 from mri_translate.train import train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -26,6 +26,20 @@ def test_subjects_are_matched_by_name_without_the_contrast(tmp_path):
     assert subject_key(tmp_path / "brats_gli_00000_t1.nii.gz") == str(tmp_path / "brats_gli_00000")
     with pytest.raises(InputError, match="same subject"):
         match_subjects([tmp_path / "x_T1w.nii.gz", tmp_path / "x_t1.nii"], t2)
+
+
+def test_region_masks_go_to_the_pair_whose_subject_they_are_named_after(tmp_path):
+    pairs = [(tmp_path / "sub-01_T1w.nii.gz", tmp_path / "sub-01_T2w.nii.gz"),
+             (tmp_path / "sub-011_T1w.nii.gz", tmp_path / "sub-011_T2w.nii.gz"),
+             (tmp_path / "a" / "t1.nii.gz", tmp_path / "a" / "t2.nii.gz")]
+    masks = [tmp_path / "sub-011_lesions.nii.gz", tmp_path / "sub-01_label-lesion_mask.nii.gz"]
+    assert match_regions(pairs, masks) == {str(pairs[1][0]): masks[0], str(pairs[0][0]): masks[1]}
+    with pytest.raises(InputError, match=r"sub-02_lesions\.nii\.gz: matches no T1w/T2w pair"):
+        match_regions(pairs, [tmp_path / "sub-02_lesions.nii.gz"])
+    with pytest.raises(InputError, match=r"sub-01\.nii\.gz: matches no T1w/T2w pair"):  # a separator after the name
+        match_regions(pairs, [tmp_path / "b" / "sub-01.nii.gz"])
+    with pytest.raises(InputError, match="second region mask"):
+        match_regions(pairs, [masks[1], tmp_path / "sub-01_edema.nii.gz"])
 
 
 def test_supervised_term_counts_only_paired_items():
@@ -131,6 +145,37 @@ def test_a_registered_clinical_pair_trains_in_paired_mode(shared_data, tiny_conf
         aligned = np.corrcoef(a.ravel(), b.ravel())[0, 1]
         shifted = np.corrcoef(a.ravel(), np.roll(b, 6, axis=0).ravel())[0, 1]
         assert aligned > shifted + 0.15, (index, aligned, shifted)
+
+
+def test_region_masks_weigh_the_supervised_term_inside_them(tiny_config, tmp_path, capsys):
+    """train --region-masks (a pair's mask named after its subject, on its T1w's grid) with loss.paired_region:
+    paired batches carry the mask and the supervised L1 weighs its pixels more, so the paired term differs from
+    the same seeded run without the masks; a mask of no pair is refused in one line before anything is written."""
+    from mri_translate.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_subjects=2, resolution=4.0)
+    region = data["t1"][0].parent / "sub-01_lesions.nii.gz"  # the brain mask stands in for a lesion mask
+    region.write_bytes(data["mask"][0].read_bytes())
+    config = tiny_config(loss={"paired_region": 20.0}, data={"paired_fraction": 1.0},
+                         train={"iterations": 2, "epoch_length": 2})
+    paired = {}
+    for name, masks in (("with", ["--region-masks", str(region)]), ("without", [])):
+        code = cli.main(["train", "--t1", *map(str, data["t1"]), "--t2", *map(str, data["t2"]), "--out",
+                         str(tmp_path / name), "--config", str(config), "--paired", "--no-progress", *masks])
+        assert code == 0
+        history = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["history"]
+        paired[name] = [value for _, value in history["paired_B"]]
+    assert len(paired["with"]) == 2 and all(value > 0 for value in paired["with"])
+    assert paired["with"] != pytest.approx(paired["without"], rel=1e-3)
+    stray = tmp_path / "data" / "sub-03_lesions.nii.gz"
+    stray.write_bytes(region.read_bytes())
+    capsys.readouterr()
+    code = cli.main(["train", "--t1", *map(str, data["t1"]), "--t2", *map(str, data["t2"]), "--out",
+                     str(tmp_path / "stray"), "--config", str(config), "--paired", "--no-progress",
+                     "--region-masks", str(stray)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(stray) in err[0] and "matches no T1w/T2w pair" in err[0]
+    assert not (tmp_path / "stray").exists()
 
 
 def test_paired_focus_trains_with_the_prior_map_even_when_its_pull_is_off(shifted_pair, tiny_config, tmp_path):
