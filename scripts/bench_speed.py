@@ -7,7 +7,9 @@ data's load time and peak memory for 5, 10 and 21 real volumes (``--part data``:
     python scripts/bench_speed.py --render docs/bench_speed_gpu.json   # the docs section of a saved run
 
 Each measurement runs in its own subprocess so peak memory (max RSS; on GPU also torch's peak allocated) is
-the measurement's own. On a GPU the training and conversion run with AMP on and off.
+the measurement's own. On a GPU the training and conversion run with AMP on and off, on a CPU that computes bf16
+too; on a CPU without bf16 AMP is off anyway, so each row runs once, and the rows go to their own JSON
+(``docs/bench_speed_cpu_fp32*.json``) and docs section (:func:`section_name`), beside the bf16 machine's.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ def run(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=str(ROOT / "docs" / "bench_speed.json"))
+    parser.add_argument("--json", help="where the rows go (default: docs/<section_name>.json)")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="'' to skip")
     parser.add_argument("--part", choices=("all", "speed", "training", "convert", "data"), default="all",
@@ -278,14 +280,15 @@ def main() -> None:
         return
     import torch
 
-    from mri_translate.runtime import INFERENCE_BATCH
+    from mri_translate.runtime import INFERENCE_BATCH, cpu_has_bf16
 
     if args.part in ("all", "data"):
         bench_data_memory(args.markdown)
     if args.part == "data":
         return
-    # on the CPU, AMP is bf16 (training and translation) where the CPU computes bf16 natively, else off
-    devices = ([("cpu", True), ("cpu", False)] if args.device != "cuda" else []) + \
+    # on the CPU, AMP is bf16 (training and translation) where the CPU computes bf16 natively, else off (the
+    # same as AMP off: measured once)
+    devices = ([("cpu", True)] + ([("cpu", False)] if cpu_has_bf16() else []) if args.device != "cuda" else []) + \
         ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() and args.device != "cpu" else [])
     if not devices:
         parser.error("--device cuda: no CUDA device here")
@@ -321,7 +324,8 @@ def main() -> None:
     # the JSON is rewritten after every row, so a run stopped by a time limit keeps what it measured
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-               "date": time.strftime("%Y-%m-%d")}
+               "cpu_bf16": cpu_has_bf16(), "date": time.strftime("%Y-%m-%d")}
+    args.json = args.json or str(ROOT / "docs" / f"{section_name(machine, specs)}.json")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     results = []
     for spec in specs:
@@ -331,9 +335,18 @@ def main() -> None:
     write_speed_section(Path(args.json), args.markdown)
 
 
+def section_name(machine: dict, rows: list[dict]) -> str:
+    """The docs section (and default JSON name) of a run's rows: ``bench_speed``, with ``_gpu`` for GPU rows,
+    ``_cpu_fp32`` for CPU rows of a machine without bf16 (``machine["cpu_bf16"]``; runs saved before it existed had
+    bf16) and ``_training`` for training and loader rows only, so one kind of run never erases another's table."""
+    gpu = any(r["device"].startswith("cuda") for r in rows)
+    training = all(r["kind"] in ("train", "loader") for r in rows)
+    return "bench_speed" + ("_gpu" if gpu else "" if machine.get("cpu_bf16", True) else "_cpu_fp32") + \
+        ("_training" if training else "")
+
+
 def write_speed_section(saved: Path, markdown: str) -> None:
-    """The speed table of a saved ``--json`` (its own docs section for GPU rows, so a CPU-only run does not
-    erase them and back)."""
+    """The speed table of a saved ``--json`` in its own docs section (:func:`section_name`)."""
     data = json.loads(saved.read_text())
     machine, results = data["machine"], data["results"]
     lines = ["| generator | what | device | result | peak RSS (MB) | peak GPU (MB) |", "|---|---|---|---|---|---|"]
@@ -360,9 +373,10 @@ def write_speed_section(saved: Path, markdown: str) -> None:
             (f", torch.compile ({r['warmup_s']} s to compile)" if r.get("compiled") else "")
         lines.append(f"| {r.get('generator', '-')} | {what} | {device} | {result} | {r.get('peak_rss_mb', '')} | "
                      f"{r.get('peak_gpu_mb', '')} |")
-    gpu = any(r["device"].startswith("cuda") for r in results)
-    training = all(r["kind"] in ("train", "loader") for r in results)  # a --part training run: its own section
-    text = (f"## {'Training speed' if training else 'Speed'}{' on GPU' if gpu else ''} (scripts/bench_speed.py"
+    section = section_name(machine, results)
+    gpu, training = "_gpu" in section, section.endswith("_training")
+    fp32 = " on a CPU without bf16" if "_cpu_fp32" in section else ""
+    text = (f"## {'Training speed' if training else 'Speed'}{' on GPU' if gpu else fp32} (scripts/bench_speed.py"
             f"{' --part training' if training else ''}, {machine.get('date', saved.name)})\n\n"
             f"Machine: {machine}. "
             "A training iteration updates both generators and both discriminators (k = 3); slabs/s counts one "
@@ -373,8 +387,7 @@ def write_speed_section(saved: Path, markdown: str) -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from benchmarks_doc import replace_section
 
-        replace_section(("bench_speed_gpu" if gpu else "bench_speed") + ("_training" if training else ""), text,
-                        Path(markdown))
+        replace_section(section, text, Path(markdown))
 
 
 def bench_data_memory(markdown: str) -> None:

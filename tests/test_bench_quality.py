@@ -99,6 +99,30 @@ def test_a_training_speed_run_with_loader_rows_renders_into_its_own_section(tmp_
     assert read_section("bench_speed", page).strip() == "## Speed\n\nconvert rows"
 
 
+def test_rows_of_a_cpu_without_bf16_render_into_their_own_section(tmp_path):
+    """Convert rows measured on a CPU without bf16 (machine cpu_bf16 false) go to the bench_speed_cpu_fp32
+    section, titled so, leaving the bf16 machine's table (a run saved before cpu_bf16 existed) as it was."""
+    import json
+
+    from bench_speed import section_name, write_speed_section
+
+    page = tmp_path / "benchmarks.md"
+    row = {"kind": "convert", "generator": "light", "device": "cpu", "amp": True, "batch_size": 8, "mirror": None,
+           "fuse_planes": True, "slices_per_s": 8.3, "precision": "off", "wall_s": 18.0,
+           "stages_s": {"network": 14.0}}
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"machine": {"date": "2026-12-03"}, "results": [{**row, "precision": "bf16"}]}))
+    new.write_text(json.dumps({"machine": {"date": "2026-12-05", "cpu_bf16": False}, "results": [row]}))
+    write_speed_section(old, str(page))
+    write_speed_section(new, str(page))
+    assert "18.0 s (8.3 slices/s), bf16" in read_section("bench_speed", page)
+    fp32 = read_section("bench_speed_cpu_fp32", page).strip()
+    assert fp32.startswith("## Speed on a CPU without bf16 (scripts/bench_speed.py, 2026-12-05)")
+    assert "18.0 s (8.3 slices/s), off" in fp32 and "bf16" not in fp32.split("\n\n", 2)[2]
+    assert section_name({"cpu_bf16": False}, [{"kind": "train", "device": "cpu"}]) == "bench_speed_cpu_fp32_training"
+    assert section_name({"cpu_bf16": False}, [{"kind": "convert", "device": "cuda"}]) == "bench_speed_gpu"
+
+
 def test_convert_rows_render_the_median_run_and_the_range(tmp_path):
     """A convert row timed several times shows its median wall time, how many runs and their range, then that
     run's stages; a row saved before repeats existed renders as it did."""
