@@ -388,13 +388,13 @@ class UnpairedSlabDataset(Dataset):
         (ta, la), (tb, lb) = pair.a.corner, pair.b.corner
         top, left = max(ta, tb), max(la, lb)
         bottom, right = min(ta + a.shape[-2], tb + b.shape[-2]), min(la + a.shape[-1], lb + b.shape[-1])
-        # the region mask is stored like the T1w (same slices and crop): its window is the T1w's
-        region = (pair.a.slab(index - pair.a.first, self.a.k, pair.region) if pair.region is not None
-                  else torch.zeros_like(a)) if self.regions else a[:0]
-        both = torch.cat([a[:, top - ta: bottom - ta, left - la: right - la],
-                          b[:, top - tb: bottom - tb, left - lb: right - lb],
-                          region[:, top - ta: bottom - ta, left - la: right - la]])
-        both = self._crop_and_flip(both, pair.a.axis, rng).contiguous()
+        stacks = [a[:, top - ta: bottom - ta, left - la: right - la],
+                  b[:, top - tb: bottom - tb, left - lb: right - lb]]
+        if self.regions:  # the mask is stored like the T1w (same slices and crop): its window is the T1w's
+            region = torch.zeros_like(a) if pair.region is None else \
+                pair.a.slab(index - pair.a.first, self.a.k, pair.region)
+            stacks.append(region[:, top - ta: bottom - ta, left - la: right - la])
+        both = self._crop_and_flip(torch.cat(stacks), pair.a.axis, rng).contiguous()
         item = {"A": both[: self.a.k], "B": both[self.a.k: self.a.k + self.b.k], "paired": torch.tensor(1.0)}
         if self.regions:  # padding is -1: outside the mask
             item["region"] = (both[self.a.k + self.b.k:] > 0.5).float()

@@ -61,7 +61,7 @@ def match_regions(pairs, masks) -> dict[str, Path]:
     keys = {subject_key(t1): str(t1) for t1, _ in pairs}
     found: dict[str, Path] = {}
     for mask in map(Path, masks):
-        name = str(mask.parent / mask.name[: -len(suffix(mask))] if suffix(mask) else mask)
+        name = str(mask.parent / _stem(mask))
         matches = [key for key in keys if name.startswith(key) and name[len(key): len(key) + 1] in ("_", "-", ".")]
         if not matches:
             raise InputError(mask, "matches no T1w/T2w pair: a region mask is named after its pair's subject "
@@ -76,8 +76,12 @@ def match_regions(pairs, masks) -> dict[str, Path]:
 def subject_key(path) -> str:
     """A file's subject: its folder and its name without suffix and contrast token."""
     path = Path(path)
-    stem = path.name[: -len(suffix(path))] if suffix(path) else path.name
-    return str(path.parent / _CONTRAST.sub("", stem).strip("_.-"))
+    return str(path.parent / _CONTRAST.sub("", _stem(path)).strip("_.-"))
+
+
+def _stem(path: Path) -> str:
+    """The file name without its suffix (:func:`~mri_translate.io.suffix`, e.g. ``.nii.gz``)."""
+    return path.name[: -len(suffix(path))] if suffix(path) else path.name
 
 
 def match_subjects(t1, t2) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:

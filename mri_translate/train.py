@@ -122,7 +122,8 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
         t1, t2 = [moved.get(p, p) for p in t1], [moved.get(p, p) for p in t2]
         masks = {moved.get(t1_file, t1_file): mask for t1_file, mask in masks.items()}
     if masks and config.loss.paired_region == 0:
-        log.warning("region masks given but loss.paired_region is 0: they change nothing")
+        log.warning("region masks given but loss.paired_region is 0: they change nothing, so they are not loaded")
+        masks = {}
     pairs = [aligned for _, aligned in pairs]
     data = config.data
     domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize, data.planes)
