@@ -30,7 +30,7 @@ from .distributed import Context
 from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2, head_mask
 from .errors import ConstantImageError, InputError
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
-from .pairing import same_grid
+from .pairing import check_region
 from .slabs import PLANES, slicing_axes
 from .standardize import LandmarkStandardizer, volume_landmarks
 from .transforms import RANGE_KEY, RobustNormalize, foreground_mask, resample_inplane, to_canonical
@@ -461,12 +461,9 @@ def _stored_region(mask, t1, spacing: float | None, planes: bool) -> dict[int, t
     Raises:
         InputError: the mask is not on the grid of ``t1``.
     """
-    volume = load_volume(mask)
-    differs = same_grid(load_volume(t1), volume)
-    if differs is not None:
-        raise InputError(mask, f"is not on the grid of {t1} ({differs}): a region mask must be drawn on its T1w")
+    check_region(t1, mask)
     return {axis: ((raw > 0.5).movedim(axis, 0).to(torch.uint8).contiguous())
-            for raw, axis, _, _ in _prepare(volume, spacing, planes)}
+            for raw, axis, _, _ in _prepare(load_volume(mask), spacing, planes)}
 
 
 def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:

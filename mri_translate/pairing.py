@@ -50,6 +50,17 @@ def check_pair(t1, t2) -> tuple:
     return a, b
 
 
+def check_region(t1, mask) -> None:
+    """Require a region mask (e.g. an expert lesion mask) on the grid of its pair's T1w.
+
+    Raises:
+        InputError: unusable file, or the mask is off the T1w's grid (names the mask, says what differs).
+    """
+    differs = same_grid(load_volume(t1), load_volume(mask))
+    if differs is not None:
+        raise InputError(mask, f"is not on the grid of {t1} ({differs}): a region mask must be drawn on its T1w")
+
+
 def match_regions(pairs, masks) -> dict[str, Path]:
     """``{t1: mask}``: each region mask file (e.g. ``sub-01_lesions.nii.gz``) given to the pair ``(t1, t2)`` whose
     subject (:func:`subject_key`, same folder) its name starts with, followed by ``_``, ``-`` or ``.`` (the longest
@@ -111,7 +122,8 @@ def match_subjects(t1, t2) -> tuple[list[tuple[Path, Path]], list[Path], list[Pa
 class Registration:
     """What :func:`register` did: ``t1`` and ``t2`` on one grid (one of them is the input file, the other the
     resampled one), which was ``moved``, the final and initial mutual information (more negative = better
-    aligned), the rigid transform parameters (3 rotations in rad, 3 translations in mm) and the pictures."""
+    aligned), the rigid transform parameters (3 rotations in rad, 3 translations in mm), the pictures, and the
+    T1w's region mask on the T1w's new grid (resampled with it when the T1w moved; ``None`` when none was given)."""
 
     t1: Path
     t2: Path
@@ -120,16 +132,19 @@ class Registration:
     metric_final: float
     parameters: list[float]
     checkerboard: Path
+    t1_region: Path | None = None
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "t1": str(self.t1), "t2": str(self.t2), "checkerboard": str(self.checkerboard)}
+        paths = {key: None if value is None else str(value) for key, value in self.__dict__.items()
+                 if key in ("t1", "t2", "checkerboard", "t1_region")}
+        return {**self.__dict__, **paths}
 
 
 def _thickness(image) -> float:
     return max(image.GetSpacing())
 
 
-def register(t1, t2, out_dir, onto: str = "thicker", seed: int = 0) -> Registration:
+def register(t1, t2, out_dir, onto: str = "thicker", seed: int = 0, t1_region=None) -> Registration:
     """Rigidly align one subject's T1w and T2w (NIfTI) and resample one onto the other's grid.
 
     Args:
@@ -139,6 +154,8 @@ def register(t1, t2, out_dir, onto: str = "thicker", seed: int = 0) -> Registrat
         onto: ``"thicker"``: the scan with the thicker slices stays fixed; ``"t1"``: the T1w stays fixed.
         seed: seed of the metric's random sampling (two runs on one scan pair still differ slightly: ITK sums
             the metric over threads; on brainix by up to 0.04 mm and 0.0005 rad).
+        t1_region: a region mask on the T1w's grid (:func:`check_region`): when the T1w moves, the mask moves with
+            it (same transform, linear, written as ``<name>_space-T2w.nii.gz`` in [0, 1]; threshold at 0.5).
 
     Raises:
         InputError: a file is not NIfTI or cannot be read.
@@ -183,9 +200,16 @@ def register(t1, t2, out_dir, onto: str = "thicker", seed: int = 0) -> Registrat
         sitk.WriteImage(resampled, str(tmp))
     checkerboard = out_dir / f"{stem}_checkerboard.png"
     _write_checkerboard(fixed, resampled, checkerboard)
+    region = None if t1_region is None else Path(t1_region)
+    if region is not None and moving_name == "t1":
+        mask = sitk.Resample(sitk.ReadImage(str(region), sitk.sitkFloat32), fixed, transform, sitk.sitkLinear, 0.0,
+                             sitk.sitkFloat32)
+        region = out_dir / f"{_stem(region)}_space-T2w.nii.gz"
+        with atomic_path(region) as tmp:
+            sitk.WriteImage(mask, str(tmp))
     result = Registration(output if moving_name == "t1" else fixed_path, output if moving_name == "t2" else fixed_path,
                           moving_name, float(metric_initial), float(metric_final),
-                          [float(p) for p in transform.GetParameters()], checkerboard)
+                          [float(p) for p in transform.GetParameters()], checkerboard, region)
     key = Path(subject_key(fixed_path)).name or fixed_path.parent.name
     with atomic_path(out_dir / f"{key}_registration.json") as tmp:
         tmp.write_text(json_text(result.to_dict()))

@@ -105,6 +105,11 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     context, device = distributed.setup(config.train.device)
     validator = Validator(val) if val and context.main else None  # bad pairs refused before anything is written
     masks = pairing.match_regions(pairing.match_subjects(t1, t2)[0], regions) if paired and regions else {}
+    if masks and config.loss.paired_region == 0:
+        log.warning("region masks given but loss.paired_region is 0: they change nothing, so they are not loaded")
+        masks = {}
+    for t1_file, mask in masks.items():  # a mask off its T1w's grid is refused before anything is written
+        pairing.check_region(t1_file, mask)
     if context.main:
         _prepare_run_dir(out, resume, overwrite)
         _log_to_console()
@@ -116,15 +121,12 @@ def train(t1, t2, out, config: RunConfig | str | Path | None = None, overrides: 
     if reason:
         log.warning("%s; recorded as model.k = 1 in this run", reason)
         config.model.k = k
-    pairs = _pairs(t1, t2, out / "pairs", register) if paired else []
+    pairs = _pairs(t1, t2, out / "pairs", register, masks) if paired else []
     if register:  # the registered files replace the originals of each pair
-        moved = {original: aligned for pair, aligned_pair in pairs for original, aligned in zip(pair, aligned_pair)}
+        moved = {original: aligned for pair, aligned_pair, _ in pairs for original, aligned in zip(pair, aligned_pair)}
         t1, t2 = [moved.get(p, p) for p in t1], [moved.get(p, p) for p in t2]
-        masks = {moved.get(t1_file, t1_file): mask for t1_file, mask in masks.items()}
-    if masks and config.loss.paired_region == 0:
-        log.warning("region masks given but loss.paired_region is 0: they change nothing, so they are not loaded")
-        masks = {}
-    pairs = [aligned for _, aligned in pairs]
+    masks = {aligned[0]: mask for _, aligned, mask in pairs if mask is not None}
+    pairs = [aligned for _, aligned, _ in pairs]
     data = config.data
     domain_a = load_slices(t1, k, data.min_foreground, data.spacing, data.standardize, data.planes)
     domain_b = load_slices(t2, k, data.min_foreground, data.spacing, data.standardize, data.planes)
@@ -205,10 +207,12 @@ def initial_networks(init, model) -> dict:
     return nets
 
 
-def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """``[(original pair, pair on one grid), ...]`` of the subjects found in both lists: registered into
-    ``folder`` when ``register`` and not already on one grid (under torchrun every rank registers, with the same
-    seed, writing atomically), else checked to share a grid.
+def _pairs(t1, t2, folder: Path, register: bool,
+           masks: dict) -> list[tuple[tuple[str, str], tuple[str, str], Path | None]]:
+    """``[(original pair, pair on one grid, its T1w's region mask on that grid or None), ...]`` of the subjects
+    found in both lists: registered into ``folder`` when ``register`` and not already on one grid (under torchrun
+    every rank registers, with the same seed, writing atomically; a moved T1w takes its mask from ``masks``
+    ``{t1: mask}`` with it), else checked to share a grid.
 
     Raises:
         InputError: no subject has both contrasts, or a pair is not on one grid (without ``register``).
@@ -219,18 +223,19 @@ def _pairs(t1, t2, folder: Path, register: bool) -> list[tuple[tuple[str, str], 
                                                   "matched by name without the contrast, e.g. sub-01_T1w/sub-01_T2w)")
     result = []
     for a, b in found:
+        mask = masks.get(str(a))
         if register and pairing.same_grid(*(load_volume(path) for path in (a, b))) is None:
             log.info("%s and %s already share one grid: trained as a pair without registration", a, b)
-            result.append(((str(a), str(b)), (str(a), str(b))))
+            result.append(((str(a), str(b)), (str(a), str(b)), mask))
         elif register:
             folder.mkdir(parents=True, exist_ok=True)
-            done = pairing.register(a, b, folder)
+            done = pairing.register(a, b, folder, t1_region=mask)
             log.info("registered %s and %s (%s moved): mutual information %.3f -> %.3f; %s", a, b, done.moved,
                      done.metric_initial, done.metric_final, done.checkerboard)
-            result.append(((str(a), str(b)), (str(done.t1), str(done.t2))))
+            result.append(((str(a), str(b)), (str(done.t1), str(done.t2)), done.t1_region))
         else:
             pairing.check_pair(a, b)
-            result.append(((str(a), str(b)), (str(a), str(b))))
+            result.append(((str(a), str(b)), (str(a), str(b)), mask))
     return result
 
 

@@ -189,3 +189,60 @@ def test_paired_focus_trains_with_the_prior_map_even_when_its_pull_is_off(shifte
     history = trainer.state.history
     assert all(value == 0 for _, value in history["prior_B"])
     assert len(history["paired_B"]) == 3 and all(value > 0 for _, value in history["paired_B"])
+
+
+def test_a_region_mask_moves_with_its_registered_t1w_and_one_off_its_grid_is_refused_first(
+        shifted_pair, tiny_config, tmp_path, capsys):
+    """register(t1_region=...) resamples a T1w's mask with the T1w when the T1w is the scan that moves (the T2w
+    has the thicker slices): the moved mask lands on the T2w's grid over the unshifted truth. train --register
+    --region-masks trains that pair with the moved mask; a mask off its T1w's grid is refused in one line naming
+    it before the run folder is written."""
+    data = shifted_pair[0]
+    t1, brain, t2 = (nib.load(data[key][0]) for key in ("t1", "mask", "t2"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shift = (2.0, -1.5, 1.0)  # voxels of 2 mm
+    nib.save(nib.Nifti1Image(ndimage.shift(np.asarray(t1.dataobj, np.float32), shift, order=1), t1.affine),
+             folder / "subject_T1w.nii.gz")
+    truth = np.asarray(brain.dataobj) > 0
+    nib.save(nib.Nifti1Image(ndimage.shift(truth.astype(np.uint8), shift, order=0), t1.affine),
+             folder / "subject_lesions.nii.gz")
+    thick = t2.affine.copy()
+    thick[:3, 2] *= 2  # every other slice: 4 mm
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj, np.float32)[:, :, ::2], thick), folder / "subject_T2w.nii.gz")
+    t1_file, mask_file, t2_file = (folder / f"subject_{name}.nii.gz" for name in ("T1w", "lesions", "T2w"))
+
+    done = register(t1_file, t2_file, tmp_path / "pairs", t1_region=mask_file)
+    assert done.moved == "t1" and done.t1_region == tmp_path / "pairs" / "subject_lesions_space-T2w.nii.gz"
+    moved = nib.load(done.t1_region)
+    np.testing.assert_allclose(moved.affine, thick, atol=1e-3)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    on_thick = truth[:, :, ::2]
+    before = dice(np.asarray(nib.load(mask_file).dataobj)[:, :, ::2] > 0, on_thick)
+    after = dice(np.asarray(moved.dataobj) > 0.5, on_thick)
+    assert after > 0.95 and 1 - after < 0.5 * (1 - before), (before, after)  # the mismatch more than halved
+    assert json.loads((tmp_path / "pairs" / "subject_registration.json").read_text())["t1_region"] == str(moved.get_filename())
+
+    config = tiny_config(loss={"paired_region": 5.0}, data={"paired_fraction": 1.0},
+                         train={"iterations": 1, "epoch_length": 1})
+    trainer = train([t1_file], [t2_file], tmp_path / "run", config=config, progress_bar=False, paired=True,
+                    register=True, regions=[mask_file])
+    pair, = trainer.state.dataloader.dataset.pairs
+    assert pair.region is not None and pair.region.any()
+    assert (tmp_path / "run" / "pairs" / "subject_lesions_space-T2w.nii.gz").is_file()
+
+    off_grid = folder / "other" / "subject_lesions.nii.gz"
+    off_grid.parent.mkdir()
+    nib.save(nib.Nifti1Image(truth[:-2].astype(np.uint8), t1.affine), off_grid)
+    for name in ("T1w", "T2w"):
+        (off_grid.parent / f"subject_{name}.nii.gz").symlink_to(folder / f"subject_{name}.nii.gz")
+    capsys.readouterr()
+    code = cli.main(["train", "--t1", str(off_grid.parent / "subject_T1w.nii.gz"), "--t2",
+                     str(off_grid.parent / "subject_T2w.nii.gz"), "--out", str(tmp_path / "refused"), "--config",
+                     str(config), "--register", "--no-progress", "--region-masks", str(off_grid)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(off_grid) in err[0] and "is not on the grid of" in err[0]
+    assert not (tmp_path / "refused").exists()
