@@ -461,9 +461,8 @@ def _stored_region(mask, t1, spacing: float | None, planes: bool) -> dict[int, t
     Raises:
         InputError: the mask is not on the grid of ``t1``.
     """
-    check_region(t1, mask)
     return {axis: ((raw > 0.5).movedim(axis, 0).to(torch.uint8).contiguous())
-            for raw, axis, _, _ in _prepare(load_volume(mask), spacing, planes)}
+            for raw, axis, _, _ in _prepare(check_region(t1, mask), spacing, planes)}
 
 
 def fixed_slabs(a: Slices, b: Slices, count: int = 2, crop: int = 128) -> dict[str, torch.Tensor]:

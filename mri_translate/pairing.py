@@ -50,15 +50,20 @@ def check_pair(t1, t2) -> tuple:
     return a, b
 
 
-def check_region(t1, mask) -> None:
-    """Require a region mask (e.g. an expert lesion mask) on the grid of its pair's T1w.
+def check_region(t1, mask):
+    """Load a region mask (e.g. an expert lesion mask) and require it on the grid of its pair's T1w.
+
+    Returns:
+        The loaded mask ``(1, X, Y, Z)``.
 
     Raises:
         InputError: unusable file, or the mask is off the T1w's grid (names the mask, says what differs).
     """
-    differs = same_grid(load_volume(t1), load_volume(mask))
+    volume = load_volume(mask)
+    differs = same_grid(load_volume(t1), volume)
     if differs is not None:
         raise InputError(mask, f"is not on the grid of {t1} ({differs}): a region mask must be drawn on its T1w")
+    return volume
 
 
 def match_regions(pairs, masks) -> dict[str, Path]:
@@ -135,9 +140,8 @@ class Registration:
     t1_region: Path | None = None
 
     def to_dict(self) -> dict:
-        paths = {key: None if value is None else str(value) for key, value in self.__dict__.items()
-                 if key in ("t1", "t2", "checkerboard", "t1_region")}
-        return {**self.__dict__, **paths}
+        return {**self.__dict__, "t1": str(self.t1), "t2": str(self.t2), "checkerboard": str(self.checkerboard),
+                "t1_region": None if self.t1_region is None else str(self.t1_region)}
 
 
 def _thickness(image) -> float:
