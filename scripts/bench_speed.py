@@ -378,7 +378,7 @@ def write_speed_section(saved: Path, markdown: str) -> None:
     fp32 = " on a CPU without bf16" if "_cpu_fp32" in section else ""
     text = (f"## {'Training speed' if training else 'Speed'}{' on GPU' if gpu else fp32} (scripts/bench_speed.py"
             f"{' --part training' if training else ''}, {machine.get('date', saved.name)})\n\n"
-            f"Machine: {machine}. "
+            f"Machine: {describe_machine(machine)}. "
             "A training iteration updates both generators and both discriminators (k = 3); slabs/s counts one "
             "domain's slabs, what each direction's generator sees.\n\n" + "\n".join(lines)
             + "\n")
@@ -388,6 +388,15 @@ def write_speed_section(saved: Path, markdown: str) -> None:
         from benchmarks_doc import replace_section
 
         replace_section(section, text, Path(markdown))
+
+
+def describe_machine(machine: dict) -> str:
+    """The saved ``machine`` dict as one line of prose (what a run saved before a key existed leaves out)."""
+    parts = [machine.get("platform"), f"{machine['cpus']} CPU cores" if "cpus" in machine else None,
+             f"torch {machine['torch']}" if "torch" in machine else None,
+             (machine["gpu"] or "no GPU") if "gpu" in machine else None,
+             {True: "CPU with bf16", False: "CPU without bf16"}.get(machine.get("cpu_bf16"))]
+    return ", ".join(str(part) for part in parts if part) or "not recorded"
 
 
 def bench_data_memory(markdown: str) -> None:

@@ -112,12 +112,14 @@ def test_rows_of_a_cpu_without_bf16_render_into_their_own_section(tmp_path):
            "stages_s": {"network": 14.0}}
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"machine": {"date": "2026-12-03"}, "results": [{**row, "precision": "bf16"}]}))
-    new.write_text(json.dumps({"machine": {"date": "2026-12-05", "cpu_bf16": False}, "results": [row]}))
+    new.write_text(json.dumps({"machine": {"date": "2026-12-05", "cpus": 2, "gpu": None, "cpu_bf16": False},
+                               "results": [row]}))
     write_speed_section(old, str(page))
     write_speed_section(new, str(page))
     assert "18.0 s (8.3 slices/s), bf16" in read_section("bench_speed", page)
     fp32 = read_section("bench_speed_cpu_fp32", page).strip()
     assert fp32.startswith("## Speed on a CPU without bf16 (scripts/bench_speed.py, 2026-12-05)")
+    assert "Machine: 2 CPU cores, no GPU, CPU without bf16. " in fp32
     assert "18.0 s (8.3 slices/s), off" in fp32 and "bf16" not in fp32.split("\n\n", 2)[2]
     assert section_name({"cpu_bf16": False}, [{"kind": "train", "device": "cpu"}]) == "bench_speed_cpu_fp32_training"
     assert section_name({"cpu_bf16": False}, [{"kind": "convert", "device": "cuda"}]) == "bench_speed_gpu"
