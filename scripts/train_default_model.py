@@ -25,7 +25,8 @@ Never used: chris_rorden (CC BY-NC), brainix, arc_m2208 and niivue_register (lic
 avg152 template (evaluation).
 
 Leave-one-subject-out: ``--hold-out SUBJECT ...`` trains without those people (a patient's visits go together)
-and ``scripts/bench_quality.py --model RUN`` scores them as unseen.
+and ``scripts/bench_quality.py --model RUN`` scores them as unseen. ``--init RUN`` starts a run from an earlier run's
+generators with a fresh learning-rate cycle (docs/benchmarks.md: "A second learning-rate cycle").
 
     python scripts/train_default_model.py --recipe brains-batched --out runs/brains-batched-all
     python scripts/train_default_model.py --compose runs/brains-batched-all runs/brains-batched-all \\
