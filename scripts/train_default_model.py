@@ -177,8 +177,8 @@ def main() -> None:
                         help="which recipe to train (data and preset)")
     parser.add_argument("--config", help="another preset for the recipe's data")
     parser.add_argument("--iterations", type=int)
-    parser.add_argument("--init", metavar="RUN", help="train.init: start from this run's (or model file's) generators, "
-                        "a second learning-rate cycle on the same data (the discriminators start fresh)")
+    parser.add_argument("--init", metavar="RUN", help="train.init: start from this run's (or model file's) "
+                        "generators, a second learning-rate cycle on the same data (the discriminators start fresh)")
     parser.add_argument("--seed", type=int, help="train.seed (the preset uses 0): a second seed shows run-to-run spread")
     parser.add_argument("--threads", type=int, help="torch threads (two runs side by side on two cores: 1 each)")
     parser.add_argument("--hold-out", nargs="*", default=[], choices=SUBJECTS,
@@ -222,8 +222,8 @@ def train_run(recipe: Recipe, out: Path, args) -> None:
     folder = out.parent / f"{out.name}-pairs"
     t1, t2 = sources(folder, args.hold_out, recipe)
     train(t1, t2, out, config=args.config or recipe.config,
-          overrides={"train": {"iterations": args.iterations, "seed": args.seed, "init": args.init}}, resume=args.resume,
-          overwrite=not args.resume, progress_bar=False, paired=True, register=True, regions=lesion_masks(folder))
+          overrides={"train": {"iterations": args.iterations, "seed": args.seed, "init": args.init}},
+          resume=args.resume, overwrite=not args.resume, progress_bar=False, paired=True, register=True, regions=lesion_masks(folder))
 
 
 def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = None,
