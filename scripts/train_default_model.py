@@ -223,7 +223,8 @@ def train_run(recipe: Recipe, out: Path, args) -> None:
     t1, t2 = sources(folder, args.hold_out, recipe)
     train(t1, t2, out, config=args.config or recipe.config,
           overrides={"train": {"iterations": args.iterations, "seed": args.seed, "init": args.init}},
-          resume=args.resume, overwrite=not args.resume, progress_bar=False, paired=True, register=True, regions=lesion_masks(folder))
+          resume=args.resume, overwrite=not args.resume, progress_bar=False, paired=True, register=True,
+          regions=lesion_masks(folder))
 
 
 def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = None,
