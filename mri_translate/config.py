@@ -245,21 +245,42 @@ def _plain(value):
 
 
 def load_config(path=None, overrides: dict | None = None) -> RunConfig:
-    """Read a YAML preset (sections as in :class:`RunConfig`) and apply nested ``overrides`` on top."""
+    """Read a YAML preset (sections as in :class:`RunConfig`, optionally on a ``base:``; :func:`read_preset`) and
+    apply nested ``overrides`` on top."""
+    values = read_preset(Path(path)) if path is not None else {}
+    return RunConfig.from_dict(merge_overrides(values, overrides), source=str(path or "configuration"))
+
+
+def read_preset(path: Path, below: tuple = ()) -> dict:
+    """The sections of the YAML preset at ``path``. A top-level ``base: other.yaml`` (relative to ``path``) is read
+    first and this file's keys replace its keys one by one within each section, so a variant of a recipe names
+    only what it changes.
+
+    Raises:
+        InputError: the file cannot be read, is not a mapping of sections, or its ``base`` chain comes back to it.
+    """
     import yaml
 
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise InputError(path, f"cannot read configuration ({err.strerror})") from err
-        except yaml.YAMLError as err:
-            raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(values, dict):
-            raise InputError(path, "configuration must be a mapping of sections")
-    return RunConfig.from_dict(merge_overrides(values, overrides), source=str(path or "configuration"))
+    if path.resolve() in below:
+        raise InputError(path, "configuration's base chain comes back to this file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise InputError(path, f"cannot read configuration ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(values, dict):
+        raise InputError(path, "configuration must be a mapping of sections")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise InputError(path, f"base must be the path of another preset, got {base!r}")
+    merged = read_preset(path.parent / base, below + (path.resolve(),))
+    for section, entries in values.items():  # null is a value here (e.g. data.spacing: null), unlike in overrides
+        under = merged.get(section)
+        merged[section] = {**under, **entries} if isinstance(under, dict) and isinstance(entries, dict) else entries
+    return merged
 
 
 def merge_overrides(base: dict, overrides: dict | None) -> dict:
