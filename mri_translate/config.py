@@ -272,20 +272,22 @@ def read_preset(path: Path, below: tuple = ()) -> dict:
     if not isinstance(values, dict):
         raise InputError(path, "configuration must be a mapping of sections")
     base = values.pop("base", None)
+    for section, entries in values.items():
+        if not isinstance(entries, dict | None):
+            raise InputError(path, f"section {section} must be a mapping of keys, got {entries!r}")
     if base is None:
         return values
     if not isinstance(base, str):
         raise InputError(path, f"base must be the path of another preset, got {base!r}")
-    merged = read_preset(path.parent / base, below + (path.resolve(),))
-    for section, entries in values.items():  # null is a value here (e.g. data.spacing: null), unlike in overrides
-        under = merged.get(section)
-        merged[section] = {**under, **entries} if isinstance(under, dict) and isinstance(entries, dict) else entries
-    return merged
+    # null is a value in a preset (e.g. data.spacing: null), unlike in overrides
+    return merge_overrides(read_preset(path.parent / base, below + (path.resolve(),)), values, skip_none=False)
 
 
-def merge_overrides(base: dict, overrides: dict | None) -> dict:
-    """A copy of nested ``base`` with ``{section: {key: value}}`` overrides applied (``None`` values ignored)."""
+def merge_overrides(base: dict, overrides: dict | None, skip_none: bool = True) -> dict:
+    """A copy of nested ``base`` with ``{section: {key: value}}`` overrides applied (``None`` values ignored unless
+    ``skip_none`` is false)."""
     merged = {section: dict(entries or {}) for section, entries in base.items()}
     for section, entries in (overrides or {}).items():
-        merged.setdefault(section, {}).update({k: v for k, v in entries.items() if v is not None})
+        merged.setdefault(section, {}).update({k: v for k, v in (entries or {}).items()
+                                               if v is not None or not skip_none})
     return merged

@@ -39,8 +39,9 @@ def test_a_base_chain_that_comes_back_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [("base: 3\n", "base must be the path of another preset, got 3"),
-                                           ("base: missing.yaml\n", "cannot read configuration")])
-def test_a_base_that_is_no_preset_is_named(tmp_path, text, message):
+                                           ("base: missing.yaml\n", "cannot read configuration"),
+                                           ("model: 3\n", "section model must be a mapping of keys, got 3")])
+def test_a_base_or_section_that_is_no_preset_is_named(tmp_path, text, message):
     (tmp_path / "variant.yaml").write_text(text)
     with pytest.raises(InputError, match=re.escape(message)):
         load_config(tmp_path / "variant.yaml")
