@@ -94,7 +94,8 @@ class DataConfig:
     of a two-percentile rescaling. ``planes``: near-isotropic scans are also sampled as coronal and sagittal slabs,
     the planes ``convert`` translates them along and averages (:func:`~mri_translate.slabs.slicing_axes`).
     ``paired_fraction``: the share of batches drawn from co-registered pairs (``train --paired``) when there are
-    any. ``num_workers``: DataLoader worker processes drawing the slabs (persistent across epochs); ``null`` = 0 on
+    any. ``synthetic_lesions``: the share of paired items into which white-matter lesions are painted, dark on the
+    T1w and bright on the T2w (:class:`~mri_translate.lesion_synthesis.SyntheticLesions`; 0 = none). ``num_workers``: DataLoader worker processes drawing the slabs (persistent across epochs); ``null`` = 0 on
     a CPU, where the cores are better spent on the networks, and up to 4 (one core left free) on a GPU."""
 
     crop: int = 128
@@ -106,6 +107,7 @@ class DataConfig:
     standardize: bool = True
     planes: bool = False
     paired_fraction: float = 0.5
+    synthetic_lesions: float = 0.0
     num_workers: int | None = None
 
 
@@ -201,6 +203,10 @@ class RunConfig:
             if getattr(self.model, key) and not self.data.standardize:
                 raise InputError(source, f"model.{key} needs data.standardize: true (the inverted input is "
                                          "standardised onto the target domain's scale)")
+        for key in ("paired_fraction", "synthetic_lesions"):
+            if not 0 <= getattr(self.data, key) <= 1:
+                raise InputError(source, f"data.{key} is a share of the items and must be in [0, 1], got "
+                                         f"{getattr(self.data, key)}")
         if not is_amp_choice(self.train.amp):
             raise InputError(source, f"train.amp must be true, false, bf16 or fp16, got {self.train.amp!r}")
 

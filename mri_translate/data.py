@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .distributed import Context
 from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2, head_mask
 from .errors import ConstantImageError, InputError
+from .lesion_synthesis import SyntheticLesions
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
 from .pairing import check_region
 from .slabs import PLANES, slicing_axes
@@ -327,6 +328,7 @@ class UnpairedSlabDataset(Dataset):
     augmentation, which would misalign them), marked ``paired = 1``. When a pair has a region mask
     (:attr:`PairedVolume.region`, e.g. an expert lesion mask) every item also carries ``"region"``: ``(k, crop,
     crop)`` 1 inside the mask, cut like the pair's slab (0 in unpaired items and pairs without a mask).
+    ``lesions`` (a :class:`~mri_translate.lesion_synthesis.SyntheticLesions`) paints lesions into paired items.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
     of workers. The item may be asked for as ``(epoch, i)`` (what :class:`ResumableSampler` yields, so workers that
@@ -335,7 +337,8 @@ class UnpairedSlabDataset(Dataset):
     """
 
     def __init__(self, domain_a: Slices, domain_b: Slices, crop: int = 128, flip: bool = True, seed: int = 0,
-                 length: int | None = None, augment: bool = False, pairs=(), paired_fraction: float = 0.5):
+                 length: int | None = None, augment: bool = False, pairs=(), paired_fraction: float = 0.5,
+                 lesions=None):
         self.a, self.b = domain_a, domain_b
         self.crop, self.flip, self.seed, self.epoch = crop, flip, seed, 0
         self.augment = SlabAugment() if augment else None
@@ -344,6 +347,7 @@ class UnpairedSlabDataset(Dataset):
         #: how often each paired plane is drawn (:attr:`PairedVolume.share`: each subject equally often)
         self.pair_shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
         self.regions = any(pair.region is not None for pair in self.pairs)
+        self.lesions = lesions
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different samples in each epoch."""
@@ -396,6 +400,8 @@ class UnpairedSlabDataset(Dataset):
             stacks.append(region[:, top - ta: bottom - ta, left - la: right - la])
         both = self._crop_and_flip(torch.cat(stacks), pair.a.axis, rng).contiguous()
         item = {"A": both[: self.a.k], "B": both[self.a.k: self.a.k + self.b.k], "paired": torch.tensor(1.0)}
+        if self.lesions is not None:
+            item["A"], item["B"] = self.lesions(item["A"], item["B"], rng)
         if self.regions:  # padding is -1: outside the mask
             item["region"] = (both[self.a.k + self.b.k:] > 0.5).float()
         return item
@@ -520,7 +526,8 @@ def make_loader(a: Slices, b: Slices, config, context: Context = Context(), pair
     data = config.data
     dataset = UnpairedSlabDataset(a, b, crop=data.crop, flip=data.flip, seed=config.train.seed,
                                   length=config.train.epoch_length * data.batch_size * context.world,
-                                  augment=data.augment, pairs=pairs, paired_fraction=data.paired_fraction)
+                                  augment=data.augment, pairs=pairs, paired_fraction=data.paired_fraction,
+                                  lesions=SyntheticLesions(data.synthetic_lesions) if data.synthetic_lesions else None)
     sampler = DistributedSampler(dataset, context.world, context.rank, shuffle=True, seed=config.train.seed,
                                  drop_last=True) if context.active else SequentialSampler(dataset)
     workers = loader_workers(data.num_workers, device)

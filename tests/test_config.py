@@ -45,3 +45,11 @@ def test_a_base_or_section_that_is_no_preset_is_named(tmp_path, text, message):
     (tmp_path / "variant.yaml").write_text(text)
     with pytest.raises(InputError, match=re.escape(message)):
         load_config(tmp_path / "variant.yaml")
+
+
+@pytest.mark.parametrize("key, value", [("paired_fraction", 1.5), ("synthetic_lesions", -0.1)])
+def test_a_share_of_the_items_outside_0_1_is_refused(tmp_path, key, value):
+    (tmp_path / "share.yaml").write_text(f"data: {{{key}: {value}}}\n")
+    with pytest.raises(InputError, match=re.escape(f"data.{key} is a share of the items and must be in [0, 1], "
+                                                   f"got {value}")):
+        load_config(tmp_path / "share.yaml")
