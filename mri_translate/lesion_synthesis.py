@@ -15,6 +15,40 @@ import math
 import torch
 
 
+#: white matter: above this T1w quantile of the foreground (and below its T2w median)
+WM_T1_QUANTILE = 0.6
+#: steepness of a lesion's edge, per unit of ellipsoidal radius: weight 0.95 at 0.7 of the radius, 0.05 at 1.3
+EDGE_SLOPE = 10.0
+
+
+def white_matter(t1: torch.Tensor, t2: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the pixels of ``inside`` (a boolean foreground of the same shape) whose T1w is above its
+    :data:`WM_T1_QUANTILE` there and whose T2w is below its median: bright on the T1w, dark on the T2w."""
+    return inside & (t1 > torch.quantile(t1[inside], WM_T1_QUANTILE)) & (t2 < t2[inside].median())
+
+
+def soft_ellipsoid(shape, centre, radii, angle: float = 0.0) -> torch.Tensor:
+    """``shape`` ``(Z, Y, X)`` weights in [0, 1]: ``sigmoid(EDGE_SLOPE (1 - r))``, ``r`` the ellipsoidal radius
+    about ``centre`` ``(z, y, x)`` with ``radii`` ``(rz, ry, rx)`` (voxels), its Y and X axes turned by ``angle``
+    (radians) in the (Y, X) plane."""
+    z, y, x = (torch.arange(n, dtype=torch.float32).view([-1 if i == axis else 1 for i in range(3)]) - c
+               for axis, (n, c) in enumerate(zip(shape, centre)))
+    along = y * math.cos(angle) + x * math.sin(angle)
+    across = -y * math.sin(angle) + x * math.cos(angle)
+    radius = ((z / radii[0]) ** 2 + (along / radii[1]) ** 2 + (across / radii[2]) ** 2).sqrt()
+    return torch.sigmoid((1 - radius) * EDGE_SLOPE)
+
+
+def paint(t1: torch.Tensor, t2: torch.Tensor, weight: torch.Tensor, t1_factor: float, t2_factor: float,
+          wm_t2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lesions of ``weight`` (in [0, 1], 0 outside the foreground) painted into intensities ``t1``, ``t2`` (>= 0):
+    the T1w times ``1 - weight (1 - t1_factor)``, the T2w times ``1 + weight (t2_factor - 1)`` (both keep their
+    texture), the T2w then capped at the larger of its own value and ``1.25 t2_factor wm_t2`` (``wm_t2``: the white
+    matter's median T2w), so a lesion touching a ventricle does not brighten its CSF."""
+    painted_t2 = torch.minimum(t2 * (1 + weight * (t2_factor - 1)), t2.clamp(min=1.25 * t2_factor * wm_t2))
+    return t1 * (1 - weight * (1 - t1_factor)), painted_t2
+
+
 def _uniform(low: float, high: float, rng: torch.Generator) -> float:
     return low + (high - low) * float(torch.rand((), generator=rng))
 
@@ -26,26 +60,16 @@ def _log_uniform(low: float, high: float, rng: torch.Generator) -> float:
 class SyntheticLesions:
     """Paint 1 to ``max_count`` lesions into one co-registered pair of slabs, with probability ``prob``.
 
-    White matter = the pixels of the middle slice inside both scans' foreground whose T1w is above its
-    ``WM_T1_QUANTILE`` there and whose T2w is below its median: bright on the T1w, dark on the T2w. Each lesion is a
-    soft ellipsoid centred on a white-matter pixel: in-plane radii log-uniform in ``radius_px`` (pixels), a random
-    orientation, a through-plane radius log-uniform in ``depth_slices`` (slices), its edge a logistic ramp
-    (``sigmoid(EDGE_SLOPE (1 - r))``, ``r`` the ellipsoidal radius: 0.95 at ``r = 0.7``, 0.05 at 1.3); where
-    lesions overlap the strongest wins. With ``m`` in [0, 1] that weight, inside the foreground the T1w is
-    multiplied by ``1 - m (1 - f1)`` and the T2w by ``1 + m (f2 - 1)`` (``f1``, ``f2`` uniform in ``t1_factor``,
-    ``t2_factor``), so both keep their texture; the T2w is then capped at the larger of its own value and
-    ``1.25 f2 w`` (``w`` the white matter's median T2w), so a lesion touching a ventricle does not brighten its CSF.
-    The factors are relative to the white matter around: the ranges span what MS lesions show (the two MSLUB
-    pairs': T1w 0.65-0.79, T2w 1.7-2.0 times their white matter's median). Intensities are ``x + 1`` of the slabs'
-    [-1, 1] (background 0).
+    Each lesion is a :func:`soft_ellipsoid` centred on a :func:`white_matter` pixel of the middle slice (inside
+    both scans' foreground): in-plane radii log-uniform in ``radius_px`` (pixels), a random orientation, a
+    through-plane radius log-uniform in ``depth_slices`` (slices); where lesions overlap the strongest wins. They
+    are :func:`paint`-ed at one T1w and one T2w factor per item, uniform in ``t1_factor`` and ``t2_factor``: relative
+    to the white matter around, the ranges span what MS lesions show (the two MSLUB pairs': T1w 0.65-0.79, T2w
+    1.7-2.0 times their white matter's median). Intensities are ``x + 1`` of the slabs' [-1, 1] (background 0).
     """
 
-    #: the T1w quantile, among the foreground pixels of the middle slice, that white matter is above
-    WM_T1_QUANTILE = 0.6
     #: fewest white-matter pixels a slice needs to be painted
     MIN_WM_PIXELS = 50
-    #: steepness of a lesion's edge (per unit of ellipsoidal radius)
-    EDGE_SLOPE = 10.0
 
     def __init__(self, prob: float = 0.5, max_count: int = 6, radius_px=(1.5, 10.0), depth_slices=(0.7, 3.0),
                  t1_factor=(0.55, 0.95), t2_factor=(1.3, 2.4)):
@@ -60,36 +84,18 @@ class SyntheticLesions:
         u, v = t1 + 1, t2 + 1
         foreground = (u > 0) & (v > 0)
         mid = u.shape[0] // 2
-        inside = foreground[mid]
-        if int(inside.sum()) < self.MIN_WM_PIXELS:
+        if int(foreground[mid].sum()) < self.MIN_WM_PIXELS:
             return t1, t2
-        u_mid, v_mid = u[mid][inside], v[mid][inside]
-        wm = inside & (u[mid] > torch.quantile(u_mid, self.WM_T1_QUANTILE)) & (v[mid] < v_mid.median())
+        wm = white_matter(u[mid], v[mid], foreground[mid])
         candidates = wm.flatten().nonzero().flatten()
         if len(candidates) < self.MIN_WM_PIXELS:
             return t1, t2
-        wm_t2 = float(v[mid][wm].median())
-        weight = self._lesions(u.shape, candidates, rng) * foreground
-        f1, f2 = _uniform(*self.t1_factor, rng), _uniform(*self.t2_factor, rng)
-        u = u * (1 - weight * (1 - f1))
-        v = torch.minimum(v * (1 + weight * (f2 - 1)), v.clamp(min=1.25 * f2 * wm_t2))
-        return (u - 1).clamp(-1, 1), (v - 1).clamp(-1, 1)
-
-    def _lesions(self, shape, candidates: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """``(k, H, W)`` in [0, 1]: the union (maximum) of 1 to ``max_count`` soft ellipsoids centred on
-        ``candidates`` (flat indices into the ``(H, W)`` slice)."""
-        k, height, width = shape
-        z = torch.arange(k, dtype=torch.float32).view(k, 1, 1) - k // 2
-        y = torch.arange(height, dtype=torch.float32).view(1, height, 1)
-        x = torch.arange(width, dtype=torch.float32).view(1, 1, width)
-        weight = torch.zeros(shape)
+        weight = torch.zeros(u.shape)
         for _ in range(int(torch.randint(1, self.max_count + 1, (1,), generator=rng))):
-            centre = int(candidates[int(torch.randint(len(candidates), (1,), generator=rng))])
-            cy, cx = divmod(centre, width)
-            ry, rx = (_log_uniform(*self.radius_px, rng) for _ in range(2))
-            rz, angle = _log_uniform(*self.depth_slices, rng), _uniform(0.0, math.pi, rng)
-            along = (y - cy) * math.cos(angle) + (x - cx) * math.sin(angle)
-            across = -(y - cy) * math.sin(angle) + (x - cx) * math.cos(angle)
-            radius = ((along / ry) ** 2 + (across / rx) ** 2 + (z / rz) ** 2).sqrt()
-            weight = torch.maximum(weight, torch.sigmoid((1 - radius) * self.EDGE_SLOPE))
-        return weight
+            centre = divmod(int(candidates[int(torch.randint(len(candidates), (1,), generator=rng))]), u.shape[-1])
+            radii = [_log_uniform(*self.depth_slices, rng)] + [_log_uniform(*self.radius_px, rng) for _ in range(2)]
+            ellipsoid = soft_ellipsoid(u.shape, (mid, *centre), radii, _uniform(0.0, math.pi, rng))
+            weight = torch.maximum(weight, ellipsoid)
+        f1, f2 = _uniform(*self.t1_factor, rng), _uniform(*self.t2_factor, rng)
+        u, v = paint(u, v, weight * foreground, f1, f2, float(v[mid][wm].median()))
+        return (u - 1).clamp(-1, 1), (v - 1).clamp(-1, 1)
