@@ -95,8 +95,9 @@ class DataConfig:
     the planes ``convert`` translates them along and averages (:func:`~mri_translate.slabs.slicing_axes`).
     ``paired_fraction``: the share of batches drawn from co-registered pairs (``train --paired``) when there are
     any. ``synthetic_lesions``: the share of paired items into which white-matter lesions are painted, dark on the
-    T1w and bright on the T2w (:class:`~mri_translate.lesion_synthesis.SyntheticLesions`; 0 = none). ``num_workers``: DataLoader worker processes drawing the slabs (persistent across epochs); ``null`` = 0 on
-    a CPU, where the cores are better spent on the networks, and up to 4 (one core left free) on a GPU."""
+    T1w and bright on the T2w (:class:`~mri_translate.lesion_synthesis.SyntheticLesions`; 0 = none).
+    ``num_workers``: DataLoader worker processes drawing the slabs (persistent across epochs); ``null`` = 0 on a
+    CPU, where the cores are better spent on the networks, and up to 4 (one core left free) on a GPU."""
 
     crop: int = 128
     batch_size: int = 1

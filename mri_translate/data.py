@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .distributed import Context
 from .contrast_check import SKULL_STRIPPED_AREA_CM2, head_area_cm2, head_mask
 from .errors import ConstantImageError, InputError
-from .lesion_synthesis import SyntheticLesions
 from .io import IMAGE_SUFFIXES, list_images_2d, load_volume, suffix, voxel_spacing
+from .lesion_synthesis import SyntheticLesions
 from .pairing import check_region
 from .slabs import PLANES, slicing_axes
 from .standardize import LandmarkStandardizer, volume_landmarks

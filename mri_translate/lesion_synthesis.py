@@ -1,11 +1,11 @@
 """Synthetic white-matter lesions painted into co-registered training pairs (a training augmentation).
 
-Real pairs with lesions are few (two expert-masked MS patients among the shippable subjects), and a white-matter
-hypointensity in a T1w is, across the training sources, as often partial volume or a vessel as a lesion; a model
-trained on them gives lesions the contrast of the no-learning map (docs/benchmarks.md). :class:`SyntheticLesions`
-paints soft ellipsoidal lesions into the white matter of a paired item, darker in the T1w and brighter in the T2w,
-at contrasts drawn over the range MS lesions show, so the supervised L1 sees many lesions the T2w shows and the
-T1w only hints at. Unpaired items are left alone: they have no truth to teach it.
+Real pairs with lesions are few (two expert-masked MS patients among the shippable subjects), and a model trained
+on them gives lesions the contrast of the no-learning map. :class:`SyntheticLesions` paints soft ellipsoidal
+lesions into the white matter of a paired item, darker in the T1w and brighter in the T2w, at contrasts drawn over
+the range MS lesions show, so the supervised L1 sees many lesions that the T2w shows and the T1w only hints at.
+Unpaired items are left alone: they have no truth to teach it. As a third learning-rate cycle of a trained
+generator it did not change how that generator answers lesions (docs/benchmarks.md); off by default.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ settings); ``evaluate`` measures the painted region's contrast (its mean over th
 the translation and in the truth, and the same for the no-learning baseline (the inverted input matched to the
 other MSLUB patient's T2w histogram). Printed per model: the contrast before and after painting, the truth's, the
 ratio (1 = faithful), the response (the translation's change of contrast over the truth's: 1 = the model adds all
-that the lesions add, 0 = it ignores them), and the ratio on the pair's real expert-masked lesions. Skips (exit 0) without ../shared/data.
+that the lesions add, 0 = it ignores them), and the ratio on the pair's real expert-masked lesions. Skips (exit 0)
+without ../shared/data.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def paint_pair(folder: Path, out: Path, count: int, t1_factor: float, t2_factor:
     weight = torch.zeros(t1.shape)
     for centre in candidates:
         radii = RADIUS_MM[0] + (RADIUS_MM[1] - RADIUS_MM[0]) * torch.rand(3, generator=rng).numpy()
-        half = np.ceil(1.5 * radii / spacing).astype(int)  # the ellipsoid's box: beyond 1.5 radii its weight is ~0
+        half = np.ceil(1.5 * radii / spacing).astype(int)  # the ellipsoid's box: beyond 1.5 radii its weight is < 0.01
         low, high = np.maximum(centre - half, 0), np.minimum(centre + half + 1, t1.shape)
         box = tuple(slice(a, b) for a, b in zip(low, high))
         ellipsoid = soft_ellipsoid(tuple(high - low), centre - low, radii / spacing)
