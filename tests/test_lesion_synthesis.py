@@ -86,3 +86,29 @@ def test_a_dataset_paints_only_its_paired_items_and_stays_reproducible(tmp_path)
         changed += int(not torch.equal(before["A"], after["A"]))
         assert all(torch.equal(after[key], painted[i][key]) for key in ("A", "B"))
     assert changed >= 5
+
+
+def test_make_loader_paints_the_share_its_configuration_asks_for(tmp_path):
+    """data.synthetic_lesions reaches the training loader: 0 paints nothing, 1 paints (darkens the T1w of) paired
+    batches, and unpaired ones stay as they were."""
+    from mri_translate.config import RunConfig
+    from mri_translate.data import make_loader
+    from mri_translate.synthetic import write_dataset
+
+    data = write_dataset(tmp_path, n_subjects=1, resolution=4.0)
+    pair = (data["t1"][0], data["t2"][0])
+    a, b = load_slices([pair[0]], k=3, spacing=None), load_slices([pair[1]], k=3, spacing=None)
+    batches = {}
+    for share in (0.0, 1.0):
+        config = RunConfig.from_dict({"data": {"crop": 32, "batch_size": 1, "augment": False,
+                                               "synthetic_lesions": share}, "train": {"epoch_length": 20}})
+        loader = make_loader(a, b, config, pairs=paired_volumes(a, b, [pair]))
+        assert (loader.dataset.lesions is None) == (share == 0)
+        batches[share] = list(loader)
+    darker = 0
+    for plain, painted in zip(batches[0.0], batches[1.0]):
+        if float(plain["paired"]) == 0:
+            assert torch.equal(plain["A"], painted["A"])
+        else:
+            darker += int(bool((painted["A"] < plain["A"] - 0.01).any()))
+    assert darker >= 3
