@@ -53,9 +53,9 @@ class LossConfig:
     (``|G_AB(x) - y|`` and ``|G_BA(y) - x|``, paired batches only), ``paired_focus``: that L1 weighted per pixel by
     ``1 + paired_focus * |y - prior(x)|`` inside the brain (:func:`~mri_translate.cyclegan.focus_weights`: where the
     no-learning map misses the truth, as on lesions; 0 = unweighted), ``paired_region``: that L1's pixels inside a
-    pair's region mask (``train --region-masks``, e.g. expert lesion masks) weighted ``paired_region`` more (on top
-    of the focus; 0 = the masks are not used), and the size of the history pool of fakes shown to each
-    discriminator.
+    pair's region mask (``train --region-masks``, e.g. expert lesion masks) and in the lesions that
+    ``data.synthetic_lesions`` paints (by their soft weight) weighted ``paired_region`` more (on top of the focus; 0 =
+    neither is used), and the size of the history pool of fakes shown to each discriminator.
 
     Defaults: the prior at full weight over the whole run, as the shipped recipes keep it (on the case study's
     folders a run that lets it fade ends level with the no-learning baseline's SSIM T1w -> T2w, one that keeps

@@ -328,7 +328,8 @@ class UnpairedSlabDataset(Dataset):
     augmentation, which would misalign them), marked ``paired = 1``. When a pair has a region mask
     (:attr:`PairedVolume.region`, e.g. an expert lesion mask) every item also carries ``"region"``: ``(k, crop,
     crop)`` 1 inside the mask, cut like the pair's slab (0 in unpaired items and pairs without a mask).
-    ``lesions`` (a :class:`~mri_translate.lesion_synthesis.SyntheticLesions`) paints lesions into paired items.
+    ``lesions`` (a :class:`~mri_translate.lesion_synthesis.SyntheticLesions`) paints lesions into paired items;
+    every item then carries a ``"region"``, the painted lesions' soft weight (in [0, 1]) joined to any mask's.
 
     Randomness comes from ``(seed, epoch, i)``, so a seeded run sees the same samples whatever the number
     of workers. The item may be asked for as ``(epoch, i)`` (what :class:`ResumableSampler` yields, so workers that
@@ -346,7 +347,7 @@ class UnpairedSlabDataset(Dataset):
         self.pairs, self.paired_fraction = list(pairs), paired_fraction if pairs else 0.0
         #: how often each paired plane is drawn (:attr:`PairedVolume.share`: each subject equally often)
         self.pair_shares = torch.tensor([pair.share for pair in self.pairs], dtype=torch.float64)
-        self.regions = any(pair.region is not None for pair in self.pairs)
+        self.regions = lesions is not None or any(pair.region is not None for pair in self.pairs)
         self.lesions = lesions
 
     def set_epoch(self, epoch: int) -> None:
@@ -400,10 +401,11 @@ class UnpairedSlabDataset(Dataset):
             stacks.append(region[:, top - ta: bottom - ta, left - la: right - la])
         both = self._crop_and_flip(torch.cat(stacks), pair.a.axis, rng).contiguous()
         item = {"A": both[: self.a.k], "B": both[self.a.k: self.a.k + self.b.k], "paired": torch.tensor(1.0)}
-        if self.lesions is not None:
-            item["A"], item["B"] = self.lesions(item["A"], item["B"], rng)
         if self.regions:  # padding is -1: outside the mask
             item["region"] = (both[self.a.k + self.b.k:] > 0.5).float()
+        if self.lesions is not None:
+            item["A"], item["B"], painted = self.lesions(item["A"], item["B"], rng)
+            item["region"] = torch.maximum(item["region"], painted)
         return item
 
 

@@ -77,19 +77,22 @@ class SyntheticLesions:
         self.radius_px, self.depth_slices = radius_px, depth_slices
         self.t1_factor, self.t2_factor = t1_factor, t2_factor
 
-    def __call__(self, t1: torch.Tensor, t2: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``t1``, ``t2``: ``(k, H, W)`` in [-1, 1], the same anatomy; returns them painted (or unchanged)."""
+    def __call__(self, t1: torch.Tensor, t2: torch.Tensor,
+                 rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``t1``, ``t2``: ``(k, H, W)`` in [-1, 1], the same anatomy; returns them painted (or unchanged) and the
+        painted weight, ``(k, H, W)`` in [0, 1] (all 0 when nothing was painted)."""
+        unchanged = t1, t2, torch.zeros_like(t1)
         if not self.prob or not bool(torch.rand((), generator=rng) < self.prob):
-            return t1, t2
+            return unchanged
         u, v = t1 + 1, t2 + 1
         foreground = (u > 0) & (v > 0)
         mid = u.shape[0] // 2
         if int(foreground[mid].sum()) < self.MIN_WM_PIXELS:
-            return t1, t2
+            return unchanged
         wm = white_matter(u[mid], v[mid], foreground[mid])
         candidates = wm.flatten().nonzero().flatten()
         if len(candidates) < self.MIN_WM_PIXELS:
-            return t1, t2
+            return unchanged
         weight = torch.zeros(u.shape)
         for _ in range(int(torch.randint(1, self.max_count + 1, (1,), generator=rng))):
             centre = divmod(int(candidates[int(torch.randint(len(candidates), (1,), generator=rng))]), u.shape[-1])
@@ -97,5 +100,6 @@ class SyntheticLesions:
             ellipsoid = soft_ellipsoid(u.shape, (mid, *centre), radii, _uniform(0.0, math.pi, rng))
             weight = torch.maximum(weight, ellipsoid)
         f1, f2 = _uniform(*self.t1_factor, rng), _uniform(*self.t2_factor, rng)
-        u, v = paint(u, v, weight * foreground, f1, f2, float(v[mid][wm].median()))
-        return (u - 1).clamp(-1, 1), (v - 1).clamp(-1, 1)
+        weight = weight * foreground
+        u, v = paint(u, v, weight, f1, f2, float(v[mid][wm].median()))
+        return (u - 1).clamp(-1, 1), (v - 1).clamp(-1, 1), weight

@@ -27,16 +27,18 @@ def test_lesions_darken_the_t1w_and_brighten_the_t2w_of_the_white_matter_only():
     """Over 20 draws: the T1w only gets darker and the T2w only brighter, nothing changes outside the head, the
     painted pixels lie mostly in white matter, at the middle of a lesion the two contrasts sit at factors of the
     white matter inside the configured ranges, and a ventricle that a lesion touches keeps its T2w (it is brighter
-    than the cap, 1.25 x the largest lesion factor x the white matter) while its T1w darkens."""
+    than the cap, 1.25 x the largest lesion factor x the white matter) while its T1w darkens. The weight returned
+    is 0 outside the head and nonzero wherever the T1w darkened."""
     t1, t2, (csf, wm, gm) = phantom()
     synth = SyntheticLesions(prob=1.0)
     painted_in_wm, t1_ratios, t2_ratios, ventricle_touched = [], [], [], 0
     for seed in range(20):
-        a, b = synth(t1, t2, torch.Generator().manual_seed(seed))
-        assert a.shape == t1.shape and b.shape == t2.shape and a.dtype == torch.float32
+        a, b, weight = synth(t1, t2, torch.Generator().manual_seed(seed))
+        assert a.shape == t1.shape and b.shape == t2.shape and weight.shape == t1.shape and a.dtype == torch.float32
         assert (a <= t1 + 1e-6).all() and (b >= t2 - 1e-6).all()
         outside = torch.from_numpy(~(csf | wm | gm))
-        assert (a[:, outside] == -1).all() and (b[:, outside] == -1).all()
+        assert (a[:, outside] == -1).all() and (b[:, outside] == -1).all() and (weight[:, outside] == 0).all()
+        assert 0 <= weight.min() and weight.max() <= 1 and (weight[a < t1 - 1e-4] > 0).all()
         drop = 1 - (a[1] + 1) / (t1[1] + 1).clamp(min=1e-6)   # 1 - the T1w factor of the middle slice
         changed = (drop.numpy() > 0.02) & (csf | wm | gm)
         assert changed.any()
@@ -57,17 +59,17 @@ def test_lesions_darken_the_t1w_and_brighten_the_t2w_of_the_white_matter_only():
 def test_nothing_is_painted_without_white_matter_or_when_not_drawn():
     t1, t2, _ = phantom()
     rng = torch.Generator().manual_seed(0)
-    assert SyntheticLesions(prob=0.0)(t1, t2, rng) == (t1, t2)
     empty = -torch.ones_like(t1)
-    assert SyntheticLesions(prob=1.0)(empty, empty, rng) == (empty, empty)
     flat = torch.where(t1 > -1, 0.0, -1.0)   # a head of one intensity: no pixel brighter than the rest on the T1w
-    assert SyntheticLesions(prob=1.0)(flat, flat, rng) == (flat, flat)
+    for prob, (a, b) in ((0.0, (t1, t2)), (1.0, (empty, empty)), (1.0, (flat, flat))):
+        painted_a, painted_b, weight = SyntheticLesions(prob=prob)(a, b, rng)
+        assert painted_a is a and painted_b is b and weight.shape == a.shape and not weight.any()
 
 
 def test_a_dataset_paints_only_its_paired_items_and_stays_reproducible(tmp_path):
     """The same seeded dataset with and without lesions: unpaired items are identical; paired items have the same
-    slab (same subject, slice, crop), only darker on the T1w and brighter on the T2w in places; asking again gives
-    the same painted item."""
+    slab (same subject, slice, crop), only darker on the T1w and brighter on the T2w in places, and a region that
+    covers where it was painted (zero in unpaired items); asking again gives the same painted item."""
     from mri_translate.synthetic import write_dataset
 
     data = write_dataset(tmp_path, n_subjects=1, resolution=4.0)
@@ -79,10 +81,12 @@ def test_a_dataset_paints_only_its_paired_items_and_stays_reproducible(tmp_path)
     changed = 0
     for i in range(30):
         before, after = plain[i], painted[i]
+        assert "region" not in before and after["region"].shape == after["A"].shape
         if float(before["paired"]) == 0:
-            assert all(torch.equal(before[key], after[key]) for key in ("A", "B"))
+            assert all(torch.equal(before[key], after[key]) for key in ("A", "B")) and not after["region"].any()
             continue
         assert (after["A"] <= before["A"] + 1e-6).all() and (after["B"] >= before["B"] - 1e-6).all()
+        assert (after["region"][after["A"] < before["A"] - 1e-4] > 0).all()
         changed += int(not torch.equal(before["A"], after["A"]))
         assert all(torch.equal(after[key], painted[i][key]) for key in ("A", "B"))
     assert changed >= 5
