@@ -238,6 +238,9 @@ def compose(t1_to_t2: Path, t2_to_t1: Path, out: Path, settings: dict | None = N
     from mri_translate.bundle import INFERENCE_SETTINGS, average_models, compose_model
     from mri_translate.config import load_config
 
+    for run in (t1_to_t2, t2_to_t1):  # refused before anything is written
+        if not (run / "configs" / "train.json").is_file():
+            raise SystemExit(f"{run}: not a run folder (no configs/train.json); --compose takes run folders")
     if settings is None:
         models = {direction: load_config(RECIPES[direction].config).model for direction in ("t1-to-t2", "t2-to-t1")}
         settings = {direction: {key: getattr(model, key) for key in INFERENCE_SETTINGS}
