@@ -4,8 +4,10 @@ Real pairs with lesions are few (two expert-masked MS patients among the shippab
 on them gives lesions the contrast of the no-learning map. :class:`SyntheticLesions` paints soft ellipsoidal
 lesions into the white matter of a paired item, darker in the T1w and brighter in the T2w, at contrasts drawn over
 the range MS lesions show, so the supervised L1 sees many lesions that the T2w shows and the T1w only hints at.
-Unpaired items are left alone: they have no truth to teach it. As a third learning-rate cycle of a trained
-generator it did not change how that generator answers lesions (docs/benchmarks.md); off by default.
+Unpaired items are left alone: they have no truth to teach it. The painted weight joins the item's region, which
+``loss.paired_region`` weighs. Neither as a third learning-rate cycle of a trained generator, nor from the first
+iteration, nor at ten times the weight did it change how the generator answers lesions (docs/benchmarks.md); off by
+default.
 """
 
 from __future__ import annotations
